@@ -1,0 +1,26 @@
+// Reading configuration files defensively: a config path given by an admin may be a
+// directory, a symlink loop, a FIFO or a 10 GB file by mistake; each is a clear error.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "common/error.h"
+
+namespace smtpfence {
+
+// Largest configuration file we read. A full-size csf.conf is ~100 KB; 16 MiB leaves
+// room for huge allowlists while refusing runaway files before they eat memory.
+inline constexpr std::size_t kMaxConfigBytes = 16U << 20U;
+
+// Reads a regular file (symlinks followed, as admins expect of /etc files) of at most
+// max_bytes. Errors name the path: "/etc/smtpfence/smtpfence.conf: Is a directory".
+[[nodiscard]] Result<std::string> read_text_file(const std::string& path,
+                                                 std::size_t max_bytes = kMaxConfigBytes);
+
+// Writes path atomically: a temporary file in the same directory, fsync, rename, fsync
+// of the directory. Readers see the old or the new content, never a mix.
+[[nodiscard]] Result<void> write_file_atomic(const std::string& path, const std::string& content,
+                                             unsigned mode = 0644);
+
+}  // namespace smtpfence

@@ -1,0 +1,58 @@
+#include "common/log.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+
+namespace smtpfence::log {
+namespace {
+
+std::string g_program = "smtpfence";
+bool g_verbose = false;
+std::mutex g_mutex;
+
+// systemd sets JOURNAL_STREAM when stderr is connected to the journal; then a
+// "<N>" prefix carries the priority instead of a word.
+bool stderr_is_journal() {
+    static const bool is_journal = [] {
+        const char* env = std::getenv("JOURNAL_STREAM");  // NOLINT(concurrency-mt-unsafe): read once
+        return env != nullptr && *env != '\0';
+    }();
+    return is_journal;
+}
+
+const char* level_word(Level level) {
+    switch (level) {
+        case Level::Error: return "error: ";
+        case Level::Warning: return "warning: ";
+        case Level::Notice: return "";
+        case Level::Info: return "";
+        case Level::Debug: return "debug: ";
+    }
+    return "";
+}
+
+}  // namespace
+
+void set_program(std::string_view name) { g_program = name; }
+void set_verbose(bool verbose) { g_verbose = verbose; }
+
+void write(Level level, std::string_view message) {
+    if (level == Level::Debug && !g_verbose) return;
+    std::string line;
+    if (stderr_is_journal()) {
+        line = "<" + std::to_string(static_cast<int>(level)) + ">";
+    } else {
+        line = g_program + ": " + level_word(level);
+    }
+    line.append(message);
+    line.push_back('\n');
+    const std::lock_guard lock(g_mutex);
+    // One write() per line so concurrent writers never interleave inside a line.
+    (void)!::write(STDERR_FILENO, line.data(), line.size());
+}
+
+}  // namespace smtpfence::log

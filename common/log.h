@@ -1,0 +1,22 @@
+// Logging for the daemon and tools: to stderr (which systemd's journal captures),
+// with a level prefix the journal understands (sd-daemon(3) "<N>" prefixes) when
+// stderr is the journal, plain "smtpfenced: warning: ..." otherwise.
+#pragma once
+
+#include <string_view>
+
+namespace smtpfence::log {
+
+enum class Level { Error = 3, Warning = 4, Notice = 5, Info = 6, Debug = 7 };
+
+void set_program(std::string_view name);
+void set_verbose(bool verbose);
+void write(Level level, std::string_view message);
+
+inline void error(std::string_view m) { write(Level::Error, m); }
+inline void warning(std::string_view m) { write(Level::Warning, m); }
+inline void notice(std::string_view m) { write(Level::Notice, m); }
+inline void info(std::string_view m) { write(Level::Info, m); }
+inline void debug(std::string_view m) { write(Level::Debug, m); }
+
+}  // namespace smtpfence::log

@@ -1,0 +1,235 @@
+#include "nft/engine.h"
+
+#include <libnftnl/common.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/xt_NFQUEUE.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <functional>
+#include <optional>
+#include <vector>
+
+#include "nft/batch.h"
+
+namespace smtpfence::nft {
+namespace {
+
+// Sends one request and feeds every reply message to on_message until the kernel
+// says DONE (dumps) or ACKs (single gets). Errors carry the kernel's errno.
+Result<void> query(Transport& transport, std::uint16_t type, std::uint16_t flags,
+                   const std::function<void(nlmsghdr*)>& build_payload,
+                   const std::function<void(const nlmsghdr*)>& on_message, const std::string& what) {
+    std::array<char, 4096> req{};
+    const std::uint32_t seq = transport.next_seq();
+    nlmsghdr* nlh = nftnl_nlmsg_build_hdr(req.data(), type, NFPROTO_INET, flags | NLM_F_ACK, seq);
+    build_payload(nlh);
+    if (auto sent = transport.send(std::as_bytes(std::span(req.data(), nlh->nlmsg_len))); !sent) {
+        return std::unexpected(sent.error().wrap(what));
+    }
+    std::vector<std::byte> buf(kReceiveBufferBytes);
+    const std::uint32_t portid = transport.portid();
+    while (true) {
+        auto got = transport.receive(buf, 5000);
+        if (!got) return std::unexpected(got.error().wrap(what));
+        auto len = static_cast<int>(*got);
+        const auto* msg = reinterpret_cast<const nlmsghdr*>(buf.data());
+        for (; mnl_nlmsg_ok(msg, len); msg = mnl_nlmsg_next(msg, &len)) {
+            if (msg->nlmsg_seq != seq || (msg->nlmsg_pid != portid && msg->nlmsg_pid != 0)) {
+                continue;  // a stale reply to an earlier request
+            }
+            if (msg->nlmsg_type == NLMSG_DONE) return {};
+            if (msg->nlmsg_type == NLMSG_ERROR) {
+                const auto* err = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(msg));
+                if (err->error == 0) return {};  // ACK of a non-dump request
+                return fail(-err->error, what);
+            }
+            on_message(msg);
+        }
+    }
+}
+
+void set_identity(nftnl_set* s, const std::string& table, const std::string& set) {
+    nftnl_set_set_u32(s, NFTNL_SET_FAMILY, NFPROTO_INET);
+    nftnl_set_set_str(s, NFTNL_SET_TABLE, table.c_str());
+    nftnl_set_set_str(s, NFTNL_SET_NAME, set.c_str());
+}
+
+// Reads every element of table/set, handing each to on_elem.
+Result<void> dump_elements(Transport& transport, const std::string& table, const std::string& set,
+                           const std::function<void(nftnl_set_elem*)>& on_elem) {
+    SetPtr request = make_set();
+    set_identity(request.get(), table, set);
+    Result<void> parse_error;
+    auto r = query(
+        transport, NFT_MSG_GETSETELEM, NLM_F_DUMP,
+        [&](nlmsghdr* nlh) { nftnl_set_elems_nlmsg_build_payload(nlh, request.get()); },
+        [&](const nlmsghdr* msg) {
+            SetPtr reply = make_set();
+            if (nftnl_set_elems_nlmsg_parse(msg, reply.get()) < 0) {
+                parse_error = fail(EPROTO, "parse elements of set " + set, "malformed reply");
+                return;
+            }
+            nftnl_set_elems_iter* it = nftnl_set_elems_iter_create(reply.get());
+            if (it == nullptr) throw std::bad_alloc();
+            for (nftnl_set_elem* e = nftnl_set_elems_iter_next(it); e != nullptr;
+                 e = nftnl_set_elems_iter_next(it)) {
+                on_elem(e);
+            }
+            nftnl_set_elems_iter_destroy(it);
+        },
+        "read set " + set + " of table inet " + table);
+    if (!r) return r;
+    return parse_error;
+}
+
+std::optional<std::uint32_t> elem_u32(nftnl_set_elem* e) {
+    std::uint32_t len = 0;
+    const void* key = nftnl_set_elem_get(e, NFTNL_SET_ELEM_KEY, &len);
+    if (key == nullptr || len != sizeof(std::uint32_t)) return std::nullopt;
+    std::uint32_t v = 0;
+    std::memcpy(&v, key, sizeof v);
+    return v;
+}
+
+// A transaction creating and deleting a scratch table with one rule holding expr:
+// whether the kernel accepts the expression, with no trace left.
+Result<void> try_expression(Transport& transport, const std::string& probe_table, ExprPtr expr,
+                            const char* label) {
+    TablePtr table = build_table(probe_table);
+    ChainPtr chain = make_chain();
+    nftnl_chain_set_u32(chain.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
+    nftnl_chain_set_str(chain.get(), NFTNL_CHAIN_TABLE, probe_table.c_str());
+    nftnl_chain_set_str(chain.get(), NFTNL_CHAIN_NAME, "probe");
+    RulePtr rule = make_rule();
+    nftnl_rule_set_u32(rule.get(), NFTNL_RULE_FAMILY, NFPROTO_INET);
+    nftnl_rule_set_str(rule.get(), NFTNL_RULE_TABLE, probe_table.c_str());
+    nftnl_rule_set_str(rule.get(), NFTNL_RULE_CHAIN, "probe");
+    nftnl_rule_add_expr(rule.get(), expr.release());  // the rule takes ownership
+    Batch batch(NFPROTO_INET);
+    batch.table(*table, Op::Create, "probe table inet " + probe_table);
+    batch.chain(*chain, Op::Create, "probe chain");
+    batch.rule(*rule, Op::Create, std::string("probe rule (") + label + ")", {label});
+    batch.table(*table, Op::Delete, "delete probe table inet " + probe_table);
+    return batch.commit(transport);
+}
+
+}  // namespace
+
+Result<QueueMode> Engine::probe_queue_mode(const std::string& probe_table) {
+    ExprPtr native = make_expr("queue");
+    nftnl_expr_set_u16(native.get(), NFTNL_EXPR_QUEUE_NUM, 0);
+    nftnl_expr_set_u16(native.get(), NFTNL_EXPR_QUEUE_TOTAL, 1);
+    nftnl_expr_set_u16(native.get(), NFTNL_EXPR_QUEUE_FLAGS, NFT_QUEUE_FLAG_BYPASS);
+    auto r = try_expression(transport_, probe_table, std::move(native), "queue");
+    if (r) return QueueMode::Native;
+    if (r.error().code != ENOENT && r.error().code != EOPNOTSUPP) return std::unexpected(r.error());
+
+    ExprPtr xt = make_expr("target");
+    nftnl_expr_set_str(xt.get(), NFTNL_EXPR_TG_NAME, "NFQUEUE");
+    nftnl_expr_set_u32(xt.get(), NFTNL_EXPR_TG_REV, 3);
+    xt_NFQ_info_v3 info{};
+    info.queues_total = 1;
+    info.flags = NFQ_FLAG_BYPASS;
+    nftnl_expr_set(xt.get(), NFTNL_EXPR_TG_INFO, &info, sizeof info);
+    r = try_expression(transport_, probe_table, std::move(xt), "NFQUEUE target");
+    if (r) return QueueMode::Xt;
+    if (r.error().code != ENOENT && r.error().code != EOPNOTSUPP) return std::unexpected(r.error());
+    return QueueMode::None;
+}
+
+Result<void> Engine::apply(const Ruleset& rs) {
+    Batch batch(NFPROTO_INET);
+    const std::string tname = "table inet " + rs.table;
+    // "add table; delete table; add table ..." in one transaction: the delete never
+    // fails (the table exists by then) and the kernel swaps old for new atomically.
+    batch.table(*rs.table_obj, Op::Create, "create " + tname);
+    batch.table(*rs.table_obj, Op::Delete, "replace " + tname);
+    batch.table(*rs.table_obj, Op::Create, "create " + tname);
+    for (const BuiltSet& s : rs.sets) {
+        batch.set(*s.set, Op::Create, "set " + s.name);
+        if (!s.elements.empty()) batch.set_elements(*s.set, Op::Create, "elements of set " + s.name);
+    }
+    for (const BuiltChain& c : rs.chains) batch.chain(*c.chain, Op::Create, "chain " + c.name);
+    std::map<std::string, int> index;
+    for (const BuiltRule& r : rs.rules) {
+        const int n = ++index[r.chain];
+        batch.rule(*r.rule, Op::Create, "rule " + r.chain + "#" + std::to_string(n) + " (" + r.text + ")",
+                   r.expr_names);
+    }
+    return with_context(batch.commit(transport_), "apply " + tname);
+}
+
+Result<void> Engine::change_elements(const std::string& table, const std::string& set,
+                                     const std::set<std::uint32_t>& add,
+                                     const std::set<std::uint32_t>& remove) {
+    Batch batch(NFPROTO_INET);
+    if (!remove.empty()) {
+        SetPtr del = build_uid_elements(table, set, remove);
+        batch.set_elements(*del, Op::Delete, "delete " + std::to_string(remove.size()) +
+                                                 " element(s) from set " + set);
+    }
+    if (!add.empty()) {
+        SetPtr put = build_uid_elements(table, set, add);
+        batch.set_elements(*put, Op::Create, "add " + std::to_string(add.size()) +
+                                                 " element(s) to set " + set);
+    }
+    return with_context(batch.commit(transport_), "table inet " + table);
+}
+
+Result<void> Engine::remove(const std::string& table) {
+    TablePtr t = build_table(table);
+    Batch batch(NFPROTO_INET);
+    batch.table(*t, Op::Create, "create table inet " + table);
+    batch.table(*t, Op::Delete, "delete table inet " + table);
+    return batch.commit(transport_);
+}
+
+Result<bool> Engine::table_exists(const std::string& table) {
+    TablePtr t = build_table(table);
+    auto r = query(
+        transport_, NFT_MSG_GETTABLE, 0,
+        [&](nlmsghdr* nlh) { nftnl_table_nlmsg_build_payload(nlh, t.get()); },
+        [](const nlmsghdr*) {}, "look up table inet " + table);
+    if (r) return true;
+    if (r.error().code == ENOENT) return false;
+    return std::unexpected(r.error());
+}
+
+Result<std::set<std::uint32_t>> Engine::read_u32_set(const std::string& table,
+                                                    const std::string& set) {
+    std::set<std::uint32_t> out;
+    auto r = dump_elements(transport_, table, set, [&](nftnl_set_elem* e) {
+        if (auto v = elem_u32(e)) out.insert(*v);
+    });
+    if (!r) return std::unexpected(r.error());
+    return out;
+}
+
+Result<std::map<std::uint32_t, PacketCount>> Engine::read_blocked(const std::string& table) {
+    std::map<std::uint32_t, PacketCount> out;
+    auto r = dump_elements(transport_, table, kSetBlocked, [&](nftnl_set_elem* e) {
+        const auto uid = elem_u32(e);
+        if (!uid) return;
+        PacketCount count;
+        nftnl_set_elem_expr_foreach(
+            e,
+            [](nftnl_expr* expr, void* data) {
+                const char* name = nftnl_expr_get_str(expr, NFTNL_EXPR_NAME);
+                if (name != nullptr && std::string_view(name) == "counter") {
+                    auto* c = static_cast<PacketCount*>(data);
+                    c->packets = nftnl_expr_get_u64(expr, NFTNL_EXPR_CTR_PACKETS);
+                    c->bytes = nftnl_expr_get_u64(expr, NFTNL_EXPR_CTR_BYTES);
+                }
+                return 0;
+            },
+            &count);
+        out[*uid] = count;
+    });
+    if (!r) return std::unexpected(r.error());
+    return out;
+}
+
+}  // namespace smtpfence::nft

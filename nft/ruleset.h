@@ -1,0 +1,101 @@
+// The desired kernel state (RulesetSpec) and its translation into libnftnl objects.
+// Each rule is defined once, as the nft text that `nft list` shows for it and the
+// expressions that make it, side by side, so the dry-run text, the golden tests and
+// the kernel's own listing can be compared rule for rule.
+#pragma once
+
+#include <cstdint>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "nft/handles.h"
+
+namespace smtpfence::nft {
+
+// How blocked SYNs reach the worker (see DESIGN.md: the native `queue` expression is
+// missing on some kernels, the xtables NFQUEUE target through nft_compat works there).
+enum class QueueMode {
+    None,    // neither available: no observe chain (the kernel still blocks and counts)
+    Native,  // nft `queue` expression
+    Xt,      // xtables NFQUEUE target rev 3 through nft_compat
+};
+
+enum class Verdict { Reset, Drop };
+
+[[nodiscard]] const char* to_string(QueueMode mode);
+
+struct RulesetSpec {
+    std::string table = "smtpfence";
+    std::vector<std::uint16_t> ports{25, 465, 587};
+    std::set<std::uint32_t> allow_uids{0};
+    std::set<std::uint32_t> allow_gids;
+    bool allow_local = true;
+    Verdict verdict = Verdict::Reset;
+    QueueMode queue = QueueMode::Xt;
+    std::uint16_t queue_num = 2525;
+    std::uint32_t observe_rate = 20;   // per uid per second queued to the worker
+    std::uint32_t observe_burst = 40;
+};
+
+// Names of the objects in our table: part of the contract with tests, the worker
+// (which reads `blocked`) and admins reading `nft list table inet smtpfence`.
+inline constexpr const char* kSetPorts = "ports";
+inline constexpr const char* kSetAllowUid = "allow_uid";
+inline constexpr const char* kSetAllowGid = "allow_gid";
+inline constexpr const char* kSetBlocked = "blocked";
+inline constexpr const char* kSetObserveRate = "observe_rate";
+inline constexpr const char* kChainObserve = "observe";
+inline constexpr const char* kChainEnforce = "enforce";
+inline constexpr const char* kChainJudge = "judge";
+
+// Capacity of the per-uid dynamic sets: uid_t spans 32 bits but a server has far fewer
+// active uids; 65536 distinct blocked uids before `update` stops adding new ones.
+inline constexpr std::uint32_t kDynamicSetSize = 65536;
+
+struct BuiltRule {
+    std::string chain;
+    std::string text;                     // as `nft list` prints it
+    std::vector<std::string> expr_names;  // one per expression, for error messages
+    RulePtr rule;
+};
+
+struct BuiltSet {
+    std::string name;
+    std::vector<std::string> header;  // the lines inside `set NAME { ... }` before elements
+    std::vector<std::string> elements;  // as nft prints them, in sorted order
+    SetPtr set;                       // with its elements attached
+};
+
+struct BuiltChain {
+    std::string name;
+    std::string header;  // "type filter hook output priority filter - 10; policy accept;" or ""
+    ChainPtr chain;
+};
+
+struct Ruleset {
+    std::string table;
+    TablePtr table_obj;
+    std::vector<BuiltSet> sets;
+    std::vector<BuiltChain> chains;
+    std::vector<BuiltRule> rules;  // in chain order
+};
+
+[[nodiscard]] Ruleset build_ruleset(const RulesetSpec& spec);
+
+// A set of the table holding only the given elements, for incremental element
+// additions/deletions (the set must exist in the kernel).
+[[nodiscard]] SetPtr build_uid_elements(const std::string& table, const std::string& set,
+                                        const std::set<std::uint32_t>& values);
+
+// A bare table object (name + family), for delete / existence operations.
+[[nodiscard]] TablePtr build_table(const std::string& table);
+
+// The table as `nft list table inet NAME` prints it right after apply.
+[[nodiscard]] std::string render_nft(const Ruleset& ruleset);
+
+// libnftnl's bytecode text per rule ("[ meta load skuid => reg 1 ]" lines), the same
+// notation as `nft --debug=netlink`, for golden tests.
+[[nodiscard]] std::string render_bytecode(const Ruleset& ruleset);
+
+}  // namespace smtpfence::nft

@@ -1,0 +1,56 @@
+// The policy: what the admin asked for, in names (users, groups) and numbers (ports).
+// Loaded from /etc/smtpfence/smtpfence.conf (csf.conf syntax) or built-in defaults.
+// Names are resolved to uids/gids separately (policy/resolve.h), so a policy can be
+// re-resolved whenever /etc/passwd or /etc/group change.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "csf-compat/csf_reader.h"
+
+namespace smtpfence {
+
+enum class BlockAction {
+    Reject,  // reject with tcp reset: the caller gets ECONNREFUSED at once
+    Drop,    // silently dropped: the caller times out (CSF's DROP_OUT = "DROP")
+};
+
+inline constexpr const char* kDefaultConfigPath = "/etc/smtpfence/smtpfence.conf";
+
+// MTA accounts allowed by default when they exist (MTA_USERS = "auto").
+inline const std::vector<std::string> kAutoMtaUsers = {"mail", "Debian-exim", "mailnull", "exim",
+                                                       "postfix"};
+
+struct Policy {
+    bool enabled = true;                                    // SMTP_BLOCK
+    std::vector<std::uint16_t> ports{25, 465, 587};         // SMTP_PORTS, sorted, unique
+    std::vector<std::string> allow_users;                   // SMTP_ALLOWUSER (names or uids)
+    std::vector<std::string> allow_groups{"mail", "mailman"};  // SMTP_ALLOWGROUP
+    std::vector<std::string> mta_users = kAutoMtaUsers;     // MTA_USERS ("auto" = this list)
+    bool mta_users_auto = true;                             // MTA names missing here: no warning
+    bool allow_local = true;                                // SMTP_ALLOWLOCAL
+    BlockAction action = BlockAction::Reject;               // DROP_OUT
+    std::uint16_t queue_num = 2525;                         // NFQUEUE_NUM
+    std::uint32_t observe_rate = 20;                        // OBSERVE_RATE (per uid, per second)
+    std::uint32_t observe_burst = 40;                       // OBSERVE_BURST
+    std::string source = "(built-in defaults)";             // file it came from
+};
+
+struct LoadedPolicy {
+    Policy policy;
+    std::vector<std::string> warnings;  // "FILE:LINE: ..." for things worth telling
+};
+
+// Maps a parsed smtpfence.conf onto a Policy. Keys not given keep their defaults.
+// An unknown key or a malformed value is an error naming file, line, key and value.
+[[nodiscard]] Result<LoadedPolicy> policy_from_conf(const csf::ConfFile& conf);
+
+// Reads path. When the file does not exist and missing_ok, returns the defaults
+// (with source "(built-in defaults; PATH not found)").
+[[nodiscard]] Result<LoadedPolicy> load_policy(const std::string& path, bool missing_ok);
+
+}  // namespace smtpfence
