@@ -1,5 +1,6 @@
 #include "common/log.h"
 
+#include <syslog.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -12,6 +13,7 @@ namespace {
 
 std::string g_program = "smtpfence";
 bool g_verbose = false;
+bool g_syslog = false;
 std::mutex g_mutex;
 
 // systemd sets JOURNAL_STREAM when stderr is connected to the journal; then a
@@ -40,8 +42,18 @@ const char* level_word(Level level) {
 void set_program(std::string_view name) { g_program = name; }
 void set_verbose(bool verbose) { g_verbose = verbose; }
 
+void use_syslog() {
+    // openlog keeps the pointer: g_program lives as long as the process.
+    openlog(g_program.c_str(), LOG_PID, LOG_DAEMON);
+    g_syslog = true;
+}
+
 void write(Level level, std::string_view message) {
     if (level == Level::Debug && !g_verbose) return;
+    if (g_syslog) {
+        syslog(static_cast<int>(level), "%.*s", static_cast<int>(message.size()), message.data());
+        return;
+    }
     std::string line;
     if (stderr_is_journal()) {
         line = "<" + std::to_string(static_cast<int>(level)) + ">";

@@ -11,6 +11,8 @@ enum class Level { Error = 3, Warning = 4, Notice = 5, Info = 6, Debug = 7 };
 
 void set_program(std::string_view name);
 void set_verbose(bool verbose);
+// From now on, write to syslog (LOG_DAEMON) instead of stderr (a detached daemon).
+void use_syslog();
 void write(Level level, std::string_view message);
 
 inline void error(std::string_view m) { write(Level::Error, m); }

@@ -108,37 +108,32 @@ void Batch::set(nftnl_set& s, Op op, std::string what) {
     });
 }
 
-void Batch::set_elements(nftnl_set& s, Op op, std::string what) {
+void Batch::set_elements(const std::string& table, const std::string& set,
+                         const std::vector<ElementKey>& keys, Op op, const std::string& what) {
     const auto type = op == Op::Delete ? NFT_MSG_DELSETELEM : NFT_MSG_NEWSETELEM;
-    // nftnl_set_elems_nlmsg_build_payload writes every element of the set; to split
-    // we copy chunks of elements into temporary sets carrying the same identity.
-    nftnl_set_elems_iter* it = nftnl_set_elems_iter_create(&s);
-    if (it == nullptr) throw std::bad_alloc();
-    nftnl_set_elem* elem = nftnl_set_elems_iter_next(it);
-    std::size_t chunk_index = 0;
-    do {
+    const std::size_t parts = (keys.size() + kElementsPerMessage - 1) / kElementsPerMessage;
+    for (std::size_t part = 0; part < parts; ++part) {
         SetPtr chunk = make_set();
-        nftnl_set_set_str(chunk.get(), NFTNL_SET_TABLE, nftnl_set_get_str(&s, NFTNL_SET_TABLE));
-        nftnl_set_set_str(chunk.get(), NFTNL_SET_NAME, nftnl_set_get_str(&s, NFTNL_SET_NAME));
-        std::size_t n = 0;
-        while (elem != nullptr && n < kElementsPerMessage) {
-            nftnl_set_elem* copy = nftnl_set_elem_clone(elem);
-            if (copy == nullptr) throw std::bad_alloc();
-            nftnl_set_elem_add(chunk.get(), copy);  // the set takes ownership of copy
-            elem = nftnl_set_elems_iter_next(it);
-            ++n;
+        nftnl_set_set_u32(chunk.get(), NFTNL_SET_FAMILY, family_);
+        nftnl_set_set_str(chunk.get(), NFTNL_SET_TABLE, table.c_str());
+        nftnl_set_set_str(chunk.get(), NFTNL_SET_NAME, set.c_str());
+        const std::size_t from = part * kElementsPerMessage;
+        const std::size_t to = std::min(keys.size(), from + kElementsPerMessage);
+        for (std::size_t i = from; i < to; ++i) {
+            SetElemPtr elem = make_set_elem();
+            nftnl_set_elem_set(elem.get(), NFTNL_SET_ELEM_KEY, keys[i].data(),
+                               static_cast<std::uint32_t>(keys[i].size()));
+            nftnl_set_elem_add(chunk.get(), elem.release());  // the set takes ownership
         }
         std::string label = what;
-        if (chunk_index > 0 || elem != nullptr) label += " (part " + std::to_string(chunk_index + 1) + ")";
+        if (parts > 1) label += " (part " + std::to_string(part + 1) + " of " + std::to_string(parts) + ")";
         append(kMaxMessageBytes, std::move(label), {}, [&](char* buf) {
             nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, static_cast<std::uint16_t>(type), family_,
                                                   op_flags(op), 0);
             nftnl_set_elems_nlmsg_build_payload(nlh, chunk.get());
             return nlh;
         });
-        ++chunk_index;
-    } while (elem != nullptr);
-    nftnl_set_elems_iter_destroy(it);
+    }
 }
 
 void Batch::rule(nftnl_rule& r, Op op, std::string what, std::vector<std::string> expr_names) {

@@ -15,6 +15,9 @@
 
 namespace smtpfence::nft {
 
+// A set element's key in the kernel's byte order for its type.
+using ElementKey = std::vector<std::uint8_t>;
+
 enum class Op {
     Create,     // NEW* with NLM_F_CREATE: no error if it already exists
     Exclusive,  // NEW* with NLM_F_CREATE|NLM_F_EXCL: EEXIST if it already exists
@@ -28,9 +31,10 @@ public:
     void table(nftnl_table& t, Op op, std::string what);
     void chain(nftnl_chain& c, Op op, std::string what);
     void set(nftnl_set& s, Op op, std::string what);
-    // The elements attached to s (nftnl_set_elem_add), added or deleted, split into
-    // messages of kElementsPerMessage so no single message grows past a page or two.
-    void set_elements(nftnl_set& s, Op op, std::string what);
+    // Elements of table/set added or deleted, split into messages of
+    // kElementsPerMessage so no single message grows past a few pages.
+    void set_elements(const std::string& table, const std::string& set,
+                      const std::vector<ElementKey>& keys, Op op, const std::string& what);
     // expr_names: a label per expression, in order, so an extended ACK pointing into
     // the rule names the expression ("expression 3 (queue)").
     void rule(nftnl_rule& r, Op op, std::string what, std::vector<std::string> expr_names);

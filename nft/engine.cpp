@@ -130,10 +130,7 @@ Result<QueueMode> Engine::probe_queue_mode(const std::string& probe_table) {
     ExprPtr xt = make_expr("target");
     nftnl_expr_set_str(xt.get(), NFTNL_EXPR_TG_NAME, "NFQUEUE");
     nftnl_expr_set_u32(xt.get(), NFTNL_EXPR_TG_REV, 3);
-    xt_NFQ_info_v3 info{};
-    info.queues_total = 1;
-    info.flags = NFQ_FLAG_BYPASS;
-    nftnl_expr_set(xt.get(), NFTNL_EXPR_TG_INFO, &info, sizeof info);
+    set_nfqueue_info(xt.get(), 0);
     r = try_expression(transport_, probe_table, std::move(xt), "NFQUEUE target");
     if (r) return QueueMode::Xt;
     if (r.error().code != ENOENT && r.error().code != EOPNOTSUPP) return std::unexpected(r.error());
@@ -150,7 +147,7 @@ Result<void> Engine::apply(const Ruleset& rs) {
     batch.table(*rs.table_obj, Op::Create, "create " + tname);
     for (const BuiltSet& s : rs.sets) {
         batch.set(*s.set, Op::Create, "set " + s.name);
-        if (!s.elements.empty()) batch.set_elements(*s.set, Op::Create, "elements of set " + s.name);
+        if (!s.keys.empty()) batch.set_elements(rs.table, s.name, s.keys, Op::Create, "elements of set " + s.name);
     }
     for (const BuiltChain& c : rs.chains) batch.chain(*c.chain, Op::Create, "chain " + c.name);
     std::map<std::string, int> index;
@@ -167,14 +164,12 @@ Result<void> Engine::change_elements(const std::string& table, const std::string
                                      const std::set<std::uint32_t>& remove) {
     Batch batch(NFPROTO_INET);
     if (!remove.empty()) {
-        SetPtr del = build_uid_elements(table, set, remove);
-        batch.set_elements(*del, Op::Delete, "delete " + std::to_string(remove.size()) +
-                                                 " element(s) from set " + set);
+        batch.set_elements(table, set, u32_keys(remove), Op::Delete,
+                           "delete " + std::to_string(remove.size()) + " element(s) from set " + set);
     }
     if (!add.empty()) {
-        SetPtr put = build_uid_elements(table, set, add);
-        batch.set_elements(*put, Op::Create, "add " + std::to_string(add.size()) +
-                                                 " element(s) to set " + set);
+        batch.set_elements(table, set, u32_keys(add), Op::Create,
+                           "add " + std::to_string(add.size()) + " element(s) to set " + set);
     }
     return with_context(batch.commit(transport_), "table inet " + table);
 }

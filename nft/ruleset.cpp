@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <libnftnl/common.h>
+#include <libnftnl/udata.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/xt_NFQUEUE.h>
@@ -9,6 +10,8 @@
 #include <netinet/tcp.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <new>
 #include <cstring>
 #include <utility>
 
@@ -119,12 +122,7 @@ public:
         ExprPtr e = make_expr("target");
         nftnl_expr_set_str(e.get(), NFTNL_EXPR_TG_NAME, "NFQUEUE");
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_TG_REV, 3);
-        xt_NFQ_info_v3 info{};
-        info.queuenum = num;
-        info.queues_total = 1;
-        info.flags = NFQ_FLAG_BYPASS;
-        // nftnl_expr_set copies the target info.
-        nftnl_expr_set(e.get(), NFTNL_EXPR_TG_INFO, &info, sizeof info);
+        set_nfqueue_info(e.get(), num);
         return add(std::move(e), label);
     }
 
@@ -160,9 +158,23 @@ private:
     std::vector<std::string> names_;
 };
 
+// nftables' byteorder enum (src/datatype.h): uid/gid keys are host-endian.
+constexpr std::uint32_t kByteorderHost = 1;
+
+using UdataBufPtr = std::unique_ptr<nftnl_udata_buf, Deleter<nftnl_udata_buf_free>>;
+
 SetPtr base_set(const std::string& table, const char* name, std::uint32_t key_type,
                 std::uint32_t key_len, std::uint32_t id) {
     SetPtr s = make_set();
+    if (key_type == kTypeUid || key_type == kTypeGid) {
+        // nft reads the key byte order from the set's user data; without it, it
+        // would print uid 8 as 134217728 (the kernel itself does not care).
+        UdataBufPtr udata(nftnl_udata_buf_alloc(64));
+        if (!udata) throw std::bad_alloc();
+        nftnl_udata_put_u32(udata.get(), NFTNL_UDATA_SET_KEYBYTEORDER, kByteorderHost);
+        nftnl_set_set_data(s.get(), NFTNL_SET_USERDATA, nftnl_udata_buf_data(udata.get()),
+                           nftnl_udata_buf_len(udata.get()));  // copied by libnftnl
+    }
     nftnl_set_set_u32(s.get(), NFTNL_SET_FAMILY, NFPROTO_INET);
     nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, table.c_str());
     nftnl_set_set_str(s.get(), NFTNL_SET_NAME, name);
@@ -172,10 +184,9 @@ SetPtr base_set(const std::string& table, const char* name, std::uint32_t key_ty
     return s;
 }
 
-void add_element(nftnl_set* s, const void* key, std::uint32_t len) {
-    SetElemPtr elem = make_set_elem();
-    nftnl_set_elem_set(elem.get(), NFTNL_SET_ELEM_KEY, key, len);
-    nftnl_set_elem_add(s, elem.release());  // the set takes ownership
+ElementKey key_of(const void* data, std::size_t len) {
+    const auto* p = static_cast<const std::uint8_t*>(data);
+    return ElementKey(p, p + len);
 }
 
 ChainPtr base_chain(const std::string& table, const char* name, int priority) {
@@ -205,6 +216,17 @@ constexpr int kEnforcePriority = 10;
 
 }  // namespace
 
+void set_nfqueue_info(nftnl_expr* target, std::uint16_t queue_num) {
+    // libnftnl takes ownership of the info buffer (it frees it with free()), so it
+    // must come from malloc.
+    auto* info = static_cast<xt_NFQ_info_v3*>(std::calloc(1, sizeof(xt_NFQ_info_v3)));
+    if (info == nullptr) throw std::bad_alloc();
+    info->queuenum = queue_num;
+    info->queues_total = 1;
+    info->flags = NFQ_FLAG_BYPASS;
+    nftnl_expr_set(target, NFTNL_EXPR_TG_INFO, info, sizeof *info);
+}
+
 const char* to_string(QueueMode mode) {
     switch (mode) {
         case QueueMode::None: return "none";
@@ -221,14 +243,11 @@ TablePtr build_table(const std::string& table) {
     return t;
 }
 
-SetPtr build_uid_elements(const std::string& table, const std::string& set,
-                          const std::set<std::uint32_t>& values) {
-    SetPtr s = make_set();
-    nftnl_set_set_u32(s.get(), NFTNL_SET_FAMILY, NFPROTO_INET);
-    nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, table.c_str());
-    nftnl_set_set_str(s.get(), NFTNL_SET_NAME, set.c_str());
-    for (const std::uint32_t v : values) add_element(s.get(), &v, sizeof v);
-    return s;
+std::vector<ElementKey> u32_keys(const std::set<std::uint32_t>& values) {
+    std::vector<ElementKey> keys;
+    keys.reserve(values.size());
+    for (const std::uint32_t v : values) keys.push_back(key_of(&v, sizeof v));
+    return keys;
 }
 
 Ruleset build_ruleset(const RulesetSpec& spec) {
@@ -239,29 +258,27 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
 
     // --- sets -------------------------------------------------------------------
     {
-        BuiltSet ports{kSetPorts, {"type inet_service"}, {}, base_set(t, kSetPorts, kTypeInetService, 2, 1)};
+        BuiltSet ports{kSetPorts, {"type inet_service"}, {}, {}, base_set(t, kSetPorts, kTypeInetService, 2, 1)};
         std::vector<std::uint16_t> sorted = spec.ports;
         std::sort(sorted.begin(), sorted.end());
         sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
         for (const std::uint16_t p : sorted) {
             const std::uint16_t be = htons(p);  // inet_service is network byte order
-            add_element(ports.set.get(), &be, sizeof be);
+            ports.keys.push_back(key_of(&be, sizeof be));
             ports.elements.push_back(std::to_string(p));
         }
         rs.sets.push_back(std::move(ports));
     }
     {
-        BuiltSet uids{kSetAllowUid, {"type uid"}, {}, base_set(t, kSetAllowUid, kTypeUid, 4, 2)};
+        BuiltSet uids{kSetAllowUid, {"type uid"}, {}, u32_keys(spec.allow_uids), base_set(t, kSetAllowUid, kTypeUid, 4, 2)};
         for (const std::uint32_t u : spec.allow_uids) {
-            add_element(uids.set.get(), &u, sizeof u);  // uid/gid are host byte order
             uids.elements.push_back(std::to_string(u));
         }
         rs.sets.push_back(std::move(uids));
     }
     {
-        BuiltSet gids{kSetAllowGid, {"type gid"}, {}, base_set(t, kSetAllowGid, kTypeGid, 4, 3)};
+        BuiltSet gids{kSetAllowGid, {"type gid"}, {}, u32_keys(spec.allow_gids), base_set(t, kSetAllowGid, kTypeGid, 4, 3)};
         for (const std::uint32_t g : spec.allow_gids) {
-            add_element(gids.set.get(), &g, sizeof g);
             gids.elements.push_back(std::to_string(g));
         }
         rs.sets.push_back(std::move(gids));
@@ -270,6 +287,7 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
         // Exact per-uid SYN counts, kept by the kernel whatever userspace does.
         BuiltSet blocked{kSetBlocked,
                          {"type uid", "size " + std::to_string(kDynamicSetSize), "flags dynamic", "counter"},
+                         {},
                          {},
                          base_set(t, kSetBlocked, kTypeUid, 4, 4)};
         nftnl_set_set_u32(blocked.set.get(), NFTNL_SET_FLAGS, NFT_SET_EVAL);
@@ -283,6 +301,7 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
         BuiltSet rate{kSetObserveRate,
                       {"type uid", "size " + std::to_string(kDynamicSetSize), "flags dynamic,timeout",
                        "timeout 1m"},
+                      {},
                       {},
                       base_set(t, kSetObserveRate, kTypeUid, 4, 5)};
         nftnl_set_set_u32(rate.set.get(), NFTNL_SET_FLAGS, NFT_SET_EVAL | NFT_SET_TIMEOUT);

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "nft/batch.h"
 #include "nft/handles.h"
 
 namespace smtpfence::nft {
@@ -64,7 +65,8 @@ struct BuiltSet {
     std::string name;
     std::vector<std::string> header;  // the lines inside `set NAME { ... }` before elements
     std::vector<std::string> elements;  // as nft prints them, in sorted order
-    SetPtr set;                       // with its elements attached
+    std::vector<ElementKey> keys;       // the same elements as the kernel stores them
+    SetPtr set;
 };
 
 struct BuiltChain {
@@ -83,13 +85,14 @@ struct Ruleset {
 
 [[nodiscard]] Ruleset build_ruleset(const RulesetSpec& spec);
 
-// A set of the table holding only the given elements, for incremental element
-// additions/deletions (the set must exist in the kernel).
-[[nodiscard]] SetPtr build_uid_elements(const std::string& table, const std::string& set,
-                                        const std::set<std::uint32_t>& values);
+// uid/gid values as set element keys (host byte order, 4 bytes).
+[[nodiscard]] std::vector<ElementKey> u32_keys(const std::set<std::uint32_t>& values);
 
 // A bare table object (name + family), for delete / existence operations.
 [[nodiscard]] TablePtr build_table(const std::string& table);
+
+// Fills an xtables "target" expression's info with NFQUEUE v3 (queue num, bypass).
+void set_nfqueue_info(nftnl_expr* target, std::uint16_t queue_num);
 
 // The table as `nft list table inet NAME` prints it right after apply.
 [[nodiscard]] std::string render_nft(const Ruleset& ruleset);

@@ -1,0 +1,58 @@
+// The controller: from config file and accounts to the ruleset in the kernel, and the
+// signal loop that keeps it there. Shared by smtpfenced and smtpfencectl's dry run.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "nft/ruleset.h"
+#include "policy/policy.h"
+#include "policy/resolve.h"
+
+namespace smtpfence {
+
+struct DaemonOptions {
+    std::string config_path = kDefaultConfigPath;
+    bool config_given = false;  // an explicit --config must exist; the default may not
+    std::string table = "smtpfence";
+    std::string control_socket = "/run/smtpfence/control.sock";
+    std::string state_dir = "/var/lib/smtpfence";
+    std::string virtual_dir = "/etc/virtual";
+    std::string passwd_path = "/etc/passwd";
+    std::string group_path = "/etc/group";
+    bool foreground = false;
+};
+
+// Everything the daemon derives from its inputs at one instant.
+struct Desired {
+    LoadedPolicy loaded;
+    Allowlist allow;
+    nft::RulesetSpec spec;
+    std::vector<std::string> warnings;  // config + accounts + resolution warnings
+};
+
+[[nodiscard]] nft::RulesetSpec make_spec(const Policy& policy, const Allowlist& allow,
+                                         const std::string& table, nft::QueueMode queue);
+
+// Loads the config and the accounts and resolves them. Errors name file and line.
+[[nodiscard]] Result<Desired> compute_desired(const DaemonOptions& options, nft::QueueMode queue);
+
+// One line for the log and for status: what is enforced.
+[[nodiscard]] std::string describe(const Desired& desired);
+
+// Runs the daemon until SIGTERM/SIGINT. Returns the process exit code. Without
+// --foreground it detaches once the rules are in the kernel, so the exit status of
+// the command that started it tells whether the block is in force.
+[[nodiscard]] int run_daemon(const DaemonOptions& options);
+
+// One-shot operations of smtpfenced: apply the policy and exit; remove the table.
+[[nodiscard]] int apply_once(const DaemonOptions& options);
+[[nodiscard]] int remove_table(const DaemonOptions& options);
+
+// Process exit codes shared by smtpfenced and smtpfencectl (documented in the README).
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;  // the kernel refused, I/O failed
+inline constexpr int kExitUsage = 2;    // bad arguments or configuration
+
+}  // namespace smtpfence
