@@ -1,0 +1,223 @@
+// Batch commit against a fake kernel: ACK accounting, error mapping to the object and
+// to the expression inside a rule (extended ACK offsets), draining after an error,
+// batch-level refusal, and a kernel that never answers.
+#include <gtest/gtest.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netlink.h>
+
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <map>
+
+#include "nft/batch.h"
+#include "nft/ruleset.h"
+
+namespace smtpfence::nft {
+namespace {
+
+// Plays the kernel's side of nfnetlink batches.
+class FakeKernel final : public Transport {
+public:
+    // Decides the errno (0 = ok) for the index-th message of the batch (BEGIN/END
+    // excluded) and an optional extended ACK offset into it.
+    std::function<int(std::size_t index, const nlmsghdr* msg, std::uint32_t* offset)> verdict =
+        [](std::size_t, const nlmsghdr*, std::uint32_t*) { return 0; };
+    int refuse_whole_batch = 0;  // errno for the BEGIN message (e.g. EPERM)
+    bool silent = false;         // never answer
+    std::size_t messages_seen = 0;
+
+    Result<void> send(std::span<const std::byte> bytes) override {
+        ++sends;
+        int len = static_cast<int>(bytes.size());
+        const auto* nlh = reinterpret_cast<const nlmsghdr*>(bytes.data());
+        std::size_t index = 0;
+        for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {
+            if (nlh->nlmsg_type == NFNL_MSG_BATCH_BEGIN) {
+                if (refuse_whole_batch != 0) {
+                    queue_ack(nlh, refuse_whole_batch, std::nullopt, "no permission");
+                    return {};
+                }
+                continue;
+            }
+            if (nlh->nlmsg_type == NFNL_MSG_BATCH_END) continue;
+            ++messages_seen;
+            std::uint32_t offset = 0;
+            const int err = verdict(index++, nlh, &offset);
+            if ((nlh->nlmsg_flags & NLM_F_ACK) != 0 || err != 0) {
+                queue_ack(nlh, err, err != 0 && offset != 0 ? std::optional(offset) : std::nullopt,
+                          err != 0 ? "refused by fake kernel" : "");
+            }
+        }
+        return {};
+    }
+
+    Result<std::size_t> receive(std::span<std::byte> buf, int) override {
+        if (silent || replies_.empty()) return fail(ETIMEDOUT, "wait for reply");
+        // Several ACKs per datagram, as the kernel batches them into one skb.
+        std::size_t used = 0;
+        while (!replies_.empty() && used + replies_.front().size() <= buf.size() && used < 512) {
+            std::memcpy(buf.data() + used, replies_.front().data(), replies_.front().size());
+            used += replies_.front().size();
+            replies_.pop_front();
+        }
+        return used;
+    }
+    [[nodiscard]] std::uint32_t portid() const override { return 4242; }
+    std::uint32_t next_seq() override { return seq_++; }
+    Result<void> reserve_send(std::size_t) override { return {}; }
+
+    std::size_t pending_replies() const { return replies_.size(); }
+    int sends = 0;
+
+private:
+    void queue_ack(const nlmsghdr* req, int err, std::optional<std::uint32_t> offset,
+                   const std::string& text) {
+        std::vector<char> out(NLMSG_SPACE(sizeof(nlmsgerr)) + 256, 0);
+        auto* nlh = reinterpret_cast<nlmsghdr*>(out.data());
+        nlh->nlmsg_type = NLMSG_ERROR;
+        nlh->nlmsg_seq = req->nlmsg_seq;
+        nlh->nlmsg_pid = 4242;
+        nlh->nlmsg_flags = NLM_F_CAPPED;
+        auto* e = reinterpret_cast<nlmsgerr*>(out.data() + NLMSG_HDRLEN);
+        e->error = -err;
+        e->msg = *req;
+        std::size_t len = NLMSG_HDRLEN + sizeof(nlmsgerr);
+        auto put = [&](std::uint16_t type, const void* data, std::size_t n) {
+            auto* a = reinterpret_cast<nlattr*>(out.data() + NLMSG_ALIGN(len));
+            a->nla_type = type;
+            a->nla_len = static_cast<std::uint16_t>(NLA_HDRLEN + n);
+            std::memcpy(reinterpret_cast<char*>(a) + NLA_HDRLEN, data, n);
+            len = NLMSG_ALIGN(len) + NLA_ALIGN(a->nla_len);
+        };
+        if (err != 0 && !text.empty()) {
+            nlh->nlmsg_flags |= NLM_F_ACK_TLVS;
+            put(NLMSGERR_ATTR_MSG, text.c_str(), text.size() + 1);
+            if (offset) put(NLMSGERR_ATTR_OFFS, &*offset, sizeof *offset);
+        }
+        nlh->nlmsg_len = static_cast<std::uint32_t>(len);
+        out.resize(NLMSG_ALIGN(len));
+        replies_.push_back(std::move(out));
+    }
+
+    std::deque<std::vector<char>> replies_;
+    std::uint32_t seq_ = 100;
+};
+
+// Offset (from the message start) of the index-th expression of a NEWRULE message.
+std::uint32_t expression_offset(const nlmsghdr* msg, std::size_t wanted) {
+    const char* start = reinterpret_cast<const char*>(msg);
+    const nlattr* attr = nullptr;
+    std::size_t off = NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(nfgenmsg));
+    while (off + sizeof(nlattr) <= msg->nlmsg_len) {
+        attr = reinterpret_cast<const nlattr*>(start + off);
+        if ((attr->nla_type & NLA_TYPE_MASK) == NFTA_RULE_EXPRESSIONS) {
+            std::size_t inner = off + NLA_HDRLEN;
+            for (std::size_t i = 0; inner < off + attr->nla_len; ++i) {
+                const auto* elem = reinterpret_cast<const nlattr*>(start + inner);
+                if (i == wanted) return static_cast<std::uint32_t>(inner + NLA_HDRLEN);
+                inner += NLA_ALIGN(elem->nla_len);
+            }
+        }
+        off += NLA_ALIGN(attr->nla_len);
+    }
+    return 0;
+}
+
+TEST(Batch, CommitReadsEveryAck) {
+    FakeKernel kernel;
+    const Ruleset rs = build_ruleset(RulesetSpec{});
+    Batch batch(NFPROTO_INET);
+    for (const BuiltSet& s : rs.sets) batch.set(*s.set, Op::Create, "set " + s.name);
+    for (const BuiltRule& r : rs.rules) batch.rule(*r.rule, Op::Create, r.text, r.expr_names);
+    ASSERT_TRUE(batch.commit(kernel).has_value());
+    EXPECT_EQ(kernel.sends, 1);  // one datagram: one transaction
+    EXPECT_EQ(kernel.messages_seen, batch.message_count());
+    EXPECT_EQ(kernel.pending_replies(), 0U);
+}
+
+TEST(Batch, ErrorNamesTheRuleAndTheExpression) {
+    FakeKernel kernel;
+    const Ruleset rs = build_ruleset(RulesetSpec{});
+    Batch batch(NFPROTO_INET);
+    // Message 0: table; then every rule. Refuse the last rule's last expression.
+    batch.table(*rs.table_obj, Op::Create, "create table inet smtpfence");
+    for (const BuiltRule& r : rs.rules) batch.rule(*r.rule, Op::Create, "rule " + r.chain + " (" + r.text + ")", r.expr_names);
+    const BuiltRule& last = rs.rules.back();
+    const std::size_t last_index = batch.message_count() - 1;
+    kernel.verdict = [&](std::size_t index, const nlmsghdr* msg, std::uint32_t* offset) {
+        if (index != last_index) return 0;
+        *offset = expression_offset(msg, last.expr_names.size() - 1);
+        return EOPNOTSUPP;
+    };
+    auto r = batch.commit(kernel);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_EQ(r.error().code, EOPNOTSUPP);
+    const std::string m = r.error().message();
+    EXPECT_NE(m.find("rule judge (meta l4proto tcp reject with tcp reset)"), std::string::npos) << m;
+    EXPECT_NE(m.find("expression 3 (reject with tcp reset)"), std::string::npos) << m;
+    EXPECT_NE(m.find("refused by fake kernel"), std::string::npos) << m;
+    EXPECT_NE(m.find("nothing changed"), std::string::npos) << m;
+    EXPECT_EQ(kernel.pending_replies(), 0U) << "every ACK must be drained, also after an error";
+}
+
+TEST(Batch, FirstOfSeveralErrorsIsReportedAndTheRestCounted) {
+    FakeKernel kernel;
+    const Ruleset rs = build_ruleset(RulesetSpec{});
+    Batch batch(NFPROTO_INET);
+    for (const BuiltSet& s : rs.sets) batch.set(*s.set, Op::Create, "set " + s.name);
+    kernel.verdict = [](std::size_t index, const nlmsghdr*, std::uint32_t*) {
+        return index >= 1 ? ENOENT : 0;
+    };
+    auto r = batch.commit(kernel);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_EQ(r.error().what, "set allow_uid");
+    EXPECT_NE(r.error().detail.find(std::to_string(batch.message_count() - 2) + " more refused"),
+              std::string::npos)
+        << r.error().detail;
+}
+
+TEST(Batch, WholeBatchRefused) {
+    FakeKernel kernel;
+    kernel.refuse_whole_batch = EPERM;
+    Batch batch(NFPROTO_INET);
+    batch.table(*build_table("t"), Op::Create, "create table inet t");
+    auto r = batch.commit(kernel);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_EQ(r.error().code, EPERM);
+}
+
+TEST(Batch, KernelThatNeverAnswersIsATimeoutNotAHang) {
+    FakeKernel kernel;
+    kernel.silent = true;
+    Batch batch(NFPROTO_INET);
+    batch.table(*build_table("t"), Op::Create, "create table inet t");
+    auto r = batch.commit(kernel);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_EQ(r.error().code, ETIMEDOUT);
+    EXPECT_NE(r.error().message().find("1 of 1 ACKs missing"), std::string::npos);
+}
+
+TEST(Batch, LargeElementListsAreSplitIntoMessages) {
+    FakeKernel kernel;
+    std::set<std::uint32_t> uids;
+    for (std::uint32_t u = 1000; u < 11000; ++u) uids.insert(u);
+    Batch batch(NFPROTO_INET);
+    batch.set_elements("t", "allow_uid", u32_keys(uids), Op::Create, "add");
+    const std::size_t expected = (uids.size() + Batch::kElementsPerMessage - 1) / Batch::kElementsPerMessage;
+    EXPECT_EQ(batch.message_count(), expected);
+    ASSERT_TRUE(batch.commit(kernel).has_value());
+}
+
+TEST(Batch, EmptyBatchSendsNothing) {
+    FakeKernel kernel;
+    Batch batch(NFPROTO_INET);
+    ASSERT_TRUE(batch.commit(kernel).has_value());
+    EXPECT_EQ(kernel.sends, 0);
+}
+
+}  // namespace
+}  // namespace smtpfence::nft

@@ -1,0 +1,108 @@
+// Golden tests of the rule builder: the exact bytecode and nft text each policy shape
+// produces. The same text is compared with the kernel's own listing by the root
+// integration tests, so golden text, bytecode and kernel state are tied together.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "nft/ruleset.h"
+
+namespace smtpfence::nft {
+namespace {
+
+std::string golden_path(const std::string& name) {
+    return std::string(SMTPFENCE_SOURCE_DIR) + "/tests/golden/" + name;
+}
+
+// Compares with the golden file; SMTPFENCE_UPDATE_GOLDEN=1 rewrites it instead (then
+// review the diff by hand before committing).
+void expect_golden(const std::string& name, const std::string& actual) {
+    const std::string path = golden_path(name);
+    if (std::getenv("SMTPFENCE_UPDATE_GOLDEN") != nullptr) {  // NOLINT(concurrency-mt-unsafe)
+        std::ofstream(path) << actual;
+        return;
+    }
+    std::ifstream in(path);
+    ASSERT_TRUE(in.good()) << "missing golden file " << path;
+    std::stringstream expected;
+    expected << in.rdbuf();
+    EXPECT_EQ(actual, expected.str()) << "golden file " << path;
+}
+
+RulesetSpec default_spec() {
+    RulesetSpec spec;
+    spec.table = "smtpfence";
+    spec.allow_uids = {0, 8, 101};
+    spec.allow_gids = {8, 38};
+    spec.queue = QueueMode::Xt;
+    return spec;
+}
+
+TEST(Ruleset, DefaultPolicyBytecode) {
+    expect_golden("default-xt.bytecode", render_bytecode(build_ruleset(default_spec())));
+}
+
+TEST(Ruleset, DefaultPolicyNftText) {
+    expect_golden("default-xt.nft", render_nft(build_ruleset(default_spec())));
+}
+
+TEST(Ruleset, NativeQueueDropNoLocal) {
+    RulesetSpec spec = default_spec();
+    spec.queue = QueueMode::Native;
+    spec.verdict = Verdict::Drop;
+    spec.allow_local = false;
+    spec.ports = {2525, 25};
+    spec.queue_num = 7;
+    const Ruleset rs = build_ruleset(spec);
+    expect_golden("native-drop-nolocal.bytecode", render_bytecode(rs));
+    expect_golden("native-drop-nolocal.nft", render_nft(rs));
+}
+
+TEST(Ruleset, NoQueueSupportHasNoObserveChain) {
+    RulesetSpec spec = default_spec();
+    spec.queue = QueueMode::None;
+    const Ruleset rs = build_ruleset(spec);
+    for (const BuiltChain& c : rs.chains) EXPECT_NE(c.name, kChainObserve);
+    for (const BuiltSet& s : rs.sets) EXPECT_NE(s.name, kSetObserveRate);
+    // Enforcement does not depend on the worker: enforce + judge are all there.
+    const std::string text = render_nft(rs);
+    EXPECT_NE(text.find("chain enforce"), std::string::npos);
+    EXPECT_NE(text.find("meta l4proto tcp reject with tcp reset"), std::string::npos);
+    EXPECT_EQ(text.find("queue"), std::string::npos);
+}
+
+TEST(Ruleset, PortsSortedAndUniqueInNetworkOrder) {
+    RulesetSpec spec = default_spec();
+    spec.ports = {587, 25, 587, 465};
+    const Ruleset rs = build_ruleset(spec);
+    const BuiltSet& ports = rs.sets.front();
+    ASSERT_EQ(ports.name, kSetPorts);
+    EXPECT_EQ(ports.elements, (std::vector<std::string>{"25", "465", "587"}));
+    ASSERT_EQ(ports.keys.size(), 3U);
+    EXPECT_EQ(ports.keys[0], (ElementKey{0x00, 0x19}));  // 25, big-endian
+}
+
+TEST(Ruleset, UidKeysAreHostOrder) {
+    const auto keys = u32_keys({1, 0x01020304});
+    ASSERT_EQ(keys.size(), 2U);
+    std::uint32_t v = 0;
+    std::memcpy(&v, keys[1].data(), sizeof v);
+    EXPECT_EQ(v, 0x01020304U);
+}
+
+TEST(Ruleset, EveryRuleHasAnExpressionLabelPerExpression) {
+    const Ruleset rs = build_ruleset(default_spec());
+    for (const BuiltRule& r : rs.rules) {
+        std::size_t count = 0;
+        nftnl_expr_iter* it = nftnl_expr_iter_create(r.rule.get());
+        while (nftnl_expr_iter_next(it) != nullptr) ++count;
+        nftnl_expr_iter_destroy(it);
+        EXPECT_EQ(count, r.expr_names.size()) << r.text;
+    }
+}
+
+}  // namespace
+}  // namespace smtpfence::nft
