@@ -14,13 +14,16 @@ std::string errno_text(int code) {
 std::string Error::message() const {
     std::string out = what;
     if (code != 0) {
-        if (!out.empty()) out += ": ";
+        if (!out.empty())
+            out += ": ";
         out += errno_text(code);
     }
     if (!detail.empty()) {
-        if (!out.empty()) out += code != 0 ? " (" : ": ";
+        if (!out.empty())
+            out += code != 0 ? " (" : ": ";
         out += detail;
-        if (code != 0) out += ")";
+        if (code != 0)
+            out += ")";
     }
     return out;
 }

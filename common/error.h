@@ -33,7 +33,8 @@ using Result = std::expected<T, Error>;
 // (libstdc++ 12 has no std::expected::transform_error yet).
 template <class T>
 [[nodiscard]] Result<T> with_context(Result<T> r, const std::string& outer) {
-    if (!r) return std::unexpected(r.error().wrap(outer));
+    if (!r)
+        return std::unexpected(r.error().wrap(outer));
     return r;
 }
 

@@ -14,11 +14,15 @@ namespace smtpfence {
 Result<std::string> read_text_file(const std::string& path, std::size_t max_bytes) {
     // O_NONBLOCK so that a FIFO given by mistake cannot hang the daemon in open().
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
-    if (!fd.valid()) return fail(errno, path);
+    if (!fd.valid())
+        return fail(errno, path);
     struct stat st {};
-    if (::fstat(fd.get(), &st) != 0) return fail(errno, path);
-    if (S_ISDIR(st.st_mode)) return fail(EISDIR, path);
-    if (!S_ISREG(st.st_mode)) return fail(EINVAL, path, "not a regular file");
+    if (::fstat(fd.get(), &st) != 0)
+        return fail(errno, path);
+    if (S_ISDIR(st.st_mode))
+        return fail(EISDIR, path);
+    if (!S_ISREG(st.st_mode))
+        return fail(EINVAL, path, "not a regular file");
     if (static_cast<std::size_t>(st.st_size) > max_bytes) {
         return fail(EFBIG, path,
                     "larger than " + std::to_string(max_bytes >> 20U) + " MiB, refusing to read");
@@ -29,15 +33,18 @@ Result<std::string> read_text_file(const std::string& path, std::size_t max_byte
     while (true) {
         if (done == content.size()) {
             // The file may have grown since fstat; read on in bounded steps.
-            if (content.size() >= max_bytes + 1) break;
+            if (content.size() >= max_bytes + 1)
+                break;
             content.resize(std::min(content.size() + 65536, max_bytes + 1));
         }
         const ssize_t n = ::read(fd.get(), content.data() + done, content.size() - done);
         if (n < 0) {
-            if (errno == EINTR) continue;
+            if (errno == EINTR)
+                continue;
             return fail(errno, path);
         }
-        if (n == 0) break;
+        if (n == 0)
+            break;
         done += static_cast<std::size_t>(n);
     }
     if (done > max_bytes) {
@@ -48,33 +55,38 @@ Result<std::string> read_text_file(const std::string& path, std::size_t max_byte
     return content;
 }
 
-Result<void> write_file_atomic(const std::string& path, const std::string& content,
-                               unsigned mode) {
+Result<void> write_file_atomic(const std::string& path, const std::string& content, unsigned mode) {
     const std::filesystem::path target(path);
     const std::filesystem::path dir =
         target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
     std::string tmp = (dir / ("." + target.filename().string() + ".XXXXXX")).string();
     UniqueFd fd(::mkostemp(tmp.data(), O_CLOEXEC));
-    if (!fd.valid()) return fail(errno, "create temporary file in " + dir.string());
+    if (!fd.valid())
+        return fail(errno, "create temporary file in " + dir.string());
     auto cleanup_fail = [&](int err, const std::string& what) {
         ::unlink(tmp.c_str());
         return fail(err, what);
     };
-    if (::fchmod(fd.get(), static_cast<mode_t>(mode)) != 0) return cleanup_fail(errno, tmp);
+    if (::fchmod(fd.get(), static_cast<mode_t>(mode)) != 0)
+        return cleanup_fail(errno, tmp);
     std::size_t done = 0;
     while (done < content.size()) {
         const ssize_t n = ::write(fd.get(), content.data() + done, content.size() - done);
         if (n < 0) {
-            if (errno == EINTR) continue;
+            if (errno == EINTR)
+                continue;
             return cleanup_fail(errno, "write " + tmp);
         }
         done += static_cast<std::size_t>(n);
     }
-    if (::fsync(fd.get()) != 0) return cleanup_fail(errno, "fsync " + tmp);
+    if (::fsync(fd.get()) != 0)
+        return cleanup_fail(errno, "fsync " + tmp);
     fd.reset();
-    if (::rename(tmp.c_str(), path.c_str()) != 0) return cleanup_fail(errno, "rename to " + path);
+    if (::rename(tmp.c_str(), path.c_str()) != 0)
+        return cleanup_fail(errno, "rename to " + path);
     UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (dfd.valid()) (void)::fsync(dfd.get());
+    if (dfd.valid())
+        (void)::fsync(dfd.get());
     return {};
 }
 

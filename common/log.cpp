@@ -20,7 +20,8 @@ std::mutex g_mutex;
 // "<N>" prefix carries the priority instead of a word.
 bool stderr_is_journal() {
     static const bool is_journal = [] {
-        const char* env = std::getenv("JOURNAL_STREAM");  // NOLINT(concurrency-mt-unsafe): read once
+        const char* env =
+            std::getenv("JOURNAL_STREAM");  // NOLINT(concurrency-mt-unsafe): read once
         return env != nullptr && *env != '\0';
     }();
     return is_journal;
@@ -28,19 +29,27 @@ bool stderr_is_journal() {
 
 const char* level_word(Level level) {
     switch (level) {
-        case Level::Error: return "error: ";
-        case Level::Warning: return "warning: ";
-        case Level::Notice: return "";
-        case Level::Info: return "";
-        case Level::Debug: return "debug: ";
+        case Level::Error:
+            return "error: ";
+        case Level::Warning:
+            return "warning: ";
+        case Level::Notice:
+        case Level::Info:
+            return "";
+        case Level::Debug:
+            return "debug: ";
     }
     return "";
 }
 
 }  // namespace
 
-void set_program(std::string_view name) { g_program = name; }
-void set_verbose(bool verbose) { g_verbose = verbose; }
+void set_program(std::string_view name) {
+    g_program = name;
+}
+void set_verbose(bool verbose) {
+    g_verbose = verbose;
+}
 
 void use_syslog() {
     // openlog keeps the pointer: g_program lives as long as the process.
@@ -49,7 +58,8 @@ void use_syslog() {
 }
 
 void write(Level level, std::string_view message) {
-    if (level == Level::Debug && !g_verbose) return;
+    if (level == Level::Debug && !g_verbose)
+        return;
     if (g_syslog) {
         syslog(static_cast<int>(level), "%.*s", static_cast<int>(message.size()), message.data());
         return;

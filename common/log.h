@@ -15,10 +15,20 @@ void set_verbose(bool verbose);
 void use_syslog();
 void write(Level level, std::string_view message);
 
-inline void error(std::string_view m) { write(Level::Error, m); }
-inline void warning(std::string_view m) { write(Level::Warning, m); }
-inline void notice(std::string_view m) { write(Level::Notice, m); }
-inline void info(std::string_view m) { write(Level::Info, m); }
-inline void debug(std::string_view m) { write(Level::Debug, m); }
+inline void error(std::string_view m) {
+    write(Level::Error, m);
+}
+inline void warning(std::string_view m) {
+    write(Level::Warning, m);
+}
+inline void notice(std::string_view m) {
+    write(Level::Notice, m);
+}
+inline void info(std::string_view m) {
+    write(Level::Info, m);
+}
+inline void debug(std::string_view m) {
+    write(Level::Debug, m);
+}
 
 }  // namespace smtpfence::log

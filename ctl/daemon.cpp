@@ -1,7 +1,7 @@
 #include "ctl/daemon.h"
 
-#include <signal.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -19,14 +19,17 @@ namespace {
 std::string join_numbers(const auto& values) {
     std::string out;
     for (const auto& v : values) {
-        if (!out.empty()) out += ",";
+        if (!out.empty())
+            out += ",";
         out += std::to_string(v);
     }
     return out;
 }
 
 // The scratch table for the queue probe: never one an admin or we use.
-std::string probe_table_name(const std::string& table) { return table + "-probe"; }
+std::string probe_table_name(const std::string& table) {
+    return table + "-probe";
+}
 
 struct State {
     DaemonOptions options;
@@ -36,16 +39,20 @@ struct State {
 // Loads, resolves and applies. On any error the rules in force are left alone.
 Result<void> load_and_apply(nft::Engine& engine, const State& state) {
     auto desired = compute_desired(state.options, state.queue);
-    if (!desired) return std::unexpected(desired.error());
-    for (const std::string& w : desired->warnings) log::warning(w);
+    if (!desired)
+        return std::unexpected(desired.error());
+    for (const std::string& w : desired->warnings)
+        log::warning(w);
     if (!desired->loaded.policy.enabled) {
-        if (auto r = engine.remove(state.options.table); !r) return r;
+        if (auto r = engine.remove(state.options.table); !r)
+            return r;
         log::notice("SMTP_BLOCK is \"0\" in " + desired->loaded.policy.source +
                     ": nothing is enforced, outbound SMTP is open to every user");
         return {};
     }
     const nft::Ruleset ruleset = nft::build_ruleset(desired->spec);
-    if (auto r = engine.apply(ruleset); !r) return r;
+    if (auto r = engine.apply(ruleset); !r)
+        return r;
     log::notice("enforcing: " + describe(*desired));
     return {};
 }
@@ -56,9 +63,12 @@ Result<UniqueFd> block_signals() {
     sigaddset(&mask, SIGHUP);
     sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGINT);
-    if (sigprocmask(SIG_BLOCK, &mask, nullptr) != 0) return fail(errno, "block signals");
+    if (const int err = pthread_sigmask(SIG_BLOCK, &mask, nullptr); err != 0) {
+        return fail(err, "block signals");
+    }
     UniqueFd fd(signalfd(-1, &mask, SFD_CLOEXEC));
-    if (!fd.valid()) return fail(errno, "signalfd");
+    if (!fd.valid())
+        return fail(errno, "signalfd");
     return fd;
 }
 
@@ -66,13 +76,18 @@ Result<UniqueFd> block_signals() {
 // reach the admin's terminal and exit status.
 Result<void> detach() {
     const pid_t pid = fork();
-    if (pid < 0) return fail(errno, "fork");
-    if (pid > 0) _exit(kExitOk);
-    if (setsid() < 0) return fail(errno, "setsid");
+    if (pid < 0)
+        return fail(errno, "fork");
+    if (pid > 0)
+        _exit(kExitOk);
+    if (setsid() < 0)
+        return fail(errno, "setsid");
     UniqueFd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
-    if (!null.valid()) return fail(errno, "open /dev/null");
+    if (!null.valid())
+        return fail(errno, "open /dev/null");
     for (int fd : {STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO}) {
-        if (dup2(null.get(), fd) < 0) return fail(errno, "dup2");
+        if (dup2(null.get(), fd) < 0)
+            return fail(errno, "dup2");
     }
     log::use_syslog();
     return {};
@@ -99,10 +114,12 @@ nft::RulesetSpec make_spec(const Policy& policy, const Allowlist& allow, const s
 Result<Desired> compute_desired(const DaemonOptions& options, nft::QueueMode queue) {
     Desired d;
     auto loaded = load_policy(options.config_path, !options.config_given);
-    if (!loaded) return std::unexpected(loaded.error());
+    if (!loaded)
+        return std::unexpected(loaded.error());
     d.loaded = std::move(*loaded);
     auto accounts = AccountDb::load(options.passwd_path, options.group_path);
-    if (!accounts) return std::unexpected(accounts.error());
+    if (!accounts)
+        return std::unexpected(accounts.error());
     d.allow = resolve_allowlist(d.loaded.policy, *accounts);
     d.warnings = d.loaded.warnings;
     d.warnings.insert(d.warnings.end(), accounts->warnings().begin(), accounts->warnings().end());
@@ -120,10 +137,10 @@ std::string describe(const Desired& d) {
            " gid(s) [" + join_numbers(d.allow.gids) + "]";
     out += p.allow_local ? "; the server's own addresses allowed" : "; local addresses guarded too";
     out += "; observation: ";
-    out += d.spec.queue == nft::QueueMode::None
-               ? std::string("off (this kernel has no queue support)")
-               : std::string(nft::to_string(d.spec.queue)) + " queue " +
-                     std::to_string(p.queue_num);
+    out +=
+        d.spec.queue == nft::QueueMode::None
+            ? std::string("off (this kernel has no queue support)")
+            : std::string(nft::to_string(d.spec.queue)) + " queue " + std::to_string(p.queue_num);
     out += "; table inet " + d.spec.table + "; config " + p.source;
     return out;
 }
@@ -151,7 +168,8 @@ int run_daemon(const DaemonOptions& options) {
 
     if (auto r = load_and_apply(engine, state); !r) {
         log::error(r.error().message());
-        log::error("nothing was changed in the kernel; a table left by a previous run stays in force");
+        log::error(
+            "nothing was changed in the kernel; a table left by a previous run stays in force");
         return r.error().code == 0 ? kExitUsage : kExitFailure;
     }
     if (!options.foreground) {
@@ -165,11 +183,13 @@ int run_daemon(const DaemonOptions& options) {
         signalfd_siginfo info{};
         const ssize_t n = ::read(signals->get(), &info, sizeof info);
         if (n < 0) {
-            if (errno == EINTR) continue;
+            if (errno == EINTR)
+                continue;
             log::error("read signalfd: " + errno_text(errno));
             return kExitFailure;
         }
-        if (n != sizeof info) continue;
+        if (n != sizeof info)
+            continue;
         if (info.ssi_signo == SIGHUP) {
             log::notice("SIGHUP: reloading " + options.config_path);
             if (auto r = load_and_apply(engine, state); !r) {
@@ -179,8 +199,8 @@ int run_daemon(const DaemonOptions& options) {
             continue;
         }
         // SIGTERM / SIGINT: the table stays; stopping the daemon never opens SMTP.
-        log::notice("exiting on signal " + std::to_string(info.ssi_signo) +
-                    "; table inet " + options.table + " stays in force");
+        log::notice("exiting on signal " + std::to_string(info.ssi_signo) + "; table inet " +
+                    options.table + " stays in force");
         return kExitOk;
     }
 }

@@ -17,9 +17,11 @@ using namespace smtpfence;
 // The queue notation differs between the native expression and the xtables target;
 // ask the kernel when we may (root), else assume the xtables target.
 nft::QueueMode dry_run_queue_mode(const std::string& table) {
-    if (geteuid() != 0) return nft::QueueMode::Xt;
+    if (geteuid() != 0)
+        return nft::QueueMode::Xt;
     auto sock = nft::NetlinkSocket::open();
-    if (!sock) return nft::QueueMode::Xt;
+    if (!sock)
+        return nft::QueueMode::Xt;
     nft::Engine engine(*sock);
     auto mode = engine.probe_queue_mode(table + "-probe");
     return mode ? *mode : nft::QueueMode::Xt;
@@ -31,7 +33,8 @@ int dry_run(const DaemonOptions& options) {
         log::error(desired.error().message());
         return desired.error().code == 0 ? kExitUsage : kExitFailure;
     }
-    for (const std::string& w : desired->warnings) log::warning(w);
+    for (const std::string& w : desired->warnings)
+        log::warning(w);
     if (!desired->loaded.policy.enabled) {
         std::cout << "# SMTP_BLOCK is \"0\" in " << desired->loaded.policy.source
                   << ": no table would be programmed\n";
@@ -43,13 +46,14 @@ int dry_run(const DaemonOptions& options) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run(int argc, char** argv) {
     log::set_program("smtpfencectl");
     DaemonOptions options;
     CLI::App app{"smtpfencectl: manage smtpfence, the outbound SMTP block"};
     app.require_subcommand(1);
 
-    auto* apply = app.add_subcommand("apply", "show or apply the ruleset the configuration produces");
+    auto* apply =
+        app.add_subcommand("apply", "show or apply the ruleset the configuration produces");
     bool dry = false;
     auto* config = apply->add_option("--config", options.config_path, "configuration file")
                        ->capture_default_str();
@@ -67,11 +71,22 @@ int main(int argc, char** argv) {
     options.config_given = config->count() > 0;
     if (apply->parsed()) {
         if (!dry) {
-            log::error("apply without --dry-run goes through the daemon: use `smtpfenced --once` "
-                       "or send SIGHUP to smtpfenced");
+            log::error(
+                "apply without --dry-run goes through the daemon: use `smtpfenced --once` "
+                "or send SIGHUP to smtpfenced");
             return kExitUsage;
         }
         return dry_run(options);
     }
     return kExitUsage;
+}
+
+int main(int argc, char** argv) {
+    // Nothing is expected to throw but allocation failure; report it as one line.
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {
+        smtpfence::log::error(std::string("fatal: ") + e.what());
+        return smtpfence::kExitFailure;
+    }
 }

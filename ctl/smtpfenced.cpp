@@ -5,7 +5,7 @@
 #include "common/log.h"
 #include "ctl/daemon.h"
 
-int main(int argc, char** argv) {
+static int run(int argc, char** argv) {
     using namespace smtpfence;
     log::set_program("smtpfenced");
     DaemonOptions options;
@@ -13,15 +13,17 @@ int main(int argc, char** argv) {
     bool remove = false;
     bool verbose = false;
 
-    CLI::App app{"smtpfenced: refuses outbound SMTP for every user but root, the MTA and an "
-                 "allowlist, in the kernel (nftables)"};
+    CLI::App app{
+        "smtpfenced: refuses outbound SMTP for every user but root, the MTA and an "
+        "allowlist, in the kernel (nftables)"};
     app.option_defaults()->always_capture_default();
-    auto* config = app.add_option("--config", options.config_path,
-                                  "configuration file (csf.conf syntax)");
+    auto* config =
+        app.add_option("--config", options.config_path, "configuration file (csf.conf syntax)");
     app.add_flag("--foreground", options.foreground, "do not detach (for systemd and tests)");
     app.add_option("--table", options.table, "name of our nftables table (family inet)")
         ->check([](const std::string& name) -> std::string {
-            if (name.empty() || name.size() > 200) return "table name must be 1-200 characters";
+            if (name.empty() || name.size() > 200)
+                return "table name must be 1-200 characters";
             for (const char c : name) {
                 if (std::isalnum(static_cast<unsigned char>(c)) == 0 && c != '_' && c != '-') {
                     return "table name may contain only letters, digits, '_' and '-'";
@@ -46,7 +48,19 @@ int main(int argc, char** argv) {
     }
     options.config_given = config->count() > 0;
     log::set_verbose(verbose);
-    if (remove) return remove_table(options);
-    if (once) return apply_once(options);
+    if (remove)
+        return remove_table(options);
+    if (once)
+        return apply_once(options);
     return run_daemon(options);
+}
+
+int main(int argc, char** argv) {
+    // Nothing is expected to throw but allocation failure; report it as one line.
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {
+        smtpfence::log::error(std::string("fatal: ") + e.what());
+        return smtpfence::kExitFailure;
+    }
 }

@@ -18,9 +18,12 @@ namespace {
 
 std::uint16_t op_flags(Op op) {
     switch (op) {
-        case Op::Create: return NLM_F_CREATE;
-        case Op::Exclusive: return NLM_F_CREATE | NLM_F_EXCL;
-        case Op::Delete: return 0;
+        case Op::Create:
+            return NLM_F_CREATE;
+        case Op::Exclusive:
+            return NLM_F_CREATE | NLM_F_EXCL;
+        case Op::Delete:
+            return 0;
     }
     return 0;
 }
@@ -28,7 +31,7 @@ std::uint16_t op_flags(Op op) {
 // Room reserved for building one message. libnftnl writes attributes without bounds
 // checks, so this must exceed the largest message we build: a rule of a dozen
 // expressions is < 2 KiB; kElementsPerMessage uid/gid/port elements are < 32 KiB.
-constexpr std::size_t kMaxMessageBytes = 64 * 1024;
+constexpr std::size_t kMaxMessageBytes = std::size_t{64} * 1024;
 
 struct ExtAck {
     std::string message;
@@ -38,15 +41,17 @@ struct ExtAck {
 
 ExtAck parse_ext_ack(const nlmsghdr* nlh) {
     ExtAck ack;
-    if ((nlh->nlmsg_flags & NLM_F_ACK_TLVS) == 0) return ack;
+    if ((nlh->nlmsg_flags & NLM_F_ACK_TLVS) == 0)
+        return ack;
     const auto* err = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(nlh));
     // With NETLINK_CAP_ACK the echoed request is only its header; without it (an
     // old kernel ignoring the option) the whole request follows.
     std::size_t echoed = sizeof(nlmsghdr);
-    if ((nlh->nlmsg_flags & NLM_F_CAPPED) == 0) echoed = err->msg.nlmsg_len;
-    const std::size_t tlv_start =
-        NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(int)) + NLMSG_ALIGN(echoed);
-    if (tlv_start >= nlh->nlmsg_len) return ack;
+    if ((nlh->nlmsg_flags & NLM_F_CAPPED) == 0)
+        echoed = err->msg.nlmsg_len;
+    const std::size_t tlv_start = NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(int)) + NLMSG_ALIGN(echoed);
+    if (tlv_start >= nlh->nlmsg_len)
+        return ack;
     const char* base = reinterpret_cast<const char*>(nlh);
     const auto* attr = reinterpret_cast<const nlattr*>(base + tlv_start);
     std::size_t left = nlh->nlmsg_len - tlv_start;
@@ -61,7 +66,8 @@ ExtAck parse_ext_ack(const nlmsghdr* nlh) {
             ack.has_offset = true;
         }
         const std::size_t step = NLA_ALIGN(attr->nla_len);
-        if (step >= left) break;
+        if (step >= left)
+            break;
         left -= step;
         attr = reinterpret_cast<const nlattr*>(reinterpret_cast<const char*>(attr) + step);
     }
@@ -126,7 +132,8 @@ void Batch::set_elements(const std::string& table, const std::string& set,
             nftnl_set_elem_add(chunk.get(), elem.release());  // the set takes ownership
         }
         std::string label = what;
-        if (parts > 1) label += " (part " + std::to_string(part + 1) + " of " + std::to_string(parts) + ")";
+        if (parts > 1)
+            label += " (part " + std::to_string(part + 1) + " of " + std::to_string(parts) + ")";
         append(kMaxMessageBytes, std::move(label), {}, [&](char* buf) {
             nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, static_cast<std::uint16_t>(type), family_,
                                                   op_flags(op), 0);
@@ -148,7 +155,8 @@ void Batch::rule(nftnl_rule& r, Op op, std::string what, std::vector<std::string
 }
 
 std::string Batch::describe_error_site(const Message& msg, std::uint32_t offset) const {
-    if (msg.expr_names.empty()) return {};
+    if (msg.expr_names.empty())
+        return {};
     // Walk NFTA_RULE_EXPRESSIONS of our own message to find the expression the
     // kernel's offset points into.
     const auto* nlh = reinterpret_cast<const nlmsghdr*>(body_.data() + msg.offset);
@@ -159,30 +167,37 @@ std::string Batch::describe_error_site(const Message& msg, std::uint32_t offset)
         std::size_t index = 0;
         while (from + sizeof(nlattr) <= to) {
             const auto* attr = reinterpret_cast<const nlattr*>(from);
-            if (attr->nla_len < sizeof(nlattr) || from + attr->nla_len > to) return;
-            if (f(attr, index++)) return;
+            if (attr->nla_len < sizeof(nlattr) || from + attr->nla_len > to)
+                return;
+            if (f(attr, index++))
+                return;
             from += NLA_ALIGN(attr->nla_len);
         }
     };
     std::string site;
     walk(start + NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(nfgenmsg)), end,
          [&](const nlattr* attr, std::size_t) {
-             if ((attr->nla_type & NLA_TYPE_MASK) != NFTA_RULE_EXPRESSIONS) return false;
+             if ((attr->nla_type & NLA_TYPE_MASK) != NFTA_RULE_EXPRESSIONS)
+                 return false;
              const char* inner = reinterpret_cast<const char*>(attr);
-             walk(inner + NLA_HDRLEN, inner + attr->nla_len, [&](const nlattr* elem, std::size_t i) {
-                 const auto begin = static_cast<std::uint32_t>(reinterpret_cast<const char*>(elem) - start);
-                 if (offset < begin || offset >= begin + elem->nla_len) return false;
-                 const std::string name = i < msg.expr_names.size() ? msg.expr_names[i] : "?";
-                 site = "expression " + std::to_string(i + 1) + " (" + name + ")";
-                 return true;
-             });
+             walk(inner + NLA_HDRLEN, inner + attr->nla_len,
+                  [&](const nlattr* elem, std::size_t i) {
+                      const auto begin =
+                          static_cast<std::uint32_t>(reinterpret_cast<const char*>(elem) - start);
+                      if (offset < begin || offset >= begin + elem->nla_len)
+                          return false;
+                      const std::string name = i < msg.expr_names.size() ? msg.expr_names[i] : "?";
+                      site = "expression " + std::to_string(i + 1) + " (" + name + ")";
+                      return true;
+                  });
              return true;
          });
     return site;
 }
 
 Result<void> Batch::commit(Transport& transport) const {
-    if (messages_.empty()) return {};
+    if (messages_.empty())
+        return {};
     // BEGIN + body + END in one buffer; sequence numbers stamped now so that each
     // transaction has fresh ones.
     std::vector<char> wire(NLMSG_HDRLEN + MNL_ALIGN(sizeof(nfgenmsg)));
@@ -201,7 +216,8 @@ Result<void> Batch::commit(Transport& transport) const {
     const std::uint32_t end_seq = transport.next_seq();
     nftnl_batch_end(wire.data() + end_at, end_seq);
 
-    if (auto sent = transport.send(std::as_bytes(std::span(wire))); !sent) return sent;
+    if (auto sent = transport.send(std::as_bytes(std::span(wire))); !sent)
+        return sent;
 
     // Read until every message is accounted for. The kernel sends one ACK per message
     // that asked for one, also after a failure (it reports every refused message, then
@@ -224,8 +240,10 @@ Result<void> Batch::commit(Transport& transport) const {
         auto len = static_cast<int>(*got);
         const auto* nlh = reinterpret_cast<const nlmsghdr*>(buf.data());
         for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {
-            if (nlh->nlmsg_pid != portid && nlh->nlmsg_pid != 0) continue;
-            if (nlh->nlmsg_type != NLMSG_ERROR) continue;
+            if (nlh->nlmsg_pid != portid && nlh->nlmsg_pid != 0)
+                continue;
+            if (nlh->nlmsg_type != NLMSG_ERROR)
+                continue;
             if (nlh->nlmsg_len < NLMSG_HDRLEN + sizeof(nlmsgerr)) {
                 return fail(EPROTO, "commit nftables transaction", "truncated ACK from the kernel");
             }
@@ -233,23 +251,27 @@ Result<void> Batch::commit(Transport& transport) const {
             if (nlh->nlmsg_seq == begin_seq || nlh->nlmsg_seq == end_seq) {
                 // The batch as a whole was refused (no CAP_NET_ADMIN, no nf_tables):
                 // no per-message ACK follows.
-                if (err->error == 0) continue;
+                if (err->error == 0)
+                    continue;
                 const ExtAck ack = parse_ext_ack(nlh);
                 return fail(-err->error, "commit nftables transaction", ack.message);
             }
             const auto it = by_seq.find(nlh->nlmsg_seq);
-            if (it == by_seq.end()) continue;  // not ours (a late reply to an older request)
+            if (it == by_seq.end())
+                continue;  // not ours (a late reply to an older request)
             const std::size_t index = it->second;
             by_seq.erase(it);
             --pending;
-            if (err->error == 0) continue;
+            if (err->error == 0)
+                continue;
             ++error_count;
             if (index < first_error_index) {
                 const Message& msg = messages_[index];
                 const ExtAck ack = parse_ext_ack(nlh);
                 std::string site = ack.has_offset ? describe_error_site(msg, ack.offset) : "";
                 std::string detail = ack.message;
-                if (!site.empty()) detail = detail.empty() ? site : site + ": " + detail;
+                if (!site.empty())
+                    detail = detail.empty() ? site : site + ": " + detail;
                 first_error = Error{-err->error, msg.what, detail};
                 first_error_index = index;
             }

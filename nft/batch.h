@@ -25,7 +25,7 @@ enum class Op {
 };
 
 class Batch {
-public:
+  public:
     explicit Batch(std::uint16_t family) : family_(family) {}
 
     void table(nftnl_table& t, Op op, std::string what);
@@ -53,7 +53,7 @@ public:
 
     static constexpr std::size_t kElementsPerMessage = 512;
 
-private:
+  private:
     struct Message {
         std::size_t offset;  // of its nlmsghdr in body_
         std::string what;

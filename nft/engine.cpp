@@ -21,7 +21,8 @@ namespace {
 // says DONE (dumps) or ACKs (single gets). Errors carry the kernel's errno.
 Result<void> query(Transport& transport, std::uint16_t type, std::uint16_t flags,
                    const std::function<void(nlmsghdr*)>& build_payload,
-                   const std::function<void(const nlmsghdr*)>& on_message, const std::string& what) {
+                   const std::function<void(const nlmsghdr*)>& on_message,
+                   const std::string& what) {
     std::array<char, 4096> req{};
     const std::uint32_t seq = transport.next_seq();
     nlmsghdr* nlh = nftnl_nlmsg_build_hdr(req.data(), type, NFPROTO_INET, flags | NLM_F_ACK, seq);
@@ -33,17 +34,20 @@ Result<void> query(Transport& transport, std::uint16_t type, std::uint16_t flags
     const std::uint32_t portid = transport.portid();
     while (true) {
         auto got = transport.receive(buf, 5000);
-        if (!got) return std::unexpected(got.error().wrap(what));
+        if (!got)
+            return std::unexpected(got.error().wrap(what));
         auto len = static_cast<int>(*got);
         const auto* msg = reinterpret_cast<const nlmsghdr*>(buf.data());
         for (; mnl_nlmsg_ok(msg, len); msg = mnl_nlmsg_next(msg, &len)) {
             if (msg->nlmsg_seq != seq || (msg->nlmsg_pid != portid && msg->nlmsg_pid != 0)) {
                 continue;  // a stale reply to an earlier request
             }
-            if (msg->nlmsg_type == NLMSG_DONE) return {};
+            if (msg->nlmsg_type == NLMSG_DONE)
+                return {};
             if (msg->nlmsg_type == NLMSG_ERROR) {
                 const auto* err = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(msg));
-                if (err->error == 0) return {};  // ACK of a non-dump request
+                if (err->error == 0)
+                    return {};  // ACK of a non-dump request
                 return fail(-err->error, what);
             }
             on_message(msg);
@@ -73,7 +77,8 @@ Result<void> dump_elements(Transport& transport, const std::string& table, const
                 return;
             }
             nftnl_set_elems_iter* it = nftnl_set_elems_iter_create(reply.get());
-            if (it == nullptr) throw std::bad_alloc();
+            if (it == nullptr)
+                throw std::bad_alloc();
             for (nftnl_set_elem* e = nftnl_set_elems_iter_next(it); e != nullptr;
                  e = nftnl_set_elems_iter_next(it)) {
                 on_elem(e);
@@ -81,14 +86,16 @@ Result<void> dump_elements(Transport& transport, const std::string& table, const
             nftnl_set_elems_iter_destroy(it);
         },
         "read set " + set + " of table inet " + table);
-    if (!r) return r;
+    if (!r)
+        return r;
     return parse_error;
 }
 
 std::optional<std::uint32_t> elem_u32(nftnl_set_elem* e) {
     std::uint32_t len = 0;
     const void* key = nftnl_set_elem_get(e, NFTNL_SET_ELEM_KEY, &len);
-    if (key == nullptr || len != sizeof(std::uint32_t)) return std::nullopt;
+    if (key == nullptr || len != sizeof(std::uint32_t))
+        return std::nullopt;
     std::uint32_t v = 0;
     std::memcpy(&v, key, sizeof v);
     return v;
@@ -124,16 +131,20 @@ Result<QueueMode> Engine::probe_queue_mode(const std::string& probe_table) {
     nftnl_expr_set_u16(native.get(), NFTNL_EXPR_QUEUE_TOTAL, 1);
     nftnl_expr_set_u16(native.get(), NFTNL_EXPR_QUEUE_FLAGS, NFT_QUEUE_FLAG_BYPASS);
     auto r = try_expression(transport_, probe_table, std::move(native), "queue");
-    if (r) return QueueMode::Native;
-    if (r.error().code != ENOENT && r.error().code != EOPNOTSUPP) return std::unexpected(r.error());
+    if (r)
+        return QueueMode::Native;
+    if (r.error().code != ENOENT && r.error().code != EOPNOTSUPP)
+        return std::unexpected(r.error());
 
     ExprPtr xt = make_expr("target");
     nftnl_expr_set_str(xt.get(), NFTNL_EXPR_TG_NAME, "NFQUEUE");
     nftnl_expr_set_u32(xt.get(), NFTNL_EXPR_TG_REV, 3);
     set_nfqueue_info(xt.get(), 0);
     r = try_expression(transport_, probe_table, std::move(xt), "NFQUEUE target");
-    if (r) return QueueMode::Xt;
-    if (r.error().code != ENOENT && r.error().code != EOPNOTSUPP) return std::unexpected(r.error());
+    if (r)
+        return QueueMode::Xt;
+    if (r.error().code != ENOENT && r.error().code != EOPNOTSUPP)
+        return std::unexpected(r.error());
     return QueueMode::None;
 }
 
@@ -147,14 +158,16 @@ Result<void> Engine::apply(const Ruleset& rs) {
     batch.table(*rs.table_obj, Op::Create, "create " + tname);
     for (const BuiltSet& s : rs.sets) {
         batch.set(*s.set, Op::Create, "set " + s.name);
-        if (!s.keys.empty()) batch.set_elements(rs.table, s.name, s.keys, Op::Create, "elements of set " + s.name);
+        if (!s.keys.empty())
+            batch.set_elements(rs.table, s.name, s.keys, Op::Create, "elements of set " + s.name);
     }
-    for (const BuiltChain& c : rs.chains) batch.chain(*c.chain, Op::Create, "chain " + c.name);
+    for (const BuiltChain& c : rs.chains)
+        batch.chain(*c.chain, Op::Create, "chain " + c.name);
     std::map<std::string, int> index;
     for (const BuiltRule& r : rs.rules) {
         const int n = ++index[r.chain];
-        batch.rule(*r.rule, Op::Create, "rule " + r.chain + "#" + std::to_string(n) + " (" + r.text + ")",
-                   r.expr_names);
+        batch.rule(*r.rule, Op::Create,
+                   "rule " + r.chain + "#" + std::to_string(n) + " (" + r.text + ")", r.expr_names);
     }
     return with_context(batch.commit(transport_), "apply " + tname);
 }
@@ -164,8 +177,9 @@ Result<void> Engine::change_elements(const std::string& table, const std::string
                                      const std::set<std::uint32_t>& remove) {
     Batch batch(NFPROTO_INET);
     if (!remove.empty()) {
-        batch.set_elements(table, set, u32_keys(remove), Op::Delete,
-                           "delete " + std::to_string(remove.size()) + " element(s) from set " + set);
+        batch.set_elements(
+            table, set, u32_keys(remove), Op::Delete,
+            "delete " + std::to_string(remove.size()) + " element(s) from set " + set);
     }
     if (!add.empty()) {
         batch.set_elements(table, set, u32_keys(add), Op::Create,
@@ -188,18 +202,22 @@ Result<bool> Engine::table_exists(const std::string& table) {
         transport_, NFT_MSG_GETTABLE, 0,
         [&](nlmsghdr* nlh) { nftnl_table_nlmsg_build_payload(nlh, t.get()); },
         [](const nlmsghdr*) {}, "look up table inet " + table);
-    if (r) return true;
-    if (r.error().code == ENOENT) return false;
+    if (r)
+        return true;
+    if (r.error().code == ENOENT)
+        return false;
     return std::unexpected(r.error());
 }
 
 Result<std::set<std::uint32_t>> Engine::read_u32_set(const std::string& table,
-                                                    const std::string& set) {
+                                                     const std::string& set) {
     std::set<std::uint32_t> out;
     auto r = dump_elements(transport_, table, set, [&](nftnl_set_elem* e) {
-        if (auto v = elem_u32(e)) out.insert(*v);
+        if (auto v = elem_u32(e))
+            out.insert(*v);
     });
-    if (!r) return std::unexpected(r.error());
+    if (!r)
+        return std::unexpected(r.error());
     return out;
 }
 
@@ -207,7 +225,8 @@ Result<std::map<std::uint32_t, PacketCount>> Engine::read_blocked(const std::str
     std::map<std::uint32_t, PacketCount> out;
     auto r = dump_elements(transport_, table, kSetBlocked, [&](nftnl_set_elem* e) {
         const auto uid = elem_u32(e);
-        if (!uid) return;
+        if (!uid)
+            return;
         PacketCount count;
         nftnl_set_elem_expr_foreach(
             e,
@@ -223,7 +242,8 @@ Result<std::map<std::uint32_t, PacketCount>> Engine::read_blocked(const std::str
             &count);
         out[*uid] = count;
     });
-    if (!r) return std::unexpected(r.error());
+    if (!r)
+        return std::unexpected(r.error());
     return out;
 }
 

@@ -19,7 +19,7 @@ struct PacketCount {
 };
 
 class Engine {
-public:
+  public:
     explicit Engine(Transport& transport) : transport_(transport) {}
 
     // Which queue verdict this kernel accepts: tries the native `queue` expression,
@@ -50,9 +50,10 @@ public:
                                                                const std::string& set);
 
     // The blocked set's per-uid counters.
-    [[nodiscard]] Result<std::map<std::uint32_t, PacketCount>> read_blocked(const std::string& table);
+    [[nodiscard]] Result<std::map<std::uint32_t, PacketCount>> read_blocked(
+        const std::string& table);
 
-private:
+  private:
     Transport& transport_;
 };
 

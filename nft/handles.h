@@ -3,8 +3,6 @@
 // at the call site and a comment saying so.
 #pragma once
 
-#include <cstdio>  // libnftnl headers use FILE without including it
-
 #include <libmnl/libmnl.h>
 #include <libnftnl/chain.h>
 #include <libnftnl/expr.h>
@@ -12,6 +10,7 @@
 #include <libnftnl/set.h>
 #include <libnftnl/table.h>
 
+#include <cstdio>  // libnftnl headers use FILE without including it
 #include <memory>
 
 namespace smtpfence::nft {
@@ -20,7 +19,8 @@ template <auto Free>
 struct Deleter {
     template <class T>
     void operator()(T* p) const noexcept {
-        if (p != nullptr) Free(p);
+        if (p != nullptr)
+            Free(p);
     }
 };
 

@@ -12,7 +12,7 @@
 namespace smtpfence::nft {
 
 class Transport {
-public:
+  public:
     virtual ~Transport() = default;
     // Sends one datagram (a whole batch, in one sendmsg: the kernel treats it as
     // one transaction only when it arrives in one piece).
@@ -27,7 +27,7 @@ public:
 };
 
 class NetlinkSocket final : public Transport {
-public:
+  public:
     // Opens NETLINK_NETFILTER with extended ACKs (NETLINK_EXT_ACK: the kernel says
     // which attribute it refused) and capped ACKs (NETLINK_CAP_ACK: an error does not
     // echo our whole request back, which for a 10,000-element set would overflow the
@@ -42,7 +42,7 @@ public:
 
     [[nodiscard]] int fd() const;
 
-private:
+  private:
     explicit NetlinkSocket(MnlSocketPtr sock, std::uint32_t first_seq)
         : sock_(std::move(sock)), seq_(first_seq) {}
     MnlSocketPtr sock_;

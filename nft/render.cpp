@@ -12,7 +12,8 @@ namespace {
 std::string join_elements(const std::vector<std::string>& elements) {
     std::string out;
     for (std::size_t i = 0; i < elements.size(); ++i) {
-        if (i > 0) out += ", ";
+        if (i > 0)
+            out += ", ";
         out += elements[i];
     }
     return out;
@@ -24,13 +25,15 @@ std::string render_nft(const Ruleset& ruleset) {
     std::string out = "table inet " + ruleset.table + " {\n";
     bool first = true;
     auto block_start = [&] {
-        if (!first) out += "\n";
+        if (!first)
+            out += "\n";
         first = false;
     };
     for (const BuiltSet& set : ruleset.sets) {
         block_start();
         out += "\tset " + set.name + " {\n";
-        for (const std::string& line : set.header) out += "\t\t" + line + "\n";
+        for (const std::string& line : set.header)
+            out += "\t\t" + line + "\n";
         if (!set.elements.empty()) {
             out += "\t\telements = { " + join_elements(set.elements) + " }\n";
         }
@@ -39,9 +42,11 @@ std::string render_nft(const Ruleset& ruleset) {
     for (const BuiltChain& chain : ruleset.chains) {
         block_start();
         out += "\tchain " + chain.name + " {\n";
-        if (!chain.header.empty()) out += "\t\t" + chain.header + "\n";
+        if (!chain.header.empty())
+            out += "\t\t" + chain.header + "\n";
         for (const BuiltRule& rule : ruleset.rules) {
-            if (rule.chain == chain.name) out += "\t\t" + rule.text + "\n";
+            if (rule.chain == chain.name)
+                out += "\t\t" + rule.text + "\n";
         }
         out += "\t}\n";
     }
@@ -54,12 +59,13 @@ std::string render_bytecode(const Ruleset& ruleset) {
     for (const BuiltRule& rule : ruleset.rules) {
         out += rule.chain + "\n";
         nftnl_expr_iter* it = nftnl_expr_iter_create(rule.rule.get());
-        if (it == nullptr) throw std::bad_alloc();
+        if (it == nullptr)
+            throw std::bad_alloc();
         for (nftnl_expr* e = nftnl_expr_iter_next(it); e != nullptr; e = nftnl_expr_iter_next(it)) {
             std::array<char, 4096> buf{};
             nftnl_expr_snprintf(buf.data(), buf.size(), e, NFTNL_OUTPUT_DEFAULT, 0);
-            out += "  [ " + std::string(nftnl_expr_get_str(e, NFTNL_EXPR_NAME)) + " " +
-                   buf.data() + "]\n";
+            out += "  [ " + std::string(nftnl_expr_get_str(e, NFTNL_EXPR_NAME)) + " " + buf.data() +
+                   "]\n";
         }
         nftnl_expr_iter_destroy(it);
         out += "\n";

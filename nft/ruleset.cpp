@@ -11,8 +11,8 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <new>
 #include <cstring>
+#include <new>
 #include <utility>
 
 namespace smtpfence::nft {
@@ -33,7 +33,7 @@ constexpr std::uint8_t kTcpAck = 0x10;
 
 // Builds one rule: expressions appended in order, each with a label.
 class RuleBuilder {
-public:
+  public:
     RuleBuilder(const std::string& table, const std::string& chain) : rule_(make_rule()) {
         nftnl_rule_set_u32(rule_.get(), NFTNL_RULE_FAMILY, NFPROTO_INET);
         nftnl_rule_set_str(rule_.get(), NFTNL_RULE_TABLE, table.c_str());
@@ -77,7 +77,8 @@ public:
         ExprPtr e = make_expr("lookup");
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOOKUP_SREG, NFT_REG_1);
         nftnl_expr_set_str(e.get(), NFTNL_EXPR_LOOKUP_SET, set);
-        if (invert) nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
+        if (invert)
+            nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
         return add(std::move(e), label);
     }
     RuleBuilder& fib_daddr_type(const char* label) {
@@ -91,10 +92,12 @@ public:
         ExprPtr e = make_expr("immediate");
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_IMM_DREG, NFT_REG_VERDICT);
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_IMM_VERDICT, static_cast<std::uint32_t>(code));
-        if (chain != nullptr) nftnl_expr_set_str(e.get(), NFTNL_EXPR_IMM_CHAIN, chain);
+        if (chain != nullptr)
+            nftnl_expr_set_str(e.get(), NFTNL_EXPR_IMM_CHAIN, chain);
         return add(std::move(e), label);
     }
-    RuleBuilder& dynset(std::uint32_t op, const char* set, ExprPtr element_expr, const char* label) {
+    RuleBuilder& dynset(std::uint32_t op, const char* set, ExprPtr element_expr,
+                        const char* label) {
         ExprPtr e = make_expr("dynset");
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_DYNSET_SREG_KEY, NFT_REG_1);
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_DYNSET_OP, op);
@@ -145,7 +148,7 @@ public:
         return BuiltRule{chain_, std::move(text), std::move(names_), std::move(rule_)};
     }
 
-private:
+  private:
     RuleBuilder& add(ExprPtr e, const char* label) {
         // The rule takes ownership of the expression.
         nftnl_rule_add_expr(rule_.get(), e.release());
@@ -170,7 +173,8 @@ SetPtr base_set(const std::string& table, const char* name, std::uint32_t key_ty
         // nft reads the key byte order from the set's user data; without it, it
         // would print uid 8 as 134217728 (the kernel itself does not care).
         UdataBufPtr udata(nftnl_udata_buf_alloc(64));
-        if (!udata) throw std::bad_alloc();
+        if (!udata)
+            throw std::bad_alloc();
         nftnl_udata_put_u32(udata.get(), NFTNL_UDATA_SET_KEYBYTEORDER, kByteorderHost);
         nftnl_set_set_data(s.get(), NFTNL_SET_USERDATA, nftnl_udata_buf_data(udata.get()),
                            nftnl_udata_buf_len(udata.get()));  // copied by libnftnl
@@ -220,18 +224,23 @@ void set_nfqueue_info(nftnl_expr* target, std::uint16_t queue_num) {
     // libnftnl takes ownership of the info buffer (it frees it with free()), so it
     // must come from malloc.
     auto* info = static_cast<xt_NFQ_info_v3*>(std::calloc(1, sizeof(xt_NFQ_info_v3)));
-    if (info == nullptr) throw std::bad_alloc();
+    if (info == nullptr)
+        throw std::bad_alloc();
     info->queuenum = queue_num;
     info->queues_total = 1;
     info->flags = NFQ_FLAG_BYPASS;
     nftnl_expr_set(target, NFTNL_EXPR_TG_INFO, info, sizeof *info);
+    // NOLINTNEXTLINE(clang-analyzer-unix.Malloc): the expression owns info now.
 }
 
 const char* to_string(QueueMode mode) {
     switch (mode) {
-        case QueueMode::None: return "none";
-        case QueueMode::Native: return "native";
-        case QueueMode::Xt: return "xt";
+        case QueueMode::None:
+            return "none";
+        case QueueMode::Native:
+            return "native";
+        case QueueMode::Xt:
+            return "xt";
     }
     return "?";
 }
@@ -246,7 +255,8 @@ TablePtr build_table(const std::string& table) {
 std::vector<ElementKey> u32_keys(const std::set<std::uint32_t>& values) {
     std::vector<ElementKey> keys;
     keys.reserve(values.size());
-    for (const std::uint32_t v : values) keys.push_back(key_of(&v, sizeof v));
+    for (const std::uint32_t v : values)
+        keys.push_back(key_of(&v, sizeof v));
     return keys;
 }
 
@@ -258,7 +268,11 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
 
     // --- sets -------------------------------------------------------------------
     {
-        BuiltSet ports{kSetPorts, {"type inet_service"}, {}, {}, base_set(t, kSetPorts, kTypeInetService, 2, 1)};
+        BuiltSet ports{kSetPorts,
+                       {"type inet_service"},
+                       {},
+                       {},
+                       base_set(t, kSetPorts, kTypeInetService, 2, 1)};
         std::vector<std::uint16_t> sorted = spec.ports;
         std::sort(sorted.begin(), sorted.end());
         sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
@@ -270,14 +284,22 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
         rs.sets.push_back(std::move(ports));
     }
     {
-        BuiltSet uids{kSetAllowUid, {"type uid"}, {}, u32_keys(spec.allow_uids), base_set(t, kSetAllowUid, kTypeUid, 4, 2)};
+        BuiltSet uids{kSetAllowUid,
+                      {"type uid"},
+                      {},
+                      u32_keys(spec.allow_uids),
+                      base_set(t, kSetAllowUid, kTypeUid, 4, 2)};
         for (const std::uint32_t u : spec.allow_uids) {
             uids.elements.push_back(std::to_string(u));
         }
         rs.sets.push_back(std::move(uids));
     }
     {
-        BuiltSet gids{kSetAllowGid, {"type gid"}, {}, u32_keys(spec.allow_gids), base_set(t, kSetAllowGid, kTypeGid, 4, 3)};
+        BuiltSet gids{kSetAllowGid,
+                      {"type gid"},
+                      {},
+                      u32_keys(spec.allow_gids),
+                      base_set(t, kSetAllowGid, kTypeGid, 4, 3)};
         for (const std::uint32_t g : spec.allow_gids) {
             gids.elements.push_back(std::to_string(g));
         }
@@ -285,11 +307,12 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
     }
     {
         // Exact per-uid SYN counts, kept by the kernel whatever userspace does.
-        BuiltSet blocked{kSetBlocked,
-                         {"type uid", "size " + std::to_string(kDynamicSetSize), "flags dynamic", "counter"},
-                         {},
-                         {},
-                         base_set(t, kSetBlocked, kTypeUid, 4, 4)};
+        BuiltSet blocked{
+            kSetBlocked,
+            {"type uid", "size " + std::to_string(kDynamicSetSize), "flags dynamic", "counter"},
+            {},
+            {},
+            base_set(t, kSetBlocked, kTypeUid, 4, 4)};
         nftnl_set_set_u32(blocked.set.get(), NFTNL_SET_FLAGS, NFT_SET_EVAL);
         nftnl_set_set_u32(blocked.set.get(), NFTNL_SET_DESC_SIZE, kDynamicSetSize);
         nftnl_set_add_expr(blocked.set.get(), make_expr("counter").release());  // set owns it
@@ -299,8 +322,8 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
         // Per-uid token buckets for the observe chain; entries expire a minute after
         // a uid's last blocked SYN so the set does not fill with stale uids.
         BuiltSet rate{kSetObserveRate,
-                      {"type uid", "size " + std::to_string(kDynamicSetSize), "flags dynamic,timeout",
-                       "timeout 1m"},
+                      {"type uid", "size " + std::to_string(kDynamicSetSize),
+                       "flags dynamic,timeout", "timeout 1m"},
                       {},
                       {},
                       base_set(t, kSetObserveRate, kTypeUid, 4, 5)};
@@ -316,13 +339,15 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
                              "type filter hook output priority filter - 10; policy accept;",
                              base_chain(t, kChainObserve, kObservePriority)});
     }
-    rs.chains.push_back({kChainEnforce, "type filter hook output priority filter + 10; policy accept;",
+    rs.chains.push_back({kChainEnforce,
+                         "type filter hook output priority filter + 10; policy accept;",
                          base_chain(t, kChainEnforce, kEnforcePriority)});
     rs.chains.push_back({kChainJudge, "", regular_chain(t, kChainJudge)});
 
     // --- rules --------------------------------------------------------------------
     const std::string rate_text = "limit rate " + std::to_string(spec.observe_rate) +
-                                  "/second burst " + std::to_string(spec.observe_burst) + " packets";
+                                  "/second burst " + std::to_string(spec.observe_burst) +
+                                  " packets";
     if (spec.queue != QueueMode::None) {
         // Sample blocked SYNs to userspace; never decides (bypass: no listener means
         // the packet goes on to the enforce chain).
@@ -333,7 +358,8 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
             .meta(NFT_META_SKGID, "meta skgid")
             .lookup(kSetAllowGid, true, "skgid != @allow_gid");
         std::string text =
-            "tcp dport @ports tcp flags syn / syn,ack meta skuid != @allow_uid meta skgid != @allow_gid ";
+            "tcp dport @ports tcp flags syn / syn,ack meta skuid != @allow_uid meta skgid != "
+            "@allow_gid ";
         if (spec.allow_local) {
             r.fib_daddr_type("fib daddr type").cmp(NFT_CMP_NEQ, &kRtnLocal, 4, "!= local");
             text += "fib daddr type != local ";
@@ -363,30 +389,39 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
     }
     if (spec.allow_local) {
         RuleBuilder r(t, kChainJudge);
-        r.fib_daddr_type("fib daddr type").cmp(NFT_CMP_EQ, &kRtnLocal, 4, "== local").verdict(NF_ACCEPT, "accept");
+        r.fib_daddr_type("fib daddr type")
+            .cmp(NFT_CMP_EQ, &kRtnLocal, 4, "== local")
+            .verdict(NF_ACCEPT, "accept");
         rs.rules.push_back(r.done("fib daddr type local accept"));
     }
     {
         RuleBuilder r(t, kChainJudge);
-        r.meta(NFT_META_SKUID, "meta skuid").lookup(kSetAllowUid, false, "@allow_uid").verdict(NF_ACCEPT, "accept");
+        r.meta(NFT_META_SKUID, "meta skuid")
+            .lookup(kSetAllowUid, false, "@allow_uid")
+            .verdict(NF_ACCEPT, "accept");
         rs.rules.push_back(r.done("meta skuid @allow_uid accept"));
     }
     {
         RuleBuilder r(t, kChainJudge);
-        r.meta(NFT_META_SKGID, "meta skgid").lookup(kSetAllowGid, false, "@allow_gid").verdict(NF_ACCEPT, "accept");
+        r.meta(NFT_META_SKGID, "meta skgid")
+            .lookup(kSetAllowGid, false, "@allow_gid")
+            .verdict(NF_ACCEPT, "accept");
         rs.rules.push_back(r.done("meta skgid @allow_gid accept"));
     }
     {
         // The set's counter (cloned into each element by the kernel) counts every
         // blocked SYN per uid.
         RuleBuilder r(t, kChainJudge);
-        r.meta(NFT_META_SKUID, "meta skuid").dynset(NFT_DYNSET_OP_UPDATE, kSetBlocked, nullptr, "update @blocked");
+        r.meta(NFT_META_SKUID, "meta skuid")
+            .dynset(NFT_DYNSET_OP_UPDATE, kSetBlocked, nullptr, "update @blocked");
         rs.rules.push_back(r.done("update @blocked { meta skuid }"));
     }
     if (spec.verdict == Verdict::Reset) {
         RuleBuilder r(t, kChainJudge);
         const std::uint8_t tcp = IPPROTO_TCP;
-        r.meta(NFT_META_L4PROTO, "meta l4proto").cmp(NFT_CMP_EQ, &tcp, 1, "l4proto tcp").reject_tcp_reset("reject with tcp reset");
+        r.meta(NFT_META_L4PROTO, "meta l4proto")
+            .cmp(NFT_CMP_EQ, &tcp, 1, "l4proto tcp")
+            .reject_tcp_reset("reject with tcp reset");
         rs.rules.push_back(r.done("meta l4proto tcp reject with tcp reset"));
     } else {
         RuleBuilder r(t, kChainJudge);

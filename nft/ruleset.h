@@ -35,7 +35,7 @@ struct RulesetSpec {
     Verdict verdict = Verdict::Reset;
     QueueMode queue = QueueMode::Xt;
     std::uint16_t queue_num = 2525;
-    std::uint32_t observe_rate = 20;   // per uid per second queued to the worker
+    std::uint32_t observe_rate = 20;  // per uid per second queued to the worker
     std::uint32_t observe_burst = 40;
 };
 
@@ -63,7 +63,7 @@ struct BuiltRule {
 
 struct BuiltSet {
     std::string name;
-    std::vector<std::string> header;  // the lines inside `set NAME { ... }` before elements
+    std::vector<std::string> header;    // the lines inside `set NAME { ... }` before elements
     std::vector<std::string> elements;  // as nft prints them, in sorted order
     std::vector<ElementKey> keys;       // the same elements as the kernel stores them
     SetPtr set;

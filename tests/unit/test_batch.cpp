@@ -21,7 +21,7 @@ namespace {
 
 // Plays the kernel's side of nfnetlink batches.
 class FakeKernel final : public Transport {
-public:
+  public:
     // Decides the errno (0 = ok) for the index-th message of the batch (BEGIN/END
     // excluded) and an optional extended ACK offset into it.
     std::function<int(std::size_t index, const nlmsghdr* msg, std::uint32_t* offset)> verdict =
@@ -43,7 +43,8 @@ public:
                 }
                 continue;
             }
-            if (nlh->nlmsg_type == NFNL_MSG_BATCH_END) continue;
+            if (nlh->nlmsg_type == NFNL_MSG_BATCH_END)
+                continue;
             ++messages_seen;
             std::uint32_t offset = 0;
             const int err = verdict(index++, nlh, &offset);
@@ -56,7 +57,8 @@ public:
     }
 
     Result<std::size_t> receive(std::span<std::byte> buf, int) override {
-        if (silent || replies_.empty()) return fail(ETIMEDOUT, "wait for reply");
+        if (silent || replies_.empty())
+            return fail(ETIMEDOUT, "wait for reply");
         // Several ACKs per datagram, as the kernel batches them into one skb.
         std::size_t used = 0;
         while (!replies_.empty() && used + replies_.front().size() <= buf.size() && used < 512) {
@@ -73,7 +75,7 @@ public:
     std::size_t pending_replies() const { return replies_.size(); }
     int sends = 0;
 
-private:
+  private:
     void queue_ack(const nlmsghdr* req, int err, std::optional<std::uint32_t> offset,
                    const std::string& text) {
         std::vector<char> out(NLMSG_SPACE(sizeof(nlmsgerr)) + 256, 0);
@@ -96,7 +98,8 @@ private:
         if (err != 0 && !text.empty()) {
             nlh->nlmsg_flags |= NLM_F_ACK_TLVS;
             put(NLMSGERR_ATTR_MSG, text.c_str(), text.size() + 1);
-            if (offset) put(NLMSGERR_ATTR_OFFS, &*offset, sizeof *offset);
+            if (offset)
+                put(NLMSGERR_ATTR_OFFS, &*offset, sizeof *offset);
         }
         nlh->nlmsg_len = static_cast<std::uint32_t>(len);
         out.resize(NLMSG_ALIGN(len));
@@ -118,7 +121,8 @@ std::uint32_t expression_offset(const nlmsghdr* msg, std::size_t wanted) {
             std::size_t inner = off + NLA_HDRLEN;
             for (std::size_t i = 0; inner < off + attr->nla_len; ++i) {
                 const auto* elem = reinterpret_cast<const nlattr*>(start + inner);
-                if (i == wanted) return static_cast<std::uint32_t>(inner + NLA_HDRLEN);
+                if (i == wanted)
+                    return static_cast<std::uint32_t>(inner + NLA_HDRLEN);
                 inner += NLA_ALIGN(elem->nla_len);
             }
         }
@@ -131,8 +135,10 @@ TEST(Batch, CommitReadsEveryAck) {
     FakeKernel kernel;
     const Ruleset rs = build_ruleset(RulesetSpec{});
     Batch batch(NFPROTO_INET);
-    for (const BuiltSet& s : rs.sets) batch.set(*s.set, Op::Create, "set " + s.name);
-    for (const BuiltRule& r : rs.rules) batch.rule(*r.rule, Op::Create, r.text, r.expr_names);
+    for (const BuiltSet& s : rs.sets)
+        batch.set(*s.set, Op::Create, "set " + s.name);
+    for (const BuiltRule& r : rs.rules)
+        batch.rule(*r.rule, Op::Create, r.text, r.expr_names);
     ASSERT_TRUE(batch.commit(kernel).has_value());
     EXPECT_EQ(kernel.sends, 1);  // one datagram: one transaction
     EXPECT_EQ(kernel.messages_seen, batch.message_count());
@@ -145,11 +151,13 @@ TEST(Batch, ErrorNamesTheRuleAndTheExpression) {
     Batch batch(NFPROTO_INET);
     // Message 0: table; then every rule. Refuse the last rule's last expression.
     batch.table(*rs.table_obj, Op::Create, "create table inet smtpfence");
-    for (const BuiltRule& r : rs.rules) batch.rule(*r.rule, Op::Create, "rule " + r.chain + " (" + r.text + ")", r.expr_names);
+    for (const BuiltRule& r : rs.rules)
+        batch.rule(*r.rule, Op::Create, "rule " + r.chain + " (" + r.text + ")", r.expr_names);
     const BuiltRule& last = rs.rules.back();
     const std::size_t last_index = batch.message_count() - 1;
     kernel.verdict = [&](std::size_t index, const nlmsghdr* msg, std::uint32_t* offset) {
-        if (index != last_index) return 0;
+        if (index != last_index)
+            return 0;
         *offset = expression_offset(msg, last.expr_names.size() - 1);
         return EOPNOTSUPP;
     };
@@ -157,7 +165,8 @@ TEST(Batch, ErrorNamesTheRuleAndTheExpression) {
     ASSERT_FALSE(r.has_value());
     EXPECT_EQ(r.error().code, EOPNOTSUPP);
     const std::string m = r.error().message();
-    EXPECT_NE(m.find("rule judge (meta l4proto tcp reject with tcp reset)"), std::string::npos) << m;
+    EXPECT_NE(m.find("rule judge (meta l4proto tcp reject with tcp reset)"), std::string::npos)
+        << m;
     EXPECT_NE(m.find("expression 3 (reject with tcp reset)"), std::string::npos) << m;
     EXPECT_NE(m.find("refused by fake kernel"), std::string::npos) << m;
     EXPECT_NE(m.find("nothing changed"), std::string::npos) << m;
@@ -168,7 +177,8 @@ TEST(Batch, FirstOfSeveralErrorsIsReportedAndTheRestCounted) {
     FakeKernel kernel;
     const Ruleset rs = build_ruleset(RulesetSpec{});
     Batch batch(NFPROTO_INET);
-    for (const BuiltSet& s : rs.sets) batch.set(*s.set, Op::Create, "set " + s.name);
+    for (const BuiltSet& s : rs.sets)
+        batch.set(*s.set, Op::Create, "set " + s.name);
     kernel.verdict = [](std::size_t index, const nlmsghdr*, std::uint32_t*) {
         return index >= 1 ? ENOENT : 0;
     };
@@ -204,10 +214,12 @@ TEST(Batch, KernelThatNeverAnswersIsATimeoutNotAHang) {
 TEST(Batch, LargeElementListsAreSplitIntoMessages) {
     FakeKernel kernel;
     std::set<std::uint32_t> uids;
-    for (std::uint32_t u = 1000; u < 11000; ++u) uids.insert(u);
+    for (std::uint32_t u = 1000; u < 11000; ++u)
+        uids.insert(u);
     Batch batch(NFPROTO_INET);
     batch.set_elements("t", "allow_uid", u32_keys(uids), Op::Create, "add");
-    const std::size_t expected = (uids.size() + Batch::kElementsPerMessage - 1) / Batch::kElementsPerMessage;
+    const std::size_t expected =
+        (uids.size() + Batch::kElementsPerMessage - 1) / Batch::kElementsPerMessage;
     EXPECT_EQ(batch.message_count(), expected);
     ASSERT_TRUE(batch.commit(kernel).has_value());
 }

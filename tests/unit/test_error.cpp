@@ -19,7 +19,8 @@ TEST(Error, MessageWithoutErrno) {
 
 TEST(Error, WrapPutsContextInFront) {
     const Error e{EEXIST, "chain judge", ""};
-    EXPECT_EQ(e.wrap("apply table inet t").message(), "apply table inet t: chain judge: File exists");
+    EXPECT_EQ(e.wrap("apply table inet t").message(),
+              "apply table inet t: chain judge: File exists");
 }
 
 }  // namespace

@@ -65,8 +65,10 @@ TEST(Ruleset, NoQueueSupportHasNoObserveChain) {
     RulesetSpec spec = default_spec();
     spec.queue = QueueMode::None;
     const Ruleset rs = build_ruleset(spec);
-    for (const BuiltChain& c : rs.chains) EXPECT_NE(c.name, kChainObserve);
-    for (const BuiltSet& s : rs.sets) EXPECT_NE(s.name, kSetObserveRate);
+    for (const BuiltChain& c : rs.chains)
+        EXPECT_NE(c.name, kChainObserve);
+    for (const BuiltSet& s : rs.sets)
+        EXPECT_NE(s.name, kSetObserveRate);
     // Enforcement does not depend on the worker: enforce + judge are all there.
     const std::string text = render_nft(rs);
     EXPECT_NE(text.find("chain enforce"), std::string::npos);
@@ -98,7 +100,8 @@ TEST(Ruleset, EveryRuleHasAnExpressionLabelPerExpression) {
     for (const BuiltRule& r : rs.rules) {
         std::size_t count = 0;
         nftnl_expr_iter* it = nftnl_expr_iter_create(r.rule.get());
-        while (nftnl_expr_iter_next(it) != nullptr) ++count;
+        while (nftnl_expr_iter_next(it) != nullptr)
+            ++count;
         nftnl_expr_iter_destroy(it);
         EXPECT_EQ(count, r.expr_names.size()) << r.text;
     }

@@ -1,0 +1,370 @@
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "policy/policy.h"
+
+namespace smtpfence {
+namespace {
+
+class TempDir {
+  public:
+    TempDir() {
+        std::string tmpl = (std::filesystem::temp_directory_path() / "sf-policy-XXXXXX").string();
+        if (::mkdtemp(tmpl.data()) == nullptr)
+            ADD_FAILURE() << "mkdtemp failed";
+        path_ = tmpl;
+    }
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    ~TempDir() { std::filesystem::remove_all(path_); }
+
+    std::string write(const std::string& name, const std::string& content) const {
+        const std::string file = path_ + "/" + name;
+        std::ofstream(file, std::ios::binary) << content;
+        return file;
+    }
+    [[nodiscard]] const std::string& path() const { return path_; }
+
+  private:
+    std::string path_;
+};
+
+// Parses text as smtpfence.conf and maps it.
+Result<LoadedPolicy> map(const std::string& text) {
+    auto conf = csf::parse_conf(text, "smtpfence.conf");
+    if (!conf)
+        return std::unexpected(conf.error());
+    return policy_from_conf(*conf);
+}
+
+Policy map_ok(const std::string& text) {
+    auto loaded = map(text);
+    EXPECT_TRUE(loaded.has_value()) << loaded.error().message();
+    return loaded ? loaded->policy : Policy{};
+}
+
+std::string map_error(const std::string& text) {
+    auto loaded = map(text);
+    EXPECT_FALSE(loaded.has_value()) << "accepted: " << text;
+    return loaded ? std::string("(no error)") : loaded.error().message();
+}
+
+// The error of KEY = "value" on line 1.
+std::string bad(const std::string& key, const std::string& value) {
+    return map_error(key + " = \"" + value + "\"\n");
+}
+
+void expect_defaults(const Policy& p) {
+    EXPECT_TRUE(p.enabled);
+    EXPECT_EQ(p.ports, (std::vector<std::uint16_t>{25, 465, 587}));
+    EXPECT_TRUE(p.allow_users.empty());
+    EXPECT_EQ(p.allow_groups, (std::vector<std::string>{"mail", "mailman"}));
+    EXPECT_EQ(p.mta_users, kAutoMtaUsers);
+    EXPECT_TRUE(p.mta_users_auto);
+    EXPECT_TRUE(p.allow_local);
+    EXPECT_EQ(p.action, BlockAction::Reject);
+    EXPECT_EQ(p.queue_num, 2525);
+    EXPECT_EQ(p.observe_rate, 20U);
+    EXPECT_EQ(p.observe_burst, 40U);
+}
+
+TEST(Policy, EmptyFileKeepsDefaults) {
+    auto loaded = map("# nothing set\n");
+    ASSERT_TRUE(loaded) << loaded.error().message();
+    expect_defaults(loaded->policy);
+    EXPECT_EQ(loaded->policy.source, "smtpfence.conf");
+    EXPECT_TRUE(loaded->warnings.empty());
+}
+
+TEST(Policy, EveryKeyMapped) {
+    const Policy p = map_ok(
+        "SMTP_BLOCK = \"0\"\n"
+        "SMTP_PORTS = \"587, 25 ,2525\"\n"
+        "SMTP_ALLOWUSER = \"admin, 1001,cpanel\"\n"
+        "SMTP_ALLOWGROUP = \"mail,12\"\n"
+        "SMTP_ALLOWLOCAL = \"0\"\n"
+        "MTA_USERS = \"exim,Debian-exim\"\n"
+        "DROP_OUT = \"DROP\"\n"
+        "NFQUEUE_NUM = \"7\"\n"
+        "OBSERVE_RATE = \"100\"\n"
+        "OBSERVE_BURST = \"200\"\n");
+    EXPECT_FALSE(p.enabled);
+    EXPECT_EQ(p.ports, (std::vector<std::uint16_t>{25, 587, 2525}));
+    EXPECT_EQ(p.allow_users, (std::vector<std::string>{"admin", "1001", "cpanel"}));
+    EXPECT_EQ(p.allow_groups, (std::vector<std::string>{"mail", "12"}));
+    EXPECT_FALSE(p.allow_local);
+    EXPECT_EQ(p.mta_users, (std::vector<std::string>{"exim", "Debian-exim"}));
+    EXPECT_FALSE(p.mta_users_auto);
+    EXPECT_EQ(p.action, BlockAction::Drop);
+    EXPECT_EQ(p.queue_num, 7);
+    EXPECT_EQ(p.observe_rate, 100U);
+    EXPECT_EQ(p.observe_burst, 200U);
+    EXPECT_EQ(p.source, "smtpfence.conf");
+}
+
+TEST(Policy, Booleans) {
+    EXPECT_TRUE(map_ok("SMTP_BLOCK = \"1\"").enabled);
+    EXPECT_FALSE(map_ok("SMTP_BLOCK = \"0\"").enabled);
+    EXPECT_TRUE(map_ok("SMTP_ALLOWLOCAL = \"1\"").allow_local);
+    EXPECT_FALSE(map_ok("SMTP_ALLOWLOCAL = \"0\"").allow_local);
+    EXPECT_EQ(bad("SMTP_BLOCK", "yes"),
+              "smtpfence.conf:1: SMTP_BLOCK: bad value \"yes\": expected \"0\" or \"1\"");
+    EXPECT_EQ(bad("SMTP_ALLOWLOCAL", ""),
+              "smtpfence.conf:1: SMTP_ALLOWLOCAL: bad value \"\": expected \"0\" or \"1\"");
+    for (const char* v : {" 1", "1 ", "2", "01", "true", "on", "-1"}) {
+        EXPECT_NE(bad("SMTP_BLOCK", v).find("expected \"0\" or \"1\""), std::string::npos) << v;
+    }
+}
+
+TEST(Policy, BadValueErrorCarriesFileAndLine) {
+    auto loaded = map("# c\n\nSMTP_BLOCK = \"1\"\nSMTP_ALLOWLOCAL = \"maybe\"\n");
+    ASSERT_FALSE(loaded);
+    EXPECT_EQ(loaded.error().code, 0);
+    EXPECT_EQ(loaded.error().what, "smtpfence.conf:4");
+    EXPECT_EQ(loaded.error().detail,
+              "SMTP_ALLOWLOCAL: bad value \"maybe\": expected \"0\" or \"1\"");
+}
+
+TEST(Policy, PortsAreSortedAndDeduplicated) {
+    auto loaded = map("SMTP_PORTS = \"587,25,465,25\"\n");
+    ASSERT_TRUE(loaded) << loaded.error().message();
+    EXPECT_EQ(loaded->policy.ports, (std::vector<std::uint16_t>{25, 465, 587}));
+    ASSERT_EQ(loaded->warnings.size(), 1U);
+    EXPECT_EQ(loaded->warnings[0],
+              "smtpfence.conf:1: SMTP_PORTS: port 25 is listed more than once");
+}
+
+TEST(Policy, PortsHaveAllWhitespaceRemovedAsCsfDoes) {
+    EXPECT_EQ(map_ok("SMTP_PORTS = \" 2 5 ,\t587 \"").ports, (std::vector<std::uint16_t>{25, 587}));
+    EXPECT_EQ(map_ok("SMTP_PORTS = \"25,,587,\"").ports, (std::vector<std::uint16_t>{25, 587}));
+    EXPECT_EQ(map_ok("SMTP_PORTS = \"1,65535\"").ports, (std::vector<std::uint16_t>{1, 65535}));
+    EXPECT_EQ(map_ok("SMTP_PORTS = \"0025\"").ports, (std::vector<std::uint16_t>{25}));
+}
+
+TEST(Policy, BadPorts) {
+    EXPECT_EQ(bad("SMTP_PORTS", ""),
+              "smtpfence.conf:1: SMTP_PORTS: bad value \"\": expected a comma-separated list of "
+              "ports 1-65535, not an empty list");
+    EXPECT_NE(bad("SMTP_PORTS", " , ").find("not an empty list"), std::string::npos);
+    EXPECT_EQ(bad("SMTP_PORTS", "25,abc,587"),
+              "smtpfence.conf:1: SMTP_PORTS: bad value \"25,abc,587\": expected a comma-separated "
+              "list of ports 1-65535; \"abc\" is not a port");
+    for (const char* item : {"0", "65536", "-25", "25:30", "99999999999999999999999", "2e1"}) {
+        EXPECT_NE(bad("SMTP_PORTS", std::string("25,") + item)
+                      .find(std::string("\"") + item + "\" is not a port"),
+                  std::string::npos)
+            << item;
+    }
+}
+
+TEST(Policy, AllowUsers) {
+    EXPECT_TRUE(map_ok("SMTP_ALLOWUSER = \"\"").allow_users.empty());
+    EXPECT_EQ(map_ok("SMTP_ALLOWUSER = \"a.b_c-d, _x,.hidden, smb$,0, 4294967294\"").allow_users,
+              (std::vector<std::string>{"a.b_c-d", "_x", ".hidden", "smb$", "0", "4294967294"}));
+    const std::string name32(32, 'u');
+    EXPECT_EQ(map_ok("SMTP_ALLOWUSER = \"" + name32 + "\"").allow_users,
+              (std::vector<std::string>{name32}));
+    EXPECT_EQ(map_ok("SMTP_ALLOWUSER = \"" + std::string(31, 'u') + "$\"").allow_users.size(), 1U);
+}
+
+TEST(Policy, AllowUsersRepeatsDroppedWithWarning) {
+    auto loaded = map("SMTP_ALLOWUSER = \"bob,alice,bob\"\n");
+    ASSERT_TRUE(loaded) << loaded.error().message();
+    EXPECT_EQ(loaded->policy.allow_users, (std::vector<std::string>{"bob", "alice"}));
+    ASSERT_EQ(loaded->warnings.size(), 1U);
+    EXPECT_EQ(loaded->warnings[0],
+              "smtpfence.conf:1: SMTP_ALLOWUSER: \"bob\" is listed more than once");
+}
+
+TEST(Policy, BadAllowUsers) {
+    EXPECT_EQ(bad("SMTP_ALLOWUSER", "bob,b@d"),
+              "smtpfence.conf:1: SMTP_ALLOWUSER: bad value \"bob,b@d\": expected a "
+              "comma-separated list of user names or numeric uids (0-4294967294); \"b@d\" is not "
+              "one");
+    for (const std::string& item :
+         {std::string(33, 'u'), std::string("-bob"), std::string("bo b"), std::string("a$b"),
+          std::string("$"), std::string("4294967295"), std::string("99999999999999999999"),
+          std::string("j\xc3\xb6rg"), std::string("x:y"), std::string("a/b")}) {
+        const std::string m = bad("SMTP_ALLOWUSER", item);
+        EXPECT_NE(m.find("is not one"), std::string::npos) << item << ": " << m;
+    }
+    EXPECT_NE(bad("SMTP_ALLOWUSER", "j\xc3\xb6rg").find("\"j\\xc3\\xb6rg\" is not one"),
+              std::string::npos);
+}
+
+TEST(Policy, AllowGroups) {
+    EXPECT_TRUE(map_ok("SMTP_ALLOWGROUP = \"\"").allow_groups.empty());
+    EXPECT_EQ(map_ok("SMTP_ALLOWGROUP = \"mail , 12,postdrop\"").allow_groups,
+              (std::vector<std::string>{"mail", "12", "postdrop"}));
+    EXPECT_EQ(bad("SMTP_ALLOWGROUP", "mail,wheel!"),
+              "smtpfence.conf:1: SMTP_ALLOWGROUP: bad value \"mail,wheel!\": expected a "
+              "comma-separated list of group names or numeric gids (0-4294967294); \"wheel!\" is "
+              "not one");
+}
+
+TEST(Policy, MtaUsers) {
+    Policy p = map_ok("MTA_USERS = \"auto\"");
+    EXPECT_EQ(p.mta_users, kAutoMtaUsers);
+    EXPECT_TRUE(p.mta_users_auto);
+    p = map_ok("MTA_USERS = \"AUTO\"");
+    EXPECT_TRUE(p.mta_users_auto);
+    p = map_ok("MTA_USERS = \"postfix\"");
+    EXPECT_EQ(p.mta_users, (std::vector<std::string>{"postfix"}));
+    EXPECT_FALSE(p.mta_users_auto);
+    p = map_ok("MTA_USERS = \"\"");
+    EXPECT_TRUE(p.mta_users.empty());
+    EXPECT_FALSE(p.mta_users_auto);
+    p = map_ok("MTA_USERS = \"mail, 8\"");
+    EXPECT_EQ(p.mta_users, (std::vector<std::string>{"mail", "8"}));
+    EXPECT_EQ(bad("MTA_USERS", "auto,exim"),
+              "smtpfence.conf:1: MTA_USERS: bad value \"auto,exim\": expected \"auto\" alone, or "
+              "a list of user names without \"auto\"");
+    EXPECT_NE(bad("MTA_USERS", "mail,b@d").find("\"b@d\" is not one"), std::string::npos);
+}
+
+TEST(Policy, DropOut) {
+    EXPECT_EQ(map_ok("DROP_OUT = \"REJECT\"").action, BlockAction::Reject);
+    EXPECT_EQ(map_ok("DROP_OUT = \"reject\"").action, BlockAction::Reject);
+    EXPECT_EQ(map_ok("DROP_OUT = \"DROP\"").action, BlockAction::Drop);
+    EXPECT_EQ(map_ok("DROP_OUT = \"Drop\"").action, BlockAction::Drop);
+    EXPECT_EQ(bad("DROP_OUT", "DENY"),
+              "smtpfence.conf:1: DROP_OUT: bad value \"DENY\": expected \"REJECT\" or \"DROP\"");
+    EXPECT_NE(bad("DROP_OUT", "").find("expected \"REJECT\" or \"DROP\""), std::string::npos);
+    EXPECT_NE(bad("DROP_OUT", " DROP").find("bad value \" DROP\""), std::string::npos);
+}
+
+TEST(Policy, QueueNumber) {
+    EXPECT_EQ(map_ok("NFQUEUE_NUM = \"0\"").queue_num, 0);
+    EXPECT_EQ(map_ok("NFQUEUE_NUM = \"65535\"").queue_num, 65535);
+    EXPECT_EQ(bad("NFQUEUE_NUM", "65536"),
+              "smtpfence.conf:1: NFQUEUE_NUM: bad value \"65536\": expected a number from 0 to "
+              "65535");
+    for (const char* v : {"", "-1", "1.5", "x", " 7", "99999999999999999999999"}) {
+        EXPECT_NE(bad("NFQUEUE_NUM", v).find("expected a number from 0 to 65535"),
+                  std::string::npos)
+            << v;
+    }
+}
+
+TEST(Policy, ObserveRateAndBurst) {
+    EXPECT_EQ(map_ok("OBSERVE_RATE = \"1\"").observe_rate, 1U);
+    EXPECT_EQ(map_ok("OBSERVE_RATE = \"100000\"").observe_rate, 100000U);
+    EXPECT_EQ(map_ok("OBSERVE_BURST = \"1\"").observe_burst, 1U);
+    EXPECT_EQ(map_ok("OBSERVE_BURST = \"100000\"").observe_burst, 100000U);
+    EXPECT_EQ(bad("OBSERVE_RATE", "0"),
+              "smtpfence.conf:1: OBSERVE_RATE: bad value \"0\": expected a number from 1 to "
+              "100000");
+    EXPECT_EQ(bad("OBSERVE_BURST", "100001"),
+              "smtpfence.conf:1: OBSERVE_BURST: bad value \"100001\": expected a number from 1 to "
+              "100000");
+    EXPECT_NE(bad("OBSERVE_RATE", "20/s").find("bad value \"20/s\""), std::string::npos);
+    EXPECT_NE(bad("OBSERVE_BURST", "").find("expected a number"), std::string::npos);
+}
+
+TEST(Policy, UnknownKeyWithHint) {
+    EXPECT_EQ(map_error("SMTP_BLOCK = \"1\"\nSMTP_BLOK = \"1\"\n"),
+              "smtpfence.conf:2: unknown setting \"SMTP_BLOK\" (did you mean SMTP_BLOCK?)");
+    EXPECT_EQ(map_error("smtp_ports = \"25\"\n"),
+              "smtpfence.conf:1: unknown setting \"smtp_ports\" (did you mean SMTP_PORTS?)");
+    EXPECT_EQ(map_error("SMTP_ALLOWUSERS = \"x\"\n"),
+              "smtpfence.conf:1: unknown setting \"SMTP_ALLOWUSERS\" (did you mean "
+              "SMTP_ALLOWUSER?)");
+    EXPECT_EQ(map_error("OBSERVE_RAT = \"1\"\n"),
+              "smtpfence.conf:1: unknown setting \"OBSERVE_RAT\" (did you mean OBSERVE_RATE?)");
+    EXPECT_EQ(map_error("NFQUEUE = \"1\"\n"), "smtpfence.conf:1: unknown setting \"NFQUEUE\"");
+}
+
+TEST(Policy, UnknownKeyWithoutHint) {
+    EXPECT_EQ(map_error("TCP_IN = \"22\"\n"), "smtpfence.conf:1: unknown setting \"TCP_IN\"");
+    EXPECT_EQ(map_error("SMTP_REDIRECT = \"0\"\n"),
+              "smtpfence.conf:1: unknown setting \"SMTP_REDIRECT\"");
+    EXPECT_EQ(map_error("= \"0\"\n"), "smtpfence.conf:1: unknown setting \"\"");
+    const std::string huge(10U << 20U, 'K');
+    const std::string m = map_error(huge + " = \"1\"\n");
+    EXPECT_LT(m.size(), 200U);
+    EXPECT_EQ(m.rfind("smtpfence.conf:1: unknown setting \"KKKK", 0), 0U);
+}
+
+TEST(Policy, ValuesInMessagesAreEscapedAndShort) {
+    EXPECT_EQ(bad("SMTP_BLOCK", std::string("1\0", 2)),
+              "smtpfence.conf:1: SMTP_BLOCK: bad value \"1\\x00\": expected \"0\" or \"1\"");
+    const std::string m = bad("SMTP_PORTS", std::string(10U << 20U, '9'));
+    EXPECT_LT(m.size(), 400U);
+}
+
+// csf.conf has hundreds of settings smtpfence does not know; it is not an smtpfence.conf.
+TEST(Policy, FullCsfConfIsNotAnSmtpfenceConf) {
+    auto conf =
+        csf::read_conf_file(std::string(SMTPFENCE_SOURCE_DIR) + "/tests/unit/data/csf.conf");
+    ASSERT_TRUE(conf) << conf.error().message();
+    auto loaded = policy_from_conf(*conf);
+    ASSERT_FALSE(loaded);
+    EXPECT_EQ(loaded.error().detail, "unknown setting \"TESTING\"");
+    EXPECT_EQ(loaded.error().what, conf->path + ":14");
+}
+
+TEST(LoadPolicy, MissingFileGivesDefaultsWhenAllowed) {
+    TempDir dir;
+    const std::string path = dir.path() + "/smtpfence.conf";
+    auto loaded = load_policy(path, true);
+    ASSERT_TRUE(loaded) << loaded.error().message();
+    expect_defaults(loaded->policy);
+    EXPECT_EQ(loaded->policy.source, "(built-in defaults; " + path + " not found)");
+    EXPECT_TRUE(loaded->warnings.empty());
+}
+
+TEST(LoadPolicy, MissingFileIsAnErrorWhenNotAllowed) {
+    TempDir dir;
+    const std::string path = dir.path() + "/smtpfence.conf";
+    auto loaded = load_policy(path, false);
+    ASSERT_FALSE(loaded);
+    EXPECT_EQ(loaded.error().code, ENOENT);
+    EXPECT_EQ(loaded.error().message(), path + ": No such file or directory");
+}
+
+TEST(LoadPolicy, OtherReadErrorsAreNeverDefaults) {
+    TempDir dir;
+    auto loaded = load_policy(dir.path(), true);  // a directory
+    ASSERT_FALSE(loaded);
+    EXPECT_EQ(loaded.error().code, EISDIR);
+    // A missing parent directory component that is a file: ENOTDIR, not "missing".
+    const std::string file = dir.write("plain", "");
+    auto under_file = load_policy(file + "/smtpfence.conf", true);
+    ASSERT_FALSE(under_file);
+    EXPECT_EQ(under_file.error().code, ENOTDIR);
+}
+
+TEST(LoadPolicy, ReadsAFile) {
+    TempDir dir;
+    const std::string path = dir.write(
+        "smtpfence.conf",
+        "# smtpfence\r\nSMTP_PORTS = \"25\"\r\nSMTP_ALLOWUSER = \"admin\" # the boss\r\n");
+    auto loaded = load_policy(path, true);
+    ASSERT_TRUE(loaded) << loaded.error().message();
+    EXPECT_EQ(loaded->policy.ports, (std::vector<std::uint16_t>{25}));
+    EXPECT_EQ(loaded->policy.allow_users, (std::vector<std::string>{"admin"}));
+    EXPECT_EQ(loaded->policy.source, path);
+}
+
+TEST(LoadPolicy, ErrorsInTheFileNameFileAndLine) {
+    TempDir dir;
+    const std::string path = dir.write("smtpfence.conf", "SMTP_BLOCK = \"1\"\nSMTP_PORTS = 25\n");
+    auto loaded = load_policy(path, true);
+    ASSERT_FALSE(loaded);
+    EXPECT_EQ(loaded.error().what, path + ":2");
+    const std::string path2 = dir.write("b.conf", "SMTP_PORTS = \"smtp\"\n");
+    auto loaded2 = load_policy(path2, false);
+    ASSERT_FALSE(loaded2);
+    EXPECT_EQ(loaded2.error().message(),
+              path2 +
+                  ":1: SMTP_PORTS: bad value \"smtp\": expected a comma-separated list of "
+                  "ports 1-65535; \"smtp\" is not a port");
+}
+
+}  // namespace
+}  // namespace smtpfence
