@@ -51,8 +51,11 @@ Result<void> load_and_apply(nft::Engine& engine, const State& state) {
         return {};
     }
     const nft::Ruleset ruleset = nft::build_ruleset(desired->spec);
-    if (auto r = engine.apply(ruleset); !r)
-        return r;
+    auto report = engine.apply(ruleset);
+    if (!report)
+        return std::unexpected(report.error());
+    if (report->table_existed && !report->counters_kept)
+        log::warning(report->note);
     log::notice("enforcing: " + describe(*desired));
     return {};
 }

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <functional>
 #include <optional>
+#include <set>
 #include <vector>
 
 #include "nft/batch.h"
@@ -148,18 +149,18 @@ Result<QueueMode> Engine::probe_queue_mode(const std::string& probe_table) {
     return QueueMode::None;
 }
 
-Result<void> Engine::apply(const Ruleset& rs) {
-    Batch batch(NFPROTO_INET);
-    const std::string tname = "table inet " + rs.table;
-    // "add table; delete table; add table ..." in one transaction: the delete never
-    // fails (the table exists by then) and the kernel swaps old for new atomically.
-    batch.table(*rs.table_obj, Op::Create, "create " + tname);
-    batch.table(*rs.table_obj, Op::Delete, "replace " + tname);
-    batch.table(*rs.table_obj, Op::Create, "create " + tname);
+namespace {
+
+// Creates every set, element, chain and rule of rs (into a table that exists or is
+// created earlier in the same batch), skipping the sets named in keep.
+void add_content(Batch& batch, const Ruleset& rs, const std::set<std::string>& keep) {
     for (const BuiltSet& s : rs.sets) {
+        if (keep.contains(s.name))
+            continue;
         batch.set(*s.set, Op::Create, "set " + s.name);
-        if (!s.keys.empty())
+        if (!s.keys.empty()) {
             batch.set_elements(rs.table, s.name, s.keys, Op::Create, "elements of set " + s.name);
+        }
     }
     for (const BuiltChain& c : rs.chains)
         batch.chain(*c.chain, Op::Create, "chain " + c.name);
@@ -169,7 +170,152 @@ Result<void> Engine::apply(const Ruleset& rs) {
         batch.rule(*r.rule, Op::Create,
                    "rule " + r.chain + "#" + std::to_string(n) + " (" + r.text + ")", r.expr_names);
     }
-    return with_context(batch.commit(transport_), "apply " + tname);
+}
+
+bool blocked_set_compatible(const TableInventory::SetInfo& info) {
+    return info.key_type == 24 /* uid */ && info.key_len == 4 && info.flags == NFT_SET_EVAL;
+}
+
+}  // namespace
+
+const TableInventory::SetInfo* TableInventory::set(const std::string& name) const {
+    for (const SetInfo& s : sets) {
+        if (s.name == name)
+            return &s;
+    }
+    return nullptr;
+}
+
+Result<TableInventory> Engine::inventory(const std::string& table) {
+    TableInventory inv;
+    auto exists = table_exists(table);
+    if (!exists)
+        return std::unexpected(exists.error());
+    inv.exists = *exists;
+    if (!inv.exists)
+        return inv;
+    Result<void> parse_error;
+    auto r = query(
+        transport_, NFT_MSG_GETCHAIN, NLM_F_DUMP, [](nlmsghdr*) {},
+        [&](const nlmsghdr* msg) {
+            ChainPtr c = make_chain();
+            if (nftnl_chain_nlmsg_parse(msg, c.get()) < 0) {
+                parse_error = fail(EPROTO, "parse chain list", "malformed reply");
+                return;
+            }
+            const char* t = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_TABLE);
+            if (nftnl_chain_get_u32(c.get(), NFTNL_CHAIN_FAMILY) != NFPROTO_INET || t == nullptr ||
+                table != t) {
+                return;
+            }
+            inv.chains.emplace_back(nftnl_chain_get_str(c.get(), NFTNL_CHAIN_NAME));
+        },
+        "list chains of table inet " + table);
+    if (!r)
+        return std::unexpected(r.error());
+    if (!parse_error)
+        return std::unexpected(parse_error.error());
+    r = query(
+        transport_, NFT_MSG_GETSET, NLM_F_DUMP,
+        [&](nlmsghdr* nlh) {
+            SetPtr filter = make_set();
+            nftnl_set_set_str(filter.get(), NFTNL_SET_TABLE, table.c_str());
+            nftnl_set_nlmsg_build_payload(nlh, filter.get());
+        },
+        [&](const nlmsghdr* msg) {
+            SetPtr s = make_set();
+            if (nftnl_set_nlmsg_parse(msg, s.get()) < 0) {
+                parse_error = fail(EPROTO, "parse set list", "malformed reply");
+                return;
+            }
+            const char* t = nftnl_set_get_str(s.get(), NFTNL_SET_TABLE);
+            if (t == nullptr || table != t)
+                return;
+            TableInventory::SetInfo info;
+            info.name = nftnl_set_get_str(s.get(), NFTNL_SET_NAME);
+            info.flags = nftnl_set_get_u32(s.get(), NFTNL_SET_FLAGS);
+            info.key_type = nftnl_set_get_u32(s.get(), NFTNL_SET_KEY_TYPE);
+            info.key_len = nftnl_set_get_u32(s.get(), NFTNL_SET_KEY_LEN);
+            info.handle = nftnl_set_get_u64(s.get(), NFTNL_SET_HANDLE);
+            // Anonymous sets belong to rules and go away with them.
+            if ((info.flags & NFT_SET_ANONYMOUS) == 0)
+                inv.sets.push_back(std::move(info));
+        },
+        "list sets of table inet " + table);
+    if (!r)
+        return std::unexpected(r.error());
+    if (!parse_error)
+        return std::unexpected(parse_error.error());
+    return inv;
+}
+
+Result<ApplyReport> Engine::apply(const Ruleset& rs) {
+    const std::string tname = "table inet " + rs.table;
+    ApplyReport report;
+    auto inv = inventory(rs.table);
+    if (!inv)
+        return std::unexpected(inv.error().wrap("apply " + tname));
+    report.table_existed = inv->exists;
+
+    if (inv->exists) {
+        // Empty every chain (rules hold references to chains and sets), delete the
+        // chains and the sets but a compatible `blocked`, re-create; one transaction.
+        Batch batch(NFPROTO_INET);
+        batch.table(*rs.table_obj, Op::Create, "create " + tname);
+        for (const std::string& chain : inv->chains) {
+            RulePtr all = make_rule();
+            nftnl_rule_set_u32(all.get(), NFTNL_RULE_FAMILY, NFPROTO_INET);
+            nftnl_rule_set_str(all.get(), NFTNL_RULE_TABLE, rs.table.c_str());
+            nftnl_rule_set_str(all.get(), NFTNL_RULE_CHAIN, chain.c_str());
+            batch.rule(*all, Op::Delete, "flush chain " + chain, {});
+        }
+        for (const std::string& chain : inv->chains) {
+            ChainPtr c = make_chain();
+            nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
+            nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, rs.table.c_str());
+            nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, chain.c_str());
+            batch.chain(*c, Op::Delete, "delete chain " + chain);
+        }
+        std::set<std::string> keep;
+        const TableInventory::SetInfo* blocked = inv->set(kSetBlocked);
+        if (blocked != nullptr && blocked_set_compatible(*blocked))
+            keep.insert(kSetBlocked);
+        for (const TableInventory::SetInfo& info : inv->sets) {
+            if (keep.contains(info.name))
+                continue;
+            SetPtr s = make_set();
+            nftnl_set_set_u32(s.get(), NFTNL_SET_FAMILY, NFPROTO_INET);
+            nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, rs.table.c_str());
+            nftnl_set_set_str(s.get(), NFTNL_SET_NAME, info.name.c_str());
+            batch.set(*s, Op::Delete, "delete set " + info.name);
+        }
+        add_content(batch, rs, keep);
+        auto r = batch.commit(transport_);
+        if (r) {
+            report.counters_kept = keep.contains(kSetBlocked);
+            if (!report.counters_kept)
+                report.note = "no compatible blocked set to keep";
+            return report;
+        }
+        // ENOENT/EBUSY: the table changed between inventory and commit (another tool
+        // at work); anything else is a real refusal of our ruleset.
+        if (r.error().code != ENOENT && r.error().code != EBUSY && r.error().code != EEXIST) {
+            return std::unexpected(r.error().wrap("apply " + tname));
+        }
+        report.note = "table changed during the update (" + r.error().message() +
+                      "); replaced it whole, attempt counters restart";
+    }
+
+    // "add table; delete table; add table ..." in one transaction: the delete never
+    // fails (the table exists by then) and the kernel swaps old for new atomically.
+    Batch batch(NFPROTO_INET);
+    batch.table(*rs.table_obj, Op::Create, "create " + tname);
+    batch.table(*rs.table_obj, Op::Delete, "replace " + tname);
+    batch.table(*rs.table_obj, Op::Create, "create " + tname);
+    add_content(batch, rs, {});
+    if (auto r = batch.commit(transport_); !r)
+        return std::unexpected(r.error().wrap("apply " + tname));
+    return report;
 }
 
 Result<void> Engine::change_elements(const std::string& table, const std::string& set,

@@ -6,6 +6,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "common/error.h"
 #include "nft/netlink.h"
@@ -18,6 +19,28 @@ struct PacketCount {
     std::uint64_t bytes = 0;
 };
 
+// What apply() did with the per-uid counters of the blocked set.
+struct ApplyReport {
+    bool table_existed = false;
+    bool counters_kept = false;  // the blocked set (and its counters) survived
+    std::string note;            // why they did not, when they did not
+};
+
+// Our table as the kernel holds it now.
+struct TableInventory {
+    bool exists = false;
+    std::vector<std::string> chains;
+    struct SetInfo {
+        std::string name;
+        std::uint32_t flags = 0;
+        std::uint32_t key_type = 0;
+        std::uint32_t key_len = 0;
+        std::uint64_t handle = 0;
+    };
+    std::vector<SetInfo> sets;
+    [[nodiscard]] const SetInfo* set(const std::string& name) const;
+};
+
 class Engine {
   public:
     explicit Engine(Transport& transport) : transport_(transport) {}
@@ -28,10 +51,16 @@ class Engine {
     // exists. probe_table must not be a table anyone uses.
     [[nodiscard]] Result<QueueMode> probe_queue_mode(const std::string& probe_table);
 
-    // Replaces the table with ruleset in one transaction: create-if-missing, delete,
-    // create, sets, elements, chains, rules. Either the old or the new table is in
-    // force at every instant; on error the old one stays.
-    [[nodiscard]] Result<void> apply(const Ruleset& ruleset);
+    // Replaces our table's content with ruleset in one transaction: either the old or
+    // the new rules are in force at every instant; on error the old ones stay.
+    // Every chain and set is replaced except the `blocked` set, which is kept (when
+    // compatible) so that the kernel's per-uid attempt counters survive reloads. When
+    // the table changed under us between inventory and commit, falls back to
+    // replacing the whole table (counters restart; the report says so).
+    [[nodiscard]] Result<ApplyReport> apply(const Ruleset& ruleset);
+
+    // Chains and sets of our table.
+    [[nodiscard]] Result<TableInventory> inventory(const std::string& table);
 
     // Adds and removes uid/gid elements of one set in one transaction: O(changes),
     // whatever the set's size. Adding an element that exists is not an error;
