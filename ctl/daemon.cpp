@@ -1,15 +1,18 @@
 #include "ctl/daemon.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <filesystem>
 #include <string>
 
 #include "common/fd.h"
 #include "common/log.h"
+#include "ctl/supervisor.h"
 #include "nft/engine.h"
 #include "nft/netlink.h"
 
@@ -37,7 +40,8 @@ struct State {
 };
 
 // Loads, resolves and applies. On any error the rules in force are left alone.
-Result<void> load_and_apply(nft::Engine& engine, const State& state) {
+// Returns the policy in force.
+Result<Policy> load_and_apply(nft::Engine& engine, const State& state) {
     auto desired = compute_desired(state.options, state.queue);
     if (!desired)
         return std::unexpected(desired.error());
@@ -45,10 +49,10 @@ Result<void> load_and_apply(nft::Engine& engine, const State& state) {
         log::warning(w);
     if (!desired->loaded.policy.enabled) {
         if (auto r = engine.remove(state.options.table); !r)
-            return r;
+            return std::unexpected(r.error());
         log::notice("SMTP_BLOCK is \"0\" in " + desired->loaded.policy.source +
                     ": nothing is enforced, outbound SMTP is open to every user");
-        return {};
+        return desired->loaded.policy;
     }
     const nft::Ruleset ruleset = nft::build_ruleset(desired->spec);
     auto report = engine.apply(ruleset);
@@ -57,7 +61,19 @@ Result<void> load_and_apply(nft::Engine& engine, const State& state) {
     if (report->table_existed && !report->counters_kept)
         log::warning(report->note);
     log::notice("enforcing: " + describe(*desired));
-    return {};
+    return desired->loaded.policy;
+}
+
+std::vector<std::string> worker_argv(const DaemonOptions& o, const Policy& policy) {
+    std::string path = o.worker_path;
+    if (path.empty()) {
+        std::error_code ec;
+        const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+        path = (ec ? std::filesystem::path("/usr/sbin") : self.parent_path()) / "smtpfence-worker";
+    }
+    return {path,          "--table",   o.table,    "--queue-num", std::to_string(policy.queue_num),
+            "--state-dir", o.state_dir, "--passwd", o.passwd_path, "--group",
+            o.group_path};
 }
 
 Result<UniqueFd> block_signals() {
@@ -66,6 +82,7 @@ Result<UniqueFd> block_signals() {
     sigaddset(&mask, SIGHUP);
     sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGCHLD);
     if (const int err = pthread_sigmask(SIG_BLOCK, &mask, nullptr); err != 0) {
         return fail(err, "block signals");
     }
@@ -169,11 +186,12 @@ int run_daemon(const DaemonOptions& options) {
     state.queue = *mode;
     log::info(std::string("queue support: ") + nft::to_string(state.queue));
 
-    if (auto r = load_and_apply(engine, state); !r) {
-        log::error(r.error().message());
+    auto policy = load_and_apply(engine, state);
+    if (!policy) {
+        log::error(policy.error().message());
         log::error(
             "nothing was changed in the kernel; a table left by a previous run stays in force");
-        return r.error().code == 0 ? kExitUsage : kExitFailure;
+        return policy.error().code == 0 ? kExitUsage : kExitFailure;
     }
     if (!options.foreground) {
         if (auto r = detach(); !r) {
@@ -181,27 +199,43 @@ int run_daemon(const DaemonOptions& options) {
             return kExitFailure;
         }
     }
+    const bool want_worker =
+        !options.no_worker && state.queue != nft::QueueMode::None && policy->enabled;
+    WorkerSupervisor worker(worker_argv(options, *policy));
+    if (want_worker)
+        worker.start();
 
     while (true) {
-        signalfd_siginfo info{};
-        const ssize_t n = ::read(signals->get(), &info, sizeof info);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            log::error("read signalfd: " + errno_text(errno));
+        pollfd pfd{signals->get(), POLLIN, 0};
+        const int ready = ::poll(&pfd, 1, worker.tick());
+        if (ready < 0 && errno != EINTR) {
+            log::error("poll: " + errno_text(errno));
             return kExitFailure;
         }
+        if (ready <= 0)
+            continue;
+        signalfd_siginfo info{};
+        const ssize_t n = ::read(signals->get(), &info, sizeof info);
         if (n != sizeof info)
             continue;
+        if (info.ssi_signo == SIGCHLD) {
+            worker.reap();
+            continue;
+        }
         if (info.ssi_signo == SIGHUP) {
             log::notice("SIGHUP: reloading " + options.config_path);
-            if (auto r = load_and_apply(engine, state); !r) {
-                log::error("reload failed: " + r.error().message() +
+            auto reloaded = load_and_apply(engine, state);
+            if (!reloaded) {
+                log::error("reload failed: " + reloaded.error().message() +
                            "; the rules in force are unchanged");
+                continue;
             }
+            if (want_worker)
+                worker.set_argv(worker_argv(options, *reloaded));
             continue;
         }
         // SIGTERM / SIGINT: the table stays; stopping the daemon never opens SMTP.
+        worker.stop();
         log::notice("exiting on signal " + std::to_string(info.ssi_signo) + "; table inet " +
                     options.table + " stays in force");
         return kExitOk;

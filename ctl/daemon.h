@@ -22,6 +22,8 @@ struct DaemonOptions {
     std::string passwd_path = "/etc/passwd";
     std::string group_path = "/etc/group";
     bool foreground = false;
+    std::string worker_path;  // "" = smtpfence-worker next to this binary
+    bool no_worker = false;   // kernel-only: refuse and count, explain nothing
 };
 
 // Everything the daemon derives from its inputs at one instant.

@@ -36,6 +36,10 @@ static int run(int argc, char** argv) {
     app.add_option("--virtual-dir", options.virtual_dir, "DirectAdmin's /etc/virtual root");
     app.add_option("--passwd", options.passwd_path, "passwd(5) file to resolve user names");
     app.add_option("--group", options.group_path, "group(5) file to resolve group names");
+    app.add_option("--worker", options.worker_path,
+                   "NFQUEUE worker binary (default: smtpfence-worker next to smtpfenced)");
+    app.add_flag("--no-worker", options.no_worker,
+                 "do not start the worker: refuse and count in the kernel, explain nothing");
     app.add_flag("--once", once, "apply the policy and exit (no daemon)");
     app.add_flag("--remove", remove,
                  "delete the table and exit: outbound SMTP is no longer guarded");

@@ -1,0 +1,48 @@
+// Keeps the NFQUEUE worker running: started after the rules are in the kernel,
+// restarted with backoff when it dies. Enforcement never waits for it: while it is
+// down the kernel still refuses and counts, and the next worker reconciles.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace smtpfence {
+
+class WorkerSupervisor {
+  public:
+    using Clock = std::chrono::steady_clock;
+
+    explicit WorkerSupervisor(std::vector<std::string> argv) : argv_(std::move(argv)) {}
+    WorkerSupervisor(const WorkerSupervisor&) = delete;
+    WorkerSupervisor& operator=(const WorkerSupervisor&) = delete;
+    ~WorkerSupervisor() { stop(); }
+
+    // Replaces the command line (a reload changed the queue number): restarts.
+    void set_argv(std::vector<std::string> argv);
+    void start();
+    // Reaps the worker after SIGCHLD; schedules a restart if it died.
+    void reap();
+    // Restarts the worker if a restart is due; returns ms until the next one is due
+    // (-1: none pending), for poll().
+    int tick();
+    // SIGTERM, then SIGKILL after a grace period.
+    void stop();
+
+    [[nodiscard]] pid_t pid() const { return pid_; }
+    [[nodiscard]] std::uint64_t restarts() const { return restarts_; }
+
+  private:
+    std::vector<std::string> argv_;
+    pid_t pid_ = -1;
+    bool restart_pending_ = false;
+    Clock::time_point restart_at_{};
+    Clock::time_point started_at_{};
+    std::chrono::milliseconds backoff_{500};
+    std::uint64_t restarts_ = 0;
+};
+
+}  // namespace smtpfence

@@ -1,0 +1,76 @@
+// The attempt log: JSON lines at STATE_DIR/attempts.jsonl, one object per explained
+// attempt, per counted-only summary and per reconciler checkpoint. It is also the
+// worker's memory: on start, the last checkpoint and the attempts after it tell the
+// reconciler exactly what is already recorded, so a restart counts nothing twice.
+//
+// Each record is written with one write() on an O_APPEND descriptor: a crash leaves
+// whole lines. Hostile strings (paths, command lines) are JSON-escaped: a newline or
+// quote in a folder name cannot end a record or forge a field.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+
+#include "common/error.h"
+#include "common/fd.h"
+#include "nfq/attempt.h"
+
+namespace smtpfence::nfq {
+
+struct LogRecovery {
+    std::optional<Checkpoint> checkpoint;
+    // Explained attempts per uid written after that checkpoint.
+    std::map<std::uint32_t, std::uint64_t> explained_since;
+};
+
+class AttemptLog final : public AttemptSink {
+  public:
+    // max_bytes: when the file grows past it, it is renamed to attempts.jsonl.1 (the
+    // previous .1 is dropped) and a new file starts with the last checkpoint, so the
+    // log never holds more than about 2 * max_bytes.
+    [[nodiscard]] static Result<AttemptLog> open(const std::string& state_dir,
+                                                 std::uint64_t max_bytes = kDefaultMaxBytes);
+
+    void explained(const Attempt& attempt) override;
+    void counted_only(const CountedOnly& record) override;
+    void checkpoint(const Checkpoint& checkpoint) override;
+
+    // Reads the log (and its rotated predecessor when needed) back.
+    [[nodiscard]] static LogRecovery recover(const std::string& state_dir);
+
+    [[nodiscard]] std::uint64_t write_errors() const { return write_errors_; }
+    [[nodiscard]] const std::string& path() const { return path_; }
+
+    static constexpr std::uint64_t kDefaultMaxBytes = 16ULL << 20U;
+
+  private:
+    AttemptLog(std::string dir, std::string path, UniqueFd fd, std::uint64_t max_bytes,
+               std::uint64_t size)
+        : dir_(std::move(dir)),
+          path_(std::move(path)),
+          fd_(std::move(fd)),
+          max_bytes_(max_bytes),
+          size_(size) {}
+    void write_line(const std::string& line);
+    void rotate();
+
+    std::string dir_;
+    std::string path_;
+    UniqueFd fd_;
+    std::uint64_t max_bytes_;
+    std::uint64_t size_;
+    std::optional<Checkpoint> last_checkpoint_;
+    std::uint64_t write_errors_ = 0;
+};
+
+// JSON text of records, shared by the log and by tests.
+[[nodiscard]] std::string to_json_line(const Attempt& a);
+[[nodiscard]] std::string to_json_line(const CountedOnly& c);
+[[nodiscard]] std::string to_json_line(const Checkpoint& c);
+
+// ISO 8601 UTC ("2026-12-01T14:30:00Z").
+[[nodiscard]] std::string iso_time(std::time_t t);
+
+}  // namespace smtpfence::nfq

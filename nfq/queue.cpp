@@ -1,0 +1,155 @@
+#include "nfq/queue.h"
+
+#include <arpa/inet.h>
+#include <libnetfilter_queue/libnetfilter_queue.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nfnetlink_queue.h>
+#include <sys/socket.h>
+
+#include <array>
+#include <cerrno>
+
+namespace smtpfence::nfq {
+namespace {
+
+Result<void> talk(mnl_socket* sock, nlmsghdr* nlh, const std::string& what) {
+    nlh->nlmsg_flags |= NLM_F_ACK;
+    if (mnl_socket_sendto(sock, nlh, nlh->nlmsg_len) < 0)
+        return fail(errno, what);
+    std::array<char, 8192> buf{};
+    const ssize_t n = mnl_socket_recvfrom(sock, buf.data(), buf.size());
+    if (n < 0)
+        return fail(errno, what);
+    if (mnl_cb_run(buf.data(), static_cast<std::size_t>(n), nlh->nlmsg_seq,
+                   mnl_socket_get_portid(sock), nullptr, nullptr) < 0) {
+        return fail(errno, what);
+    }
+    return {};
+}
+
+}  // namespace
+
+PendingVerdict::~PendingVerdict() {
+    if (queue_ != nullptr)
+        queue_->add_verdict(id_);
+}
+
+Result<Queue> Queue::open(std::uint16_t queue_num) {
+    nft::MnlSocketPtr sock(mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!sock)
+        return fail(errno, "open NFQUEUE netlink socket");
+    if (mnl_socket_bind(sock.get(), 0, MNL_SOCKET_AUTOPID) < 0)
+        return fail(errno, "bind NFQUEUE socket");
+    const int fd = mnl_socket_get_fd(sock.get());
+    const int rcvbuf = kReceiveBufferBytes;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf) != 0) {
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    }
+    // Our netlink messages are small; NETLINK_NO_ENOBUFS stays off on purpose: an
+    // overflow must be reported to us (and counted), not hidden.
+    const std::string q = "NFQUEUE " + std::to_string(queue_num);
+    std::array<char, 4096> buf{};
+    // The kernel handles a config message inside our sendto and queues its ACK
+    // before returning, so talk() can read it from the non-blocking socket at once.
+    nlmsghdr* nlh = nfq_nlmsg_put(buf.data(), NFQNL_MSG_CONFIG, queue_num);
+    nfq_nlmsg_cfg_put_cmd(nlh, AF_INET, NFQNL_CFG_CMD_BIND);
+    if (auto r = talk(sock.get(), nlh, "bind " + q + " (is another worker bound to it?)"); !r)
+        return std::unexpected(r.error());
+
+    nlh = nfq_nlmsg_put(buf.data(), NFQNL_MSG_CONFIG, queue_num);
+    nfq_nlmsg_cfg_put_params(nlh, NFQNL_COPY_PACKET, static_cast<int>(kCopyBytes));
+    nfq_nlmsg_cfg_put_qmaxlen(nlh, kMaxQueueLength);
+    const std::uint32_t flags = NFQA_CFG_F_UID_GID | NFQA_CFG_F_FAIL_OPEN;
+    mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(flags));
+    mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(flags));
+    if (auto r = talk(sock.get(), nlh, "configure " + q); !r)
+        return std::unexpected(r.error());
+    return Queue(std::move(sock), queue_num);
+}
+
+int Queue::fd() const {
+    return mnl_socket_get_fd(sock_.get());
+}
+
+Result<std::size_t> Queue::receive_raw() {
+    while (true) {
+        const ssize_t n = mnl_socket_recvfrom(sock_.get(), buf_.data(), buf_.size());
+        if (n >= 0)
+            return static_cast<std::size_t>(n);
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return std::size_t{0};
+        if (errno == ENOBUFS) {
+            // The kernel could not queue a message to us and (FAIL_OPEN) let those
+            // SYNs pass to the enforce chain, which refused and counted them. Count it
+            // and go on: the reconciler turns them into counted-only records.
+            ++counters_.enobufs;
+            continue;
+        }
+        return fail(errno, "receive from NFQUEUE " + std::to_string(queue_num_));
+    }
+}
+
+std::size_t Queue::dispatch(std::size_t len,
+                            void (*fn)(void*, const QueuedPacket&, PendingVerdict&), void* ctx) {
+    std::size_t count = 0;
+    auto remaining = static_cast<int>(len);
+    const auto* nlh = reinterpret_cast<const nlmsghdr*>(buf_.data());
+    for (; mnl_nlmsg_ok(nlh, remaining); nlh = mnl_nlmsg_next(nlh, &remaining)) {
+        if (NFNL_MSG_TYPE(nlh->nlmsg_type) != NFQNL_MSG_PACKET)
+            continue;
+        std::array<nlattr*, NFQA_MAX + 1> attr{};
+        if (nfq_nlmsg_parse(nlh, attr.data()) < 0 || attr[NFQA_PACKET_HDR] == nullptr) {
+            // Without a packet id we cannot answer it; with FAIL_OPEN off that would
+            // stall it, but the kernel never sends a packet message without one.
+            ++counters_.malformed;
+            continue;
+        }
+        const auto* ph =
+            static_cast<const nfqnl_msg_packet_hdr*>(mnl_attr_get_payload(attr[NFQA_PACKET_HDR]));
+        QueuedPacket p;
+        p.id = ntohl(ph->packet_id);
+        PendingVerdict verdict(*this, p.id);
+        ++count;
+        ++counters_.packets;
+        if (attr[NFQA_UID] != nullptr && attr[NFQA_GID] != nullptr) {
+            p.has_uid = true;
+            p.uid = ntohl(mnl_attr_get_u32(attr[NFQA_UID]));
+            p.gid = ntohl(mnl_attr_get_u32(attr[NFQA_GID]));
+        }
+        if (attr[NFQA_PAYLOAD] != nullptr) {
+            p.payload = std::span(
+                static_cast<const std::uint8_t*>(mnl_attr_get_payload(attr[NFQA_PAYLOAD])),
+                mnl_attr_get_payload_len(attr[NFQA_PAYLOAD]));
+        }
+        fn(ctx, p, verdict);
+    }
+    return count;
+}
+
+void Queue::add_verdict(std::uint32_t id) {
+    if (!have_pending_ || id > max_pending_id_)
+        max_pending_id_ = id;
+    have_pending_ = true;
+}
+
+void Queue::flush_verdicts() {
+    if (!have_pending_)
+        return;
+    std::array<char, 256> buf{};
+    nlmsghdr* nlh = nfq_nlmsg_put(buf.data(), NFQNL_MSG_VERDICT_BATCH, queue_num_);
+    nfq_nlmsg_verdict_put(nlh, static_cast<int>(max_pending_id_), NF_ACCEPT);
+    if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0) {
+        // A queue has no timeout: unanswered packets wait. Retry once; a persistent
+        // failure shows in the counters, and when our socket closes the kernel drops
+        // what waits (the client retransmits the SYN, which is then refused).
+        ++counters_.verdict_errors;
+        if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0)
+            return;
+    }
+    ++counters_.verdict_batches;
+    have_pending_ = false;
+}
+
+}  // namespace smtpfence::nfq

@@ -1,0 +1,42 @@
+// The NFQUEUE worker: explains the SYNs it is shown and reconciles its records with
+// the kernel's exact per-uid counters, so every attempt is recorded exactly once.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "nfq/attempt.h"
+#include "nfq/queue.h"
+#include "policy/accounts.h"
+
+namespace smtpfence::nfq {
+
+struct WorkerOptions {
+    std::string table = "smtpfence";
+    std::uint16_t queue_num = 2525;
+    std::string state_dir = "/var/lib/smtpfence";
+    std::string passwd_path = "/etc/passwd";
+    std::string group_path = "/etc/group";
+    std::vector<std::string> web_users = {"apache", "nobody", "webapps", "www-data"};
+    // Explain at most this many attempts per process; later ones of the same pid are
+    // counted only (a flood from one script is one story, told once).
+    std::uint32_t explain_per_process = 5;
+    int reconcile_ms = 1000;
+};
+
+struct WorkerStats {
+    std::uint64_t explained = 0;
+    std::uint64_t unidentified = 0;  // explained, but the process was already gone
+    std::uint64_t counted_only = 0;
+    std::uint64_t reconciles = 0;
+    std::uint64_t counter_resets = 0;  // the blocked set was replaced under us
+};
+
+// Runs until SIGTERM/SIGINT (blocked by the caller and read from a signalfd).
+[[nodiscard]] int run_worker(const WorkerOptions& options);
+
+}  // namespace smtpfence::nfq

@@ -1,0 +1,35 @@
+// smtpfence-worker: the NFQUEUE worker, started and supervised by smtpfenced.
+#include <CLI/CLI.hpp>
+
+#include "common/log.h"
+#include "nfq/worker.h"
+
+int main(int argc, char** argv) {
+    using namespace smtpfence;
+    log::set_program("smtpfence-worker");
+    nfq::WorkerOptions options;
+    CLI::App app{"smtpfence-worker: explains and counts refused direct SMTP attempts"};
+    app.add_option("--table", options.table, "nftables table (family inet)")->capture_default_str();
+    app.add_option("--queue-num", options.queue_num, "NFQUEUE number")->capture_default_str();
+    app.add_option("--state-dir", options.state_dir, "where attempts.jsonl lives")
+        ->capture_default_str();
+    app.add_option("--passwd", options.passwd_path, "passwd(5) file")->capture_default_str();
+    app.add_option("--group", options.group_path, "group(5) file")->capture_default_str();
+    app.add_option("--web-users", options.web_users, "shared web server accounts")->delimiter(',');
+    app.add_option("--explain-per-process", options.explain_per_process,
+                   "attempts explained per process before counting only")
+        ->capture_default_str();
+    app.add_option("--reconcile-ms", options.reconcile_ms, "reconcile period")
+        ->check(CLI::Range(100, 60000));
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e) == 0 ? 0 : 2;
+    }
+    try {
+        return nfq::run_worker(options);
+    } catch (const std::exception& e) {
+        log::error(std::string("fatal: ") + e.what());
+        return 1;
+    }
+}
