@@ -9,11 +9,14 @@
 namespace smtpfence::nft {
 namespace {
 
+// nft prints five elements of a named set per line, continuing lines with three tabs
+// and five spaces (src/expression.c); matching it lets tests compare our text with
+// `nft list` byte for byte.
 std::string join_elements(const std::vector<std::string>& elements) {
+    constexpr std::size_t kPerLine = 5;
     std::string out;
     for (std::size_t i = 0; i < elements.size(); ++i) {
-        if (i > 0)
-            out += ", ";
+        if (i > 0) out += i % kPerLine == 0 ? ",\n\t\t\t     " : ", ";
         out += elements[i];
     }
     return out;

@@ -267,6 +267,21 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
     const std::string& t = spec.table;
 
     // --- sets -------------------------------------------------------------------
+    // `blocked` comes first: it is the one set a reload keeps, so it stays the first
+    // in the kernel's listing order too, and our text matches `nft list` either way.
+    {
+        // Exact per-uid SYN counts, kept by the kernel whatever userspace does.
+        BuiltSet blocked{
+            kSetBlocked,
+            {"type uid", "size " + std::to_string(kDynamicSetSize), "flags dynamic", "counter"},
+            {},
+            {},
+            base_set(t, kSetBlocked, kTypeUid, 4, 4)};
+        nftnl_set_set_u32(blocked.set.get(), NFTNL_SET_FLAGS, NFT_SET_EVAL);
+        nftnl_set_set_u32(blocked.set.get(), NFTNL_SET_DESC_SIZE, kDynamicSetSize);
+        nftnl_set_add_expr(blocked.set.get(), make_expr("counter").release());  // set owns it
+        rs.sets.push_back(std::move(blocked));
+    }
     {
         BuiltSet ports{kSetPorts,
                        {"type inet_service"},
@@ -304,19 +319,6 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
             gids.elements.push_back(std::to_string(g));
         }
         rs.sets.push_back(std::move(gids));
-    }
-    {
-        // Exact per-uid SYN counts, kept by the kernel whatever userspace does.
-        BuiltSet blocked{
-            kSetBlocked,
-            {"type uid", "size " + std::to_string(kDynamicSetSize), "flags dynamic", "counter"},
-            {},
-            {},
-            base_set(t, kSetBlocked, kTypeUid, 4, 4)};
-        nftnl_set_set_u32(blocked.set.get(), NFTNL_SET_FLAGS, NFT_SET_EVAL);
-        nftnl_set_set_u32(blocked.set.get(), NFTNL_SET_DESC_SIZE, kDynamicSetSize);
-        nftnl_set_add_expr(blocked.set.get(), make_expr("counter").release());  // set owns it
-        rs.sets.push_back(std::move(blocked));
     }
     if (spec.queue != QueueMode::None) {
         // Per-uid token buckets for the observe chain; entries expire a minute after

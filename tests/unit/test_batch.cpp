@@ -184,7 +184,7 @@ TEST(Batch, FirstOfSeveralErrorsIsReportedAndTheRestCounted) {
     };
     auto r = batch.commit(kernel);
     ASSERT_FALSE(r.has_value());
-    EXPECT_EQ(r.error().what, "set allow_uid");
+    EXPECT_EQ(r.error().what, "set " + rs.sets[1].name);  // the first refused, not a later one
     EXPECT_NE(r.error().detail.find(std::to_string(batch.message_count() - 2) + " more refused"),
               std::string::npos)
         << r.error().detail;

@@ -3,6 +3,7 @@
 // integration tests, so golden text, bytecode and kernel state are tied together.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -80,8 +81,10 @@ TEST(Ruleset, PortsSortedAndUniqueInNetworkOrder) {
     RulesetSpec spec = default_spec();
     spec.ports = {587, 25, 587, 465};
     const Ruleset rs = build_ruleset(spec);
-    const BuiltSet& ports = rs.sets.front();
-    ASSERT_EQ(ports.name, kSetPorts);
+    const auto it = std::find_if(rs.sets.begin(), rs.sets.end(),
+                                 [](const BuiltSet& s) { return s.name == kSetPorts; });
+    ASSERT_NE(it, rs.sets.end());
+    const BuiltSet& ports = *it;
     EXPECT_EQ(ports.elements, (std::vector<std::string>{"25", "465", "587"}));
     ASSERT_EQ(ports.keys.size(), 3U);
     EXPECT_EQ(ports.keys[0], (ElementKey{0x00, 0x19}));  // 25, big-endian
