@@ -12,12 +12,12 @@
 namespace smtpfence::nfq {
 
 struct Flow {
-    int family = AF_INET;                 // AF_INET or AF_INET6
-    std::array<std::uint8_t, 16> src{};   // IPv4 uses the first 4 bytes
+    int family = AF_INET;                // AF_INET or AF_INET6
+    std::array<std::uint8_t, 16> src{};  // IPv4 uses the first 4 bytes
     std::array<std::uint8_t, 16> dst{};
-    std::uint16_t sport = 0;              // host byte order
+    std::uint16_t sport = 0;  // host byte order
     std::uint16_t dport = 0;
-    bool syn = false;                     // SYN set, ACK clear
+    bool syn = false;  // SYN set, ACK clear
 
     // "192.0.2.25" / "2001:db8::25"
     [[nodiscard]] std::string src_text() const;

@@ -26,14 +26,17 @@ struct SocketId {
 //
 // The first request is an exact lookup (the kernel's own hash lookup, cheap however many
 // sockets the server has). It cannot see a socket bound to a device (SO_BINDTODEVICE,
-// VRF), so when it finds nothing, find_socket_by_dump walks the SYN_SENT sockets.
+// VRF), so when it finds nothing, a dump of the SYN_SENT sockets is searched.
 // A socket without an inode (an orphan, a TIME_WAIT entry) counts as no socket.
 [[nodiscard]] Result<std::optional<SocketId>> find_socket(const Flow& flow);
 
-// The fallback of find_socket on its own (exposed for tests): dumps the SYN_SENT
-// sockets of flow's family (for IPv4 also the AF_INET6 table, where a dual-stack socket
-// connecting to ::ffff:a.b.c.d lives) and matches the 4-tuple here.
-[[nodiscard]] Result<std::optional<SocketId>> find_socket_by_dump(const Flow& flow);
+// The two ways of find_socket, one at a time (for tests and diagnostics).
+enum class SocketLookup {
+    exact,  // the exact lookup in flow's family
+    dump,   // the SYN_SENT dump of flow's family; for IPv4 also of the AF_INET6 table,
+            // where a dual-stack socket connecting to ::ffff:a.b.c.d is listed
+};
+[[nodiscard]] Result<std::optional<SocketId>> find_socket_by(const Flow& flow, SocketLookup how);
 
 // Bounds on what we copy from /proc, so a hostile process cannot make us allocate
 // without limit: a command line of 100 MB is cut to kMaxCmdline bytes.
@@ -55,10 +58,10 @@ struct ProcessInfo {
 // Finds the process that holds the socket with this inode among the processes owned
 // by uid (scanning /proc/PID/fd for "socket:[inode]"). proc_root is "/proc" except in
 // tests. nullopt when no process holds it (already closed, process gone).
-// A process that made itself non-dumpable (prctl PR_SET_DUMPABLE 0, or after a setuid
-// change) shows its /proc/PID as owned by root, so root-owned processes are searched
-// second. Reading another user's /proc/PID/fd takes CAP_SYS_PTRACE and
-// CAP_DAC_READ_SEARCH; without them those processes are skipped.
+// The owner of /proc/PID is the process's effective uid, even for a process that made
+// itself non-dumpable (only the files inside turn root's then). Reading another user's
+// /proc/PID/fd takes CAP_DAC_READ_SEARCH (the directory is 0500) and CAP_SYS_PTRACE
+// (ptrace read access); without them those processes are skipped.
 [[nodiscard]] std::optional<ProcessInfo> find_process(std::uint64_t inode, std::uint32_t uid,
                                                       const std::string& proc_root = "/proc");
 

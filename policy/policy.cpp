@@ -1,1 +1,297 @@
-// placeholder, being written
+#include "policy/policy.h"
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <set>
+#include <string_view>
+
+namespace smtpfence {
+namespace {
+
+using csf::printable;
+
+// The largest uid/gid: (uid_t)-1 is the "no id" value of chown(2) and setreuid(2).
+constexpr std::uint64_t kMaxId = 4294967294U;
+// useradd's limit (LOGIN_NAME_MAX is larger, but no tool creates such names).
+constexpr std::size_t kMaxNameLength = 32;
+
+// The fields of a setting being mapped: where it is, for every message.
+struct Setting {
+    const csf::ConfFile& conf;
+    const csf::Entry& entry;
+
+    [[nodiscard]] std::string where() const { return conf.path + ":" + std::to_string(entry.line); }
+
+    [[nodiscard]] std::unexpected<Error> bad(std::string_view expected) const {
+        return fail(0, where(),
+                    entry.key + ": bad value \"" + printable(entry.value) + "\": expected " +
+                        std::string(expected));
+    }
+
+    [[nodiscard]] std::string warning(std::string_view text) const {
+        return where() + ": " + entry.key + ": " + std::string(text);
+    }
+};
+
+Result<bool> parse_bool(const Setting& s) {
+    if (s.entry.value == "0")
+        return false;
+    if (s.entry.value == "1")
+        return true;
+    return s.bad("\"0\" or \"1\"");
+}
+
+template <class T>
+Result<T> parse_number(const Setting& s, T min, T max) {
+    const auto n = csf::parse_unsigned(s.entry.value, max);
+    if (!n || *n < min) {
+        return s.bad("a number from " + std::to_string(min) + " to " + std::to_string(max));
+    }
+    return static_cast<T>(*n);
+}
+
+// ASCII only, whatever the locale: these names end up compared byte by byte with
+// /etc/passwd.
+bool is_name_char(char c, bool first) {
+    const bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+    return alnum || c == '_' || c == '.' || (!first && c == '-');
+}
+
+// The portable user/group name set that shadow-utils accepts by default, with the
+// trailing '$' of Samba machine accounts: [A-Za-z0-9_.][A-Za-z0-9_.-]*$? (≤ 32).
+bool is_valid_name(std::string_view name) {
+    if (name.empty() || name.size() > kMaxNameLength)
+        return false;
+    if (name.back() == '$')
+        name.remove_suffix(1);
+    if (name.empty() || !is_name_char(name.front(), true))
+        return false;
+    return std::all_of(name.begin() + 1, name.end(), [](char c) { return is_name_char(c, false); });
+}
+
+bool is_all_digits(std::string_view s) {
+    return !s.empty() &&
+           std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// A list of names or numeric ids (SMTP_ALLOWUSER, SMTP_ALLOWGROUP, MTA_USERS). Kept in the
+// admin's order, repeats dropped with a warning.
+Result<std::vector<std::string>> parse_name_list(const Setting& s, std::string_view what,
+                                                 std::vector<std::string>& warnings) {
+    std::vector<std::string> out;
+    for (std::string& item : csf::split_list(s.entry.value)) {
+        const bool ok = is_all_digits(item) ? csf::parse_unsigned(item, kMaxId).has_value()
+                                            : is_valid_name(item);
+        if (!ok) {
+            return s.bad("a comma-separated list of " + std::string(what) + " names or numeric " +
+                         std::string(what == "user" ? "uids" : "gids") + " (0-" +
+                         std::to_string(kMaxId) + "); \"" + printable(item) + "\" is not one");
+        }
+        if (std::find(out.begin(), out.end(), item) != out.end()) {
+            warnings.push_back(s.warning("\"" + item + "\" is listed more than once"));
+            continue;
+        }
+        out.push_back(std::move(item));
+    }
+    return out;
+}
+
+Result<std::vector<std::uint16_t>> parse_ports(const Setting& s,
+                                               std::vector<std::string>& warnings) {
+    // CSF removes all whitespace from SMTP_PORTS before use ("25, 587" and "2 5" alike).
+    std::string compact;
+    for (const char c : s.entry.value) {
+        if (c != ' ' && c != '\t' && c != '\n' && c != '\v' && c != '\f' && c != '\r') {
+            compact.push_back(c);
+        }
+    }
+    const std::vector<std::string> items = csf::split_list(compact);
+    if (items.empty())
+        return s.bad("a comma-separated list of ports 1-65535, not an empty list");
+    std::set<std::uint16_t> ports;
+    for (const std::string& item : items) {
+        const auto port = csf::parse_unsigned(item, 65535);
+        if (!port || *port == 0) {
+            return s.bad("a comma-separated list of ports 1-65535; \"" + printable(item) +
+                         "\" is not a port");
+        }
+        if (!ports.insert(static_cast<std::uint16_t>(*port)).second) {
+            warnings.push_back(s.warning("port " + item + " is listed more than once"));
+        }
+    }
+    return std::vector<std::uint16_t>(ports.begin(), ports.end());
+}
+
+std::string upper(std::string_view s) {
+    std::string out(s);
+    for (char& c : out) {
+        if (c >= 'a' && c <= 'z')
+            c = static_cast<char>(c - 'a' + 'A');
+    }
+    return out;
+}
+
+// Levenshtein distance, for "did you mean" hints. Only called for strings whose
+// lengths differ by at most 2 and a known key (≤ 15 chars), so it stays tiny even
+// when the unknown name is a 10 MB line.
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+    std::vector<std::size_t> row(b.size() + 1);
+    for (std::size_t j = 0; j <= b.size(); ++j)
+        row[j] = j;
+    for (std::size_t i = 1; i <= a.size(); ++i) {
+        std::size_t diagonal = row[0];
+        row[0] = i;
+        for (std::size_t j = 1; j <= b.size(); ++j) {
+            const std::size_t above = row[j];
+            row[j] =
+                std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+            diagonal = above;
+        }
+    }
+    return row[b.size()];
+}
+
+using Handler = Result<void> (*)(const Setting&, Policy&, std::vector<std::string>&);
+
+struct KeyHandler {
+    std::string_view key;
+    Handler handle;
+};
+
+// Assigns a parsed value, or passes its error on.
+template <class T, class U>
+Result<void> assign(Result<T> parsed, U& target) {
+    if (!parsed)
+        return std::unexpected(std::move(parsed.error()));
+    target = std::move(*parsed);
+    return {};
+}
+
+const std::array<KeyHandler, 10> kHandlers = {{
+    {"SMTP_BLOCK",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         return assign(parse_bool(s), p.enabled);
+     }},
+    {"SMTP_PORTS",
+     [](const Setting& s, Policy& p, std::vector<std::string>& w) {
+         return assign(parse_ports(s, w), p.ports);
+     }},
+    {"SMTP_ALLOWUSER",
+     [](const Setting& s, Policy& p, std::vector<std::string>& w) {
+         return assign(parse_name_list(s, "user", w), p.allow_users);
+     }},
+    {"SMTP_ALLOWGROUP",
+     [](const Setting& s, Policy& p, std::vector<std::string>& w) {
+         p.allow_groups_default = false;
+         return assign(parse_name_list(s, "group", w), p.allow_groups);
+     }},
+    {"SMTP_ALLOWLOCAL",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         return assign(parse_bool(s), p.allow_local);
+     }},
+    {"MTA_USERS",
+     [](const Setting& s, Policy& p, std::vector<std::string>& w) -> Result<void> {
+         if (upper(s.entry.value) == "AUTO") {
+             p.mta_users = kAutoMtaUsers;
+             p.mta_users_auto = true;
+             return {};
+         }
+         auto users = parse_name_list(s, "user", w);
+         if (!users) return std::unexpected(std::move(users.error()));
+         // "auto,exim" most likely means "the usual MTA users and exim"; read as two names
+         // it would drop the usual ones and block the MTA. Ask instead of guessing.
+         if (std::any_of(users->begin(), users->end(),
+                         [](const std::string& u) { return upper(u) == "AUTO"; })) {
+             return s.bad("\"auto\" alone, or a list of user names without \"auto\"");
+         }
+         p.mta_users = std::move(*users);
+         p.mta_users_auto = false;
+         return {};
+     }},
+    {"DROP_OUT",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) -> Result<void> {
+         const std::string v = upper(s.entry.value);
+         if (v == "REJECT") {
+             p.action = BlockAction::Reject;
+         } else if (v == "DROP") {
+             p.action = BlockAction::Drop;
+         } else {
+             return s.bad("\"REJECT\" or \"DROP\"");
+         }
+         return {};
+     }},
+    {"NFQUEUE_NUM",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         return assign(parse_number<std::uint16_t>(s, 0, 65535), p.queue_num);
+     }},
+    {"OBSERVE_RATE",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         return assign(parse_number<std::uint32_t>(s, 1, 100000), p.observe_rate);
+     }},
+    {"OBSERVE_BURST",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         return assign(parse_number<std::uint32_t>(s, 1, 100000), p.observe_burst);
+     }},
+}};
+
+std::unexpected<Error> unknown_key(const Setting& s) {
+    std::string detail = "unknown setting \"" + printable(s.entry.key) + "\"";
+    // Only a name close in length to a known key can be within distance 2 of it; a
+    // 10 MB name is not copied again.
+    std::size_t longest = 0;
+    for (const KeyHandler& h : kHandlers)
+        longest = std::max(longest, h.key.size());
+    if (s.entry.key.size() > longest + 2)
+        return fail(0, s.where(), detail);
+    const std::string wanted = upper(s.entry.key);
+    std::string_view best;
+    std::size_t best_distance = 3;
+    for (const KeyHandler& h : kHandlers) {
+        const std::size_t diff = wanted.size() > h.key.size() ? wanted.size() - h.key.size()
+                                                              : h.key.size() - wanted.size();
+        if (diff > 2)
+            continue;
+        const std::size_t d = edit_distance(wanted, h.key);
+        if (d < best_distance) {
+            best_distance = d;
+            best = h.key;
+        }
+    }
+    if (!best.empty())
+        detail += " (did you mean " + std::string(best) + "?)";
+    return fail(0, s.where(), detail);
+}
+
+}  // namespace
+
+Result<LoadedPolicy> policy_from_conf(const csf::ConfFile& conf) {
+    LoadedPolicy loaded;
+    loaded.policy.source = conf.path;
+    for (const csf::Entry& entry : conf.entries) {
+        const Setting setting{conf, entry};
+        const auto h = std::find_if(kHandlers.begin(), kHandlers.end(),
+                                    [&](const KeyHandler& k) { return k.key == entry.key; });
+        if (h == kHandlers.end())
+            return unknown_key(setting);
+        auto done = h->handle(setting, loaded.policy, loaded.warnings);
+        if (!done)
+            return std::unexpected(std::move(done.error()));
+    }
+    return loaded;
+}
+
+Result<LoadedPolicy> load_policy(const std::string& path, bool missing_ok) {
+    auto conf = csf::read_conf_file(path);
+    if (!conf) {
+        if (missing_ok && conf.error().code == ENOENT) {
+            LoadedPolicy defaults;
+            defaults.policy.source = "(built-in defaults; " + path + " not found)";
+            return defaults;
+        }
+        return std::unexpected(conf.error());
+    }
+    return policy_from_conf(*conf);
+}
+
+}  // namespace smtpfence

@@ -30,6 +30,7 @@ struct Policy {
     std::vector<std::uint16_t> ports{25, 465, 587};         // SMTP_PORTS, sorted, unique
     std::vector<std::string> allow_users;                   // SMTP_ALLOWUSER (names or uids)
     std::vector<std::string> allow_groups{"mail", "mailman"};  // SMTP_ALLOWGROUP
+    bool allow_groups_default = true;  // not set in the config: missing groups are no news
     std::vector<std::string> mta_users = kAutoMtaUsers;     // MTA_USERS ("auto" = this list)
     bool mta_users_auto = true;                             // MTA names missing here: no warning
     bool allow_local = true;                                // SMTP_ALLOWLOCAL

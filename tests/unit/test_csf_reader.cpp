@@ -9,10 +9,13 @@
 #include <random>
 #include <string>
 
+#include "common/files.h"
 #include "csf-compat/csf_reader.h"
 
 namespace smtpfence::csf {
 namespace {
+
+using namespace std::string_literals;
 
 const std::string kDataDir = std::string(SMTPFENCE_SOURCE_DIR) + "/tests/unit/data";
 
@@ -254,7 +257,7 @@ TEST(CsfReader, FindReturnsNullForMissingKey) {
 }
 
 TEST(CsfReader, NonPrintableBytesAreEscapedInMessages) {
-    const std::string text = std::string("KEY = \x01\x00\xff\x1b[31m", 14) + "\n";
+    const std::string text = "KEY = \x01\x00\xff\x1b[31m"s + "\n";
     const std::string message = parse_error(text);
     EXPECT_EQ(message,
               "t.conf:1: Invalid configuration line: KEY = \\x01\\x00\\xff\\x1b[31m (the value "
@@ -262,17 +265,17 @@ TEST(CsfReader, NonPrintableBytesAreEscapedInMessages) {
 }
 
 TEST(CsfReader, NulBytesInsideNamesAndValuesAreKept) {
-    const ConfFile conf = parse_ok(std::string("A\0B = \"x\0y\"\n", 13));
+    const ConfFile conf = parse_ok("A\0B = \"x\0y\"\n"s);
     ASSERT_EQ(conf.entries.size(), 1U);
-    EXPECT_EQ(conf.entries[0].key, std::string("A\0B", 3));
-    EXPECT_EQ(conf.entries[0].value, std::string("x\0y", 3));
+    EXPECT_EQ(conf.entries[0].key, "A\0B"s);
+    EXPECT_EQ(conf.entries[0].value, "x\0y"s);
 }
 
 // Random bytes, with the characters that matter to the parser mixed in: no crash, no
 // exception, and every error is one short printable line.
 TEST(CsfReader, BinaryGarbageNeverCrashes) {
     std::mt19937 rng(20250831);
-    const std::string specials = "=\"#\r\n \t\f\v\0";
+    const std::string specials = "=\"#\r\n \t\f\v\0"s;
     int errors = 0;
     int successes = 0;
     for (int round = 0; round < 500; ++round) {
@@ -396,11 +399,10 @@ TEST(CsfReader, FullSizeCsfConf) {
 TEST(CsfReader, FullSizeCsfConfWithCrlf) {
     auto lf = read_conf_file(kDataDir + "/csf.conf");
     ASSERT_TRUE(lf) << lf.error().message();
-    auto text = std::ifstream(kDataDir + "/csf.conf", std::ios::binary);
-    const std::string content((std::istreambuf_iterator<char>(text)),
-                              std::istreambuf_iterator<char>());
+    auto content = read_text_file(kDataDir + "/csf.conf");
+    ASSERT_TRUE(content) << content.error().message();
     std::string crlf;
-    for (const char c : content) {
+    for (const char c : *content) {
         if (c == '\n')
             crlf.push_back('\r');
         crlf.push_back(c);
@@ -417,9 +419,9 @@ TEST(CsfReader, FullSizeCsfConfWithCrlf) {
 
 // Appending one existing setting to the full file is CSF's "repeated" error.
 TEST(CsfReader, FullSizeCsfConfWithADuplicate) {
-    auto text = std::ifstream(kDataDir + "/csf.conf", std::ios::binary);
-    std::string content((std::istreambuf_iterator<char>(text)), std::istreambuf_iterator<char>());
-    content += "SMTP_ALLOWUSER = \"admin\"\n";
+    auto text = read_text_file(kDataDir + "/csf.conf");
+    ASSERT_TRUE(text) << text.error().message();
+    const std::string content = *text + "SMTP_ALLOWUSER = \"admin\"\n";
     auto conf = parse_conf(content, "csf.conf");
     ASSERT_FALSE(conf);
     EXPECT_EQ(conf.error().message(),
@@ -437,7 +439,7 @@ TEST(SplitList, TrimsItemsAndDropsEmptyOnes) {
 
 TEST(Printable, EscapesAndTruncates) {
     EXPECT_EQ(printable("plain text"), "plain text");
-    EXPECT_EQ(printable(std::string("a\0b", 3)), "a\\x00b");
+    EXPECT_EQ(printable("a\0b"s), "a\\x00b");
     EXPECT_EQ(printable("tab\there"), "tab\\there");
     EXPECT_EQ(printable("back\\slash"), "back\\\\slash");
     EXPECT_EQ(printable("\xc3\xa9\x7f\n"), "\\xc3\\xa9\\x7f\\x0a");

@@ -11,6 +11,8 @@
 namespace smtpfence {
 namespace {
 
+using namespace std::string_literals;
+
 class TempDir {
   public:
     TempDir() {
@@ -199,6 +201,8 @@ TEST(Policy, BadAllowUsers) {
 
 TEST(Policy, AllowGroups) {
     EXPECT_TRUE(map_ok("SMTP_ALLOWGROUP = \"\"").allow_groups.empty());
+    EXPECT_FALSE(map_ok("SMTP_ALLOWGROUP = \"mail\"").allow_groups_default);
+    EXPECT_TRUE(Policy{}.allow_groups_default);
     EXPECT_EQ(map_ok("SMTP_ALLOWGROUP = \"mail , 12,postdrop\"").allow_groups,
               (std::vector<std::string>{"mail", "12", "postdrop"}));
     EXPECT_EQ(bad("SMTP_ALLOWGROUP", "mail,wheel!"),
@@ -291,7 +295,7 @@ TEST(Policy, UnknownKeyWithoutHint) {
 }
 
 TEST(Policy, ValuesInMessagesAreEscapedAndShort) {
-    EXPECT_EQ(bad("SMTP_BLOCK", std::string("1\0", 2)),
+    EXPECT_EQ(bad("SMTP_BLOCK", "1\0"s),
               "smtpfence.conf:1: SMTP_BLOCK: bad value \"1\\x00\": expected \"0\" or \"1\"");
     const std::string m = bad("SMTP_PORTS", std::string(10U << 20U, '9'));
     EXPECT_LT(m.size(), 400U);

@@ -36,6 +36,7 @@ Policy nothing_allowed() {
     Policy p;
     p.allow_users.clear();
     p.allow_groups.clear();
+    p.allow_groups_default = false;
     p.mta_users.clear();
     p.mta_users_auto = false;
     return p;
@@ -158,6 +159,15 @@ TEST(Resolve, DefaultPolicyOnABareSystem) {
         resolve_allowlist(Policy{}, AccountDb::parse("root:x:0:0::/root:/bin/sh\n", "root:x:0:\n"));
     EXPECT_EQ(a.uids, (std::set<std::uint32_t>{0}));
     EXPECT_TRUE(a.gids.empty());
+    // The built-in groups are a default, not the admin's words: their absence is no news.
+    EXPECT_TRUE(a.warnings.empty());
+}
+
+TEST(Resolve, ConfiguredGroupsThatDoNotExistAreWarnedAbout) {
+    Policy p;
+    p.allow_groups_default = false;  // as when SMTP_ALLOWGROUP is in the config
+    const Allowlist a =
+        resolve_allowlist(p, AccountDb::parse("root:x:0:0::/root:/bin/sh\n", "root:x:0:\n"));
     ASSERT_EQ(a.warnings.size(), 2U);
     EXPECT_NE(a.warnings[0].find("unknown group \"mail\""), std::string::npos);
     EXPECT_NE(a.warnings[1].find("unknown group \"mailman\""), std::string::npos);

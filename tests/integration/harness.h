@@ -1,0 +1,298 @@
+// The root integration harness: network namespaces, a veth topology, processes run
+// inside a namespace with chosen credentials, a scripted SMTP server, the daemon
+// under test and a connect() probe. Every resource is owned by an RAII object so a
+// failing assertion never leaks a namespace, a process or a temporary directory.
+//
+// Children are forked from the (single-threaded) test process; each enters its
+// namespace with setns(CLONE_NEWNET) before doing anything else. Nothing here touches
+// the host's own network namespace, firewall, /etc or users.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "common/fd.h"
+#include "nft/engine.h"
+#include "nft/netlink.h"
+
+namespace smtpfence::itest {
+
+using Millis = std::chrono::milliseconds;
+using namespace std::chrono_literals;
+
+// Why the integration tests cannot run here (not root, no network namespaces, no
+// nftables), or nullopt when they can. Computed once per process.
+[[nodiscard]] std::optional<std::string> skip_reason();
+
+// Polls pred every step until it holds or timeout passes; returns its last value.
+bool wait_until(const std::function<bool()>& pred, Millis timeout, Millis step = 20ms);
+
+// A forked child owned by its parent: on destruction it is killed (SIGKILL) and
+// reaped, so no test leaves a process behind.
+class Child {
+  public:
+    Child() = default;
+    explicit Child(pid_t pid) : pid_(pid) {}
+    Child(Child&& other) noexcept;
+    Child& operator=(Child&& other) noexcept;
+    Child(const Child&) = delete;
+    Child& operator=(const Child&) = delete;
+    ~Child();
+
+    [[nodiscard]] pid_t pid() const { return pid_; }
+    [[nodiscard]] bool valid() const { return pid_ > 0; }
+    // False once the child has exited (it is reaped then).
+    [[nodiscard]] bool running();
+    // The wait status once the child exited within timeout.
+    [[nodiscard]] std::optional<int> wait_for(Millis timeout);
+    void signal(int sig) const;
+    // SIGKILL to the child's process group and to the child, then reap.
+    void kill_and_reap();
+    // The wait status of an exited child.
+    [[nodiscard]] std::optional<int> status() const { return status_; }
+
+  private:
+    pid_t pid_ = -1;
+    std::optional<int> status_;
+};
+
+// Human-readable wait status: "exited with 1", "killed by signal 9".
+[[nodiscard]] std::string describe_status(int wait_status);
+
+struct Credentials {
+    std::string name;  // for messages only
+    uid_t uid = 0;
+    gid_t gid = 0;
+    std::vector<gid_t> groups;  // supplementary groups (setgroups)
+};
+
+// A network namespace `sft-<pid>-<n>` (ip netns add). The destructor kills every
+// process inside it (ip netns pids) and deletes it.
+class Netns {
+  public:
+    [[nodiscard]] static Result<Netns> create();
+    Netns(Netns&& other) noexcept : name_(std::exchange(other.name_, {})) {}
+    Netns& operator=(Netns&&) = delete;
+    Netns(const Netns&) = delete;
+    Netns& operator=(const Netns&) = delete;
+    ~Netns();
+
+    [[nodiscard]] const std::string& name() const { return name_; }
+    [[nodiscard]] std::string path() const { return "/run/netns/" + name_; }
+
+  private:
+    explicit Netns(std::string name) : name_(std::move(name)) {}
+    std::string name_;
+};
+
+struct RunResult {
+    int exit_code = -1;  // 128+signal when killed by a signal
+    bool timed_out = false;
+    std::string out;
+    std::string err;
+    [[nodiscard]] std::string output() const { return out + err; }
+    [[nodiscard]] std::string describe() const;  // "exit 1: <output>"
+};
+
+// Runs argv (argv[0] looked up in PATH and the sbin directories) inside ns (or in the
+// caller's namespace when ns is null), optionally as creds, stdin from /dev/null.
+// The process and its process group are killed when timeout passes.
+[[nodiscard]] RunResult run(const Netns* ns, const std::vector<std::string>& argv,
+                            const std::optional<Credentials>& creds = std::nullopt,
+                            Millis timeout = 10s);
+[[nodiscard]] inline RunResult run(const Netns& ns, const std::vector<std::string>& argv,
+                                   const std::optional<Credentials>& creds = std::nullopt,
+                                   Millis timeout = 10s) {
+    return run(&ns, argv, creds, timeout);
+}
+
+// A netlink socket opened inside ns (a socket stays bound to the namespace it was
+// created in) and an Engine on it, for the test process to inspect and program the
+// namespace's nftables without forking.
+class NsEngine {
+  public:
+    [[nodiscard]] static Result<std::unique_ptr<NsEngine>> open(const Netns& ns);
+    [[nodiscard]] nft::Engine& engine() { return engine_; }
+    nft::Engine* operator->() { return &engine_; }
+
+  private:
+    explicit NsEngine(nft::NetlinkSocket socket) : socket_(std::move(socket)), engine_(socket_) {}
+    nft::NetlinkSocket socket_;
+    nft::Engine engine_;
+};
+
+enum class Outcome {
+    Connected,     // the three-way handshake completed
+    Refused,       // ECONNREFUSED
+    TimedOut,      // no answer within the timeout
+    OtherErrno,    // any other connect() error
+    HarnessError,  // the probe itself failed (setns, credentials, ...)
+};
+std::ostream& operator<<(std::ostream& os, Outcome outcome);
+
+struct ConnectResult {
+    Outcome outcome = Outcome::HarnessError;
+    int error = 0;         // errno for Refused / OtherErrno / HarnessError
+    std::string greeting;  // first line the server sent, without CR LF (Connected only)
+    Millis elapsed{0};     // time connect() took to succeed or fail
+    std::string note;      // what failed, for HarnessError
+    [[nodiscard]] std::string describe() const;
+};
+
+// connect() from inside ns as creds (setgroups + setresgid + setresuid in a forked
+// child) to address (IPv4 or IPv6 text) and port, non-blocking with a poll timeout.
+// When connected, reads the greeting line, sends QUIT and closes.
+[[nodiscard]] ConnectResult connect_as(const Netns& ns, const Credentials& creds,
+                                       const std::string& address, std::uint16_t port,
+                                       Millis timeout = 3s);
+
+// A scripted SMTP server in a namespace: listens on every port given, IPv4 and IPv6
+// (one socket each, IPV6_V6ONLY), answers each connection with
+// "220 <host> ESMTP smtpfence-test\r\n" and reads until QUIT or close.
+class SmtpListener {
+  public:
+    [[nodiscard]] static Result<SmtpListener> start(const Netns& ns,
+                                                    std::vector<std::uint16_t> ports,
+                                                    const std::string& host);
+    // Connections accepted so far, on all ports.
+    [[nodiscard]] std::uint64_t accepted() const;
+    [[nodiscard]] static std::string greeting_for(const std::string& host) {
+        return "220 " + host + " ESMTP smtpfence-test";
+    }
+
+  private:
+    struct SharedCounter {
+        void operator()(std::atomic<std::uint64_t>* p) const noexcept;
+    };
+    using CounterPtr = std::unique_ptr<std::atomic<std::uint64_t>, SharedCounter>;
+    SmtpListener(Child child, CounterPtr counter)
+        : counter_(std::move(counter)), child_(std::move(child)) {}
+    CounterPtr counter_;  // in MAP_SHARED memory, written by the child
+    Child child_;         // declared last: killed before the counter is unmapped
+};
+
+// Two namespaces joined by a veth pair (veth0 on each side):
+//   server  192.0.2.1/24   2001:db8::1/64   and 198.51.100.1/24 on lo
+//   remote  192.0.2.25/24  2001:db8::25/64
+class Topology {
+  public:
+    [[nodiscard]] static Result<Topology> create();
+
+    static constexpr const char* kServer4 = "192.0.2.1";
+    static constexpr const char* kServer6 = "2001:db8::1";
+    static constexpr const char* kServerExtra4 = "198.51.100.1";
+    static constexpr const char* kRemote4 = "192.0.2.25";
+    static constexpr const char* kRemote6 = "2001:db8::25";
+
+    Netns server;
+    Netns remote;
+
+  private:
+    Topology(Netns s, Netns r) : server(std::move(s)), remote(std::move(r)) {}
+};
+
+// A temporary directory (mkdtemp under /tmp), removed with its content when dropped.
+class TempDir {
+  public:
+    [[nodiscard]] static Result<TempDir> create();
+    TempDir(TempDir&& other) noexcept : path_(std::exchange(other.path_, {})) {}
+    TempDir& operator=(TempDir&&) = delete;
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    ~TempDir();
+
+    [[nodiscard]] const std::string& path() const { return path_; }
+    // Writes (replaces) path()/name and returns its full path.
+    std::string write(const std::string& name, const std::string& content) const;
+
+  private:
+    explicit TempDir(std::string path) : path_(std::move(path)) {}
+    std::string path_;
+};
+
+[[nodiscard]] std::string read_file(const std::string& path);
+[[nodiscard]] std::string smtpfenced_path();
+[[nodiscard]] std::string smtpfencectl_path();
+
+struct DaemonArgs {
+    std::string table;
+    std::string config;    // --config
+    std::string passwd;    // --passwd (omitted when empty)
+    std::string group;     // --group (omitted when empty)
+    std::string work_dir;  // control socket, state and virtual dirs and the log go here
+    std::vector<std::string> extra;
+};
+
+// smtpfenced --foreground inside a namespace, its stdout and stderr in a log file.
+// start() returns once the daemon's table exists (or fails with the log).
+class Daemon {
+  public:
+    [[nodiscard]] static Result<Daemon> start(const Netns& ns, DaemonArgs args,
+                                              Millis ready_timeout = 10s);
+    Daemon(Daemon&&) noexcept = default;
+    Daemon& operator=(Daemon&&) = delete;
+    Daemon(const Daemon&) = delete;
+    Daemon& operator=(const Daemon&) = delete;
+    // SIGTERM and a bounded wait, then SIGKILL.
+    ~Daemon();
+
+    [[nodiscard]] std::string log() const { return read_file(log_path_); }
+    [[nodiscard]] const std::string& log_path() const { return log_path_; }
+    [[nodiscard]] const DaemonArgs& args() const { return args_; }
+    [[nodiscard]] bool running() { return child_.running(); }
+    void signal(int sig) const { child_.signal(sig); }
+    // SIGTERM, then waits; the wait status, or an error after timeout (then SIGKILL).
+    [[nodiscard]] Result<int> stop(Millis timeout = 10s);
+
+  private:
+    Daemon(DaemonArgs args, std::string log_path, Child child)
+        : args_(std::move(args)), log_path_(std::move(log_path)), child_(std::move(child)) {}
+    DaemonArgs args_;
+    std::string log_path_;
+    Child child_;
+};
+
+// A blocked uid's tight connect loop in a child, for checking that no SYN slips
+// through while rules are replaced. start() returns once the first connect returned.
+class ConnectFlood {
+  public:
+    struct Counts {
+        std::uint64_t connected = 0;
+        std::uint64_t refused = 0;
+        // Refusals that took longer than kSlow: the first SYN was lost and the
+        // kernel's retransmission (after 1 s) was the one refused.
+        std::uint64_t slow_refused = 0;
+        std::uint64_t other = 0;
+        int last_other_errno = 0;
+        std::int64_t slowest_us = 0;
+    };
+    static constexpr Millis kSlow{900};
+    [[nodiscard]] static Result<ConnectFlood> start(const Netns& ns, const Credentials& creds,
+                                                    const std::string& address, std::uint16_t port,
+                                                    std::uint64_t min_attempts);
+    // Tells the child to stop (after at least min_attempts) and reads its counts.
+    [[nodiscard]] Result<Counts> finish(Millis timeout = 60s);
+
+  private:
+    ConnectFlood(Child child, UniqueFd stop, UniqueFd results)
+        : stop_(std::move(stop)), results_(std::move(results)), child_(std::move(child)) {}
+    UniqueFd stop_;     // closing it tells the child to stop
+    UniqueFd results_;  // the child's counts arrive here
+    Child child_;
+};
+
+// The text of `nft list table inet TABLE` in ns, with a leading
+// "# Warning: table ... is managed by iptables-nft" line removed.
+[[nodiscard]] Result<std::string> nft_list_table(const Netns& ns, const std::string& table);
+
+}  // namespace smtpfence::itest
