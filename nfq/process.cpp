@@ -318,28 +318,39 @@ bool holds(int piddir, std::string_view target, std::size_t& budget) {
 
 }  // namespace
 
+namespace {
+
+Result<std::optional<SocketId>> find_with(DiagSocket& sock, const Flow& flow, SocketLookup how) {
+    // One exact lookup serves both an AF_INET socket and a dual-stack AF_INET6 socket
+    // connected to ::ffff:a.b.c.d: TCP has one established hash for both families and
+    // the kernel matches on the IPv4 4-tuple, which the mapped socket has too.
+    if (how == SocketLookup::exact)
+        return sock.lookup(flow);
+    auto found = sock.dump_syn_sent(flow, flow.family);
+    if (!found || *found || flow.family != AF_INET)
+        return found;
+    // A dump lists sockets by their own family: the dual-stack socket is only in the
+    // AF_INET6 table.
+    return sock.dump_syn_sent(flow, AF_INET6);
+}
+
+}  // namespace
+
 Result<std::optional<SocketId>> find_socket(const Flow& flow) {
-    auto found = find_socket_by(flow, SocketLookup::exact);
+    auto sock = DiagSocket::open();
+    if (!sock)
+        return std::unexpected(sock.error());
+    auto found = find_with(*sock, flow, SocketLookup::exact);
     if (!found || *found)
         return found;
-    return find_socket_by(flow, SocketLookup::dump);
+    return find_with(*sock, flow, SocketLookup::dump);
 }
 
 Result<std::optional<SocketId>> find_socket_by(const Flow& flow, SocketLookup how) {
     auto sock = DiagSocket::open();
     if (!sock)
         return std::unexpected(sock.error());
-    // One exact lookup serves both an AF_INET socket and a dual-stack AF_INET6 socket
-    // connected to ::ffff:a.b.c.d: TCP has one established hash for both families and
-    // the kernel matches on the IPv4 4-tuple, which the mapped socket has too.
-    if (how == SocketLookup::exact)
-        return sock->lookup(flow);
-    auto found = sock->dump_syn_sent(flow, flow.family);
-    if (!found || *found || flow.family != AF_INET)
-        return found;
-    // A dump lists sockets by their own family: the dual-stack socket is only in the
-    // AF_INET6 table.
-    return sock->dump_syn_sent(flow, AF_INET6);
+    return find_with(*sock, flow, how);
 }
 
 std::optional<ProcessInfo> find_process(std::uint64_t inode, std::uint32_t uid,
