@@ -199,10 +199,12 @@ int run_daemon(const DaemonOptions& options) {
             return kExitFailure;
         }
     }
-    const bool want_worker =
-        !options.no_worker && state.queue != nft::QueueMode::None && policy->enabled;
+    // No worker when told so, when the kernel cannot queue, or when nothing is enforced.
+    const auto wants_worker = [&](const Policy& p) {
+        return !options.no_worker && state.queue != nft::QueueMode::None && p.enabled;
+    };
     WorkerSupervisor worker(worker_argv(options, *policy));
-    if (want_worker)
+    if (wants_worker(*policy))
         worker.start();
 
     while (true) {
@@ -230,8 +232,12 @@ int run_daemon(const DaemonOptions& options) {
                            "; the rules in force are unchanged");
                 continue;
             }
-            if (want_worker)
+            if (wants_worker(*reloaded)) {
                 worker.set_argv(worker_argv(options, *reloaded));
+                worker.ensure_running();
+            } else {
+                worker.stop();
+            }
             continue;
         }
         // SIGTERM / SIGINT: the table stays; stopping the daemon never opens SMTP.

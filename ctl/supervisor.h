@@ -24,6 +24,11 @@ class WorkerSupervisor {
     // Replaces the command line (a reload changed the queue number): restarts.
     void set_argv(std::vector<std::string> argv);
     void start();
+    // Starts the worker unless it runs (e.g. enforcement was switched back on).
+    void ensure_running() {
+        if (pid_ <= 0)
+            start();
+    }
     // Reaps the worker after SIGCHLD; schedules a restart if it died.
     void reap();
     // Restarts the worker if a restart is due; returns ms until the next one is due
