@@ -11,6 +11,9 @@
 #include <cerrno>
 #include <chrono>
 #include <ctime>
+#include <deque>
+#include <fstream>
+#include <optional>
 
 #include "common/fd.h"
 #include "common/log.h"
@@ -90,6 +93,28 @@ class SyslogSink final : public AttemptSink {
     std::uint64_t suppressed_ = 0;
 };
 
+// The last packet id the kernel gave out on queue_num, from
+// /proc/net/netfilter/nfnetlink_queue ("queue portid total mode range dropped
+// user_dropped id_sequence 1"), which shows the queues of our network namespace.
+std::optional<std::uint32_t> queue_id_sequence(std::uint16_t queue_num) {
+    std::ifstream in("/proc/net/netfilter/nfnetlink_queue");
+    unsigned long queue = 0;
+    unsigned long portid = 0;
+    unsigned long total = 0;
+    unsigned long mode = 0;
+    unsigned long range = 0;
+    unsigned long dropped = 0;
+    unsigned long user_dropped = 0;
+    unsigned long sequence = 0;
+    int one = 0;
+    while (in >> queue >> portid >> total >> mode >> range >> dropped >> user_dropped >> sequence >>
+           one) {
+        if (queue == queue_num)
+            return static_cast<std::uint32_t>(sequence);
+    }
+    return std::nullopt;
+}
+
 std::int64_t mtime_of(const std::string& path) {
     struct stat st {};
     return ::stat(path.c_str(), &st) == 0 ? st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec : 0;
@@ -113,7 +138,22 @@ class Worker {
         reload_accounts();
     }
 
+    // Handles every packet waiting in our socket.
+    [[nodiscard]] Result<void> drain() {
+        while (true) {
+            auto n = queue_.receive([&](const QueuedPacket& p, PendingVerdict&) { on_packet(p); });
+            if (!n)
+                return std::unexpected(n.error());
+            if (*n == 0)
+                return {};
+        }
+    }
+
     void on_packet(const QueuedPacket& p) {
+        // A SYN queued before the last reconciled id is in that round's counted-only
+        // records already; explaining it now would count it twice.
+        if (reconciled_through_ != 0 && p.id <= reconciled_through_)
+            return;
         if (!p.has_uid)
             return;  // no owning socket: nothing to explain
         const auto flow = parse_tcp_packet(p.payload);
@@ -148,7 +188,7 @@ class Worker {
         a.account = attribute_account(a.uid, a.cwd, accounts_, options_.web_users);
         for (AttemptSink* sink : sinks_)
             sink->explained(a);
-        ++explained_since_[a.uid];
+        explained_pending_.emplace_back(p.id, a.uid);
         ++stats_.explained;
         if (!a.identified)
             ++stats_.unidentified;
@@ -156,6 +196,12 @@ class Worker {
 
     // Turns the kernel's per-uid counters into records: what the kernel counted beyond
     // what we explained since the last checkpoint is recorded as counted-only.
+    //
+    // The kernel counts a SYN (observe rule) just before it queues it, and gives it the
+    // queue's next packet id. So the counters read between two identical readings S
+    // of the queue's id sequence hold exactly the SYNs queued with ids <= S (all of
+    // them already in our socket, or lost to an overflow), plus those never queued.
+    // Attempts we explain with an id > S belong to the next round.
     void reconcile() {
         ++stats_.reconciles;
         if (told_per_pid_.size() > 65536)
@@ -164,7 +210,23 @@ class Worker {
             mtime_of(options_.group_path) != group_mtime_) {
             reload_accounts();
         }
-        auto inv = engine_.inventory(options_.table);
+        std::optional<std::uint32_t> seq_before;
+        std::optional<std::uint32_t> seq_after;
+        // Only the counter dump sits between the two readings, to keep the window in
+        // which a queued SYN makes us retry short.
+        const Result<nft::TableInventory> inv = engine_.inventory(options_.table);
+        Result<std::map<std::uint32_t, nft::PacketCount>> counts;
+        for (int attempt = 0; attempt < 20; ++attempt) {
+            seq_before = queue_id_sequence(queue_.number());
+            counts = engine_.read_blocked(options_.table);
+            seq_after = queue_id_sequence(queue_.number());
+            if (seq_before && seq_before == seq_after)
+                break;
+        }
+        if (!seq_before || seq_before != seq_after) {
+            ++stats_.reconcile_retries;
+            return;  // a flood is queueing right now: try again next round
+        }
         if (!inv) {
             log::warning("reconcile: " + inv.error().message());
             return;
@@ -172,7 +234,6 @@ class Worker {
         const nft::TableInventory::SetInfo* blocked = inv->set(nft::kSetBlocked);
         if (blocked == nullptr)
             return;  // table not there (being restored): try again later
-        auto counts = engine_.read_blocked(options_.table);
         if (!counts) {
             log::warning("reconcile: " + counts.error().message());
             return;
@@ -191,6 +252,16 @@ class Worker {
             set_handle_ = blocked->handle;
             baseline_.clear();
         }
+        // Every packet with an id <= the sequence is in our socket (or was lost to an
+        // overflow, and is counted-only): explain what is waiting, then take the
+        // explained attempts up to that id.
+        if (auto r = drain(); !r)
+            log::warning("reconcile: " + r.error().message());
+        while (!explained_pending_.empty() && explained_pending_.front().first <= *seq_before) {
+            ++explained_since_[explained_pending_.front().second];
+            explained_pending_.pop_front();
+        }
+        reconciled_through_ = *seq_before;
         bool changed = false;
         const std::time_t now = std::time(nullptr);
         for (const auto& [uid, count] : *counts) {
@@ -254,6 +325,8 @@ class Worker {
     std::uint64_t set_handle_ = 0;
     std::map<std::uint32_t, std::uint64_t> baseline_;
     std::map<std::uint32_t, std::uint64_t> explained_since_;
+    std::deque<std::pair<std::uint32_t, std::uint32_t>> explained_pending_;  // (packet id, uid)
+    std::uint32_t reconciled_through_ = 0;  // queue packet ids up to this are accounted for
     std::map<pid_t, unsigned> told_per_pid_;
     WorkerStats stats_;
 };

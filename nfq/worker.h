@@ -34,6 +34,7 @@ struct WorkerStats {
     std::uint64_t counted_only = 0;
     std::uint64_t reconciles = 0;
     std::uint64_t counter_resets = 0;  // the blocked set was replaced under us
+    std::uint64_t reconcile_retries = 0;  // rounds postponed: the queue moved while we read
 };
 
 // Runs until SIGTERM/SIGINT (blocked by the caller and read from a signalfd).

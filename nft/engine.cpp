@@ -152,7 +152,9 @@ Result<QueueMode> Engine::probe_queue_mode(const std::string& probe_table) {
 namespace {
 
 // Creates every set, element, chain and rule of rs (into a table that exists or is
-// created earlier in the same batch), skipping the sets named in keep.
+// created earlier in the same batch), skipping the sets named in keep. A chain that
+// exists already (kept, emptied) is "created" all the same: NEWCHAIN without EXCL on
+// it only resets its policy to ours.
 void add_content(Batch& batch, const Ruleset& rs, const std::set<std::string>& keep) {
     for (const BuiltSet& s : rs.sets) {
         if (keep.contains(s.name))
@@ -170,6 +172,19 @@ void add_content(Batch& batch, const Ruleset& rs, const std::set<std::string>& k
         batch.rule(*r.rule, Op::Create,
                    "rule " + r.chain + "#" + std::to_string(n) + " (" + r.text + ")", r.expr_names);
     }
+}
+
+// Whether an existing chain already has the hook, priority and type we want.
+bool same_hook(nftnl_chain& want, const TableInventory::ChainInfo& have) {
+    const bool want_base = nftnl_chain_is_set(&want, NFTNL_CHAIN_HOOKNUM);
+    if (want_base != have.base)
+        return false;
+    if (!want_base)
+        return true;
+    const char* type = nftnl_chain_get_str(&want, NFTNL_CHAIN_TYPE);
+    return nftnl_chain_get_u32(&want, NFTNL_CHAIN_HOOKNUM) == have.hook &&
+           nftnl_chain_get_s32(&want, NFTNL_CHAIN_PRIO) == have.priority && type != nullptr &&
+           have.type == type;
 }
 
 bool blocked_set_compatible(const TableInventory::SetInfo& info) {
@@ -208,7 +223,16 @@ Result<TableInventory> Engine::inventory(const std::string& table) {
                 table != t) {
                 return;
             }
-            inv.chains.emplace_back(nftnl_chain_get_str(c.get(), NFTNL_CHAIN_NAME));
+            TableInventory::ChainInfo info;
+            info.name = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_NAME);
+            info.base = nftnl_chain_is_set(c.get(), NFTNL_CHAIN_HOOKNUM);
+            if (info.base) {
+                info.hook = nftnl_chain_get_u32(c.get(), NFTNL_CHAIN_HOOKNUM);
+                info.priority = nftnl_chain_get_s32(c.get(), NFTNL_CHAIN_PRIO);
+                const char* type = nftnl_chain_get_str(c.get(), NFTNL_CHAIN_TYPE);
+                info.type = type != nullptr ? type : "";
+            }
+            inv.chains.push_back(std::move(info));
         },
         "list chains of table inet " + table);
     if (!r)
@@ -258,23 +282,35 @@ Result<ApplyReport> Engine::apply(const Ruleset& rs) {
     report.table_existed = inv->exists;
 
     if (inv->exists) {
-        // Empty every chain (rules hold references to chains and sets), delete the
-        // chains and the sets but a compatible `blocked`, re-create; one transaction.
+        // Empty every chain (rules hold references to chains and sets); keep the chains
+        // that already have the wanted hook and priority, delete the others and every
+        // set but a compatible `blocked`; re-create the rest. One transaction.
+        // Keeping a base chain matters: deleting it unregisters its hook, and the
+        // kernel then drops the SYNs waiting in the NFQUEUE on that hook (the client
+        // would see its refusal a retransmission later, ~1 s, instead of at once).
         Batch batch(NFPROTO_INET);
         batch.table(*rs.table_obj, Op::Create, "create " + tname);
-        for (const std::string& chain : inv->chains) {
+        std::set<std::string> keep_chains;
+        for (const TableInventory::ChainInfo& chain : inv->chains) {
             RulePtr all = make_rule();
             nftnl_rule_set_u32(all.get(), NFTNL_RULE_FAMILY, NFPROTO_INET);
             nftnl_rule_set_str(all.get(), NFTNL_RULE_TABLE, rs.table.c_str());
-            nftnl_rule_set_str(all.get(), NFTNL_RULE_CHAIN, chain.c_str());
-            batch.rule(*all, Op::Delete, "flush chain " + chain, {});
+            nftnl_rule_set_str(all.get(), NFTNL_RULE_CHAIN, chain.name.c_str());
+            batch.rule(*all, Op::Delete, "flush chain " + chain.name, {});
+            for (const BuiltChain& want : rs.chains) {
+                if (want.name == chain.name && same_hook(*want.chain, chain)) {
+                    keep_chains.insert(chain.name);
+                }
+            }
         }
-        for (const std::string& chain : inv->chains) {
+        for (const TableInventory::ChainInfo& chain : inv->chains) {
+            if (keep_chains.contains(chain.name))
+                continue;
             ChainPtr c = make_chain();
             nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
             nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, rs.table.c_str());
-            nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, chain.c_str());
-            batch.chain(*c, Op::Delete, "delete chain " + chain);
+            nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, chain.name.c_str());
+            batch.chain(*c, Op::Delete, "delete chain " + chain.name);
         }
         std::set<std::string> keep;
         const TableInventory::SetInfo* blocked = inv->set(kSetBlocked);

@@ -29,7 +29,14 @@ struct ApplyReport {
 // Our table as the kernel holds it now.
 struct TableInventory {
     bool exists = false;
-    std::vector<std::string> chains;
+    struct ChainInfo {
+        std::string name;
+        bool base = false;  // hooked (then hook, priority and type below are set)
+        std::uint32_t hook = 0;
+        std::int32_t priority = 0;
+        std::string type;
+    };
+    std::vector<ChainInfo> chains;
     struct SetInfo {
         std::string name;
         std::uint32_t flags = 0;

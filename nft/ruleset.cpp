@@ -349,8 +349,11 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
                                   "/second burst " + std::to_string(spec.observe_burst) +
                                   " packets";
     if (spec.queue != QueueMode::None) {
-        // Sample blocked SYNs to userspace; never decides (bypass: no listener means
-        // the packet goes on to the enforce chain).
+        // Count every blocked SYN, then sample it to userspace; never decides (bypass:
+        // no listener means the packet goes on to the enforce chain). The count is
+        // taken here, before the queue, because a SYN may wait in the queue while its
+        // process exits: after that its socket has no owner and `meta skuid` in judge
+        // would find nothing to count it by.
         RuleBuilder r(t, kChainObserve);
         r.smtp_syn()
             .meta(NFT_META_SKUID, "meta skuid")
@@ -364,6 +367,9 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
             r.meta(NFT_META_OIF, "meta oif").cmp(NFT_CMP_NEQ, &kLoopbackIfindex, 4, "!= lo");
             text += "oif != \"lo\" ";
         }
+        r.meta(NFT_META_SKUID, "meta skuid")
+            .dynset(NFT_DYNSET_OP_UPDATE, kSetBlocked, nullptr, "update @blocked");
+        text += "update @blocked { meta skuid } ";
         ExprPtr limit = make_expr("limit");
         nftnl_expr_set_u64(limit.get(), NFTNL_EXPR_LIMIT_RATE, spec.observe_rate);
         nftnl_expr_set_u64(limit.get(), NFTNL_EXPR_LIMIT_UNIT, 1);
@@ -408,7 +414,9 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
             .verdict(NF_ACCEPT, "accept");
         rs.rules.push_back(r.done("meta skgid @allow_gid accept"));
     }
-    {
+    if (spec.queue == QueueMode::None) {
+        // Without an observe chain, judge counts (see the observe rule for why it
+        // counts there otherwise).
         // The set's counter (cloned into each element by the kernel) counts every
         // blocked SYN per uid.
         RuleBuilder r(t, kChainJudge);

@@ -75,6 +75,8 @@ TEST(Ruleset, NoQueueSupportHasNoObserveChain) {
     EXPECT_NE(text.find("chain enforce"), std::string::npos);
     EXPECT_NE(text.find("meta l4proto tcp reject with tcp reset"), std::string::npos);
     EXPECT_EQ(text.find("queue"), std::string::npos);
+    // With no observe chain, judge is where blocked SYNs are counted.
+    EXPECT_NE(text.find("update @blocked { meta skuid }"), std::string::npos);
 }
 
 TEST(Ruleset, PortsSortedAndUniqueInNetworkOrder) {

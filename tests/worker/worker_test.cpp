@@ -37,8 +37,8 @@ std::string test_passwd(const std::string& root) {
            "mail:x:8:8:mail:/var/mail:/usr/sbin/nologin\n"
            "www-data:x:2033:2033:www-data:/var/www:/usr/sbin/nologin\n"
            "alice:x:2001:2001:Alice:" +
-           root + "/home/alice:/bin/sh\n" + "bob:x:2002:2002:Bob:" + root +
-           "/home/bob:/bin/sh\n" + "carol:x:2003:2003:Carol:" + root + "/home/carol:/bin/sh\n" +
+           root + "/home/alice:/bin/sh\n" + "bob:x:2002:2002:Bob:" + root + "/home/bob:/bin/sh\n" +
+           "carol:x:2003:2003:Carol:" + root + "/home/carol:/bin/sh\n" +
            "dave:x:2004:2004:Dave:" + root + "/home/dave:/bin/sh\n";
 }
 
@@ -209,7 +209,8 @@ AttemptLogView read_attempt_log(const std::string& state_dir) {
 
 Result<std::map<std::uint32_t, std::uint64_t>> kernel_blocked(const Netns& ns,
                                                               const std::string& table) {
-    const itest::RunResult r = itest::run(ns, {"nft", "-j", "list", "set", "inet", table, "blocked"});
+    const itest::RunResult r =
+        itest::run(ns, {"nft", "-j", "list", "set", "inet", table, "blocked"});
     if (r.exit_code != 0)
         return fail(0, "nft -j list set inet " + table + " blocked", r.describe());
     const Json j = Json::parse(r.out, nullptr, false);
@@ -450,11 +451,12 @@ void WorkerTest::finish_flood(std::vector<Connector>& flood, const std::vector<F
         (*uid_of_pid)[flood[i].pid()] = part.who.uid;
         auto exit = flood[i].wait(90s);
         ASSERT_TRUE(exit) << exit.error().message() << "\n" << diagnostics();
-        ASSERT_TRUE(exit->report) << part.who.name << "'s connector: "
-                                  << itest::describe_status(exit->status) << ": " << exit->out;
+        ASSERT_TRUE(exit->report) << part.who.name
+                                  << "'s connector: " << itest::describe_status(exit->status)
+                                  << ": " << exit->out;
         const ConnectorReport& r = *exit->report;
-        EXPECT_EQ(r.refused, part.count)
-            << part.who.name << " -> " << part.address << " port " << part.port << ": " << exit->out;
+        EXPECT_EQ(r.refused, part.count) << part.who.name << " -> " << part.address << " port "
+                                         << part.port << ": " << exit->out;
         EXPECT_EQ(r.connected, 0U) << part.who.name << ": connects got through";
         EXPECT_EQ(r.timed_out, 0U) << part.who.name << ": connects neither refused nor answered";
         EXPECT_EQ(r.other, 0U) << part.who.name << ": " << errno_text(r.last_errno);
@@ -537,8 +539,8 @@ void WorkerTest::expect_attempts_name_only(const std::map<pid_t, std::uint32_t>&
         const auto pid = a.value("pid", pid_t{0});
         const auto it = uid_of_pid.find(pid);
         if (it == uid_of_pid.end()) {
-            ADD_FAILURE() << "a record names pid " << pid << ", none of the test's processes: "
-                          << a.dump();
+            ADD_FAILURE() << "a record names pid " << pid
+                          << ", none of the test's processes: " << a.dump();
             continue;
         }
         EXPECT_EQ(uid, it->second) << "pid " << pid << " belongs to another uid: " << a.dump();

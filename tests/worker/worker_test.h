@@ -152,8 +152,7 @@ class WorkerTest : public ::testing::Test {
     // (parallel) all of a part's connects in flight together, each waited for up to
     // timeout_ms.
     void start_flood(const std::vector<FloodPart>& parts, std::uint64_t interval_us,
-                     std::vector<Connector>* flood, bool parallel = false,
-                     int timeout_ms = 5000);
+                     std::vector<Connector>* flood, bool parallel = false, int timeout_ms = 5000);
     // Waits for them; every connect must have been refused, none connected, none
     // timed out. Fills the pid -> uid map of the flood's processes.
     void finish_flood(std::vector<Connector>& flood, const std::vector<FloodPart>& parts,
@@ -172,6 +171,5 @@ class WorkerTest : public ::testing::Test {
     std::optional<itest::SmtpListener> remote_smtp_;
     std::optional<itest::Daemon> daemon_;
 };
-
 
 }  // namespace smtpfence::wtest
