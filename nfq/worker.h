@@ -33,7 +33,7 @@ struct WorkerStats {
     std::uint64_t unidentified = 0;  // explained, but the process was already gone
     std::uint64_t counted_only = 0;
     std::uint64_t reconciles = 0;
-    std::uint64_t counter_resets = 0;  // the blocked set was replaced under us
+    std::uint64_t counter_resets = 0;     // the blocked set was replaced under us
     std::uint64_t reconcile_retries = 0;  // rounds postponed: the queue moved while we read
 };
 

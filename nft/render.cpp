@@ -16,7 +16,8 @@ std::string join_elements(const std::vector<std::string>& elements) {
     constexpr std::size_t kPerLine = 5;
     std::string out;
     for (std::size_t i = 0; i < elements.size(); ++i) {
-        if (i > 0) out += i % kPerLine == 0 ? ",\n\t\t\t     " : ", ";
+        if (i > 0)
+            out += i % kPerLine == 0 ? ",\n\t\t\t     " : ", ";
         out += elements[i];
     }
     return out;

@@ -27,7 +27,7 @@ struct GroupEntry {
 };
 
 class AccountDb {
-public:
+  public:
     // Malformed lines are skipped (as glibc's files backend does) and reported in
     // warnings(); a missing or unreadable file is an error.
     [[nodiscard]] static Result<AccountDb> load(const std::string& passwd_path,
@@ -47,10 +47,10 @@ public:
     [[nodiscard]] const std::vector<Account>& accounts() const { return accounts_; }
     [[nodiscard]] const std::vector<std::string>& warnings() const { return warnings_; }
 
-private:
+  private:
     std::vector<Account> accounts_;
     std::vector<GroupEntry> groups_;
-    std::map<std::string, std::size_t, std::less<>> user_index_;   // first entry wins, as glibc
+    std::map<std::string, std::size_t, std::less<>> user_index_;  // first entry wins, as glibc
     std::map<std::string, std::size_t, std::less<>> group_index_;
     std::vector<std::string> warnings_;
 };

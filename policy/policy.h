@@ -26,19 +26,19 @@ inline const std::vector<std::string> kAutoMtaUsers = {"mail", "Debian-exim", "m
                                                        "postfix"};
 
 struct Policy {
-    bool enabled = true;                                    // SMTP_BLOCK
-    std::vector<std::uint16_t> ports{25, 465, 587};         // SMTP_PORTS, sorted, unique
-    std::vector<std::string> allow_users;                   // SMTP_ALLOWUSER (names or uids)
+    bool enabled = true;                                       // SMTP_BLOCK
+    std::vector<std::uint16_t> ports{25, 465, 587};            // SMTP_PORTS, sorted, unique
+    std::vector<std::string> allow_users;                      // SMTP_ALLOWUSER (names or uids)
     std::vector<std::string> allow_groups{"mail", "mailman"};  // SMTP_ALLOWGROUP
     bool allow_groups_default = true;  // not set in the config: missing groups are no news
-    std::vector<std::string> mta_users = kAutoMtaUsers;     // MTA_USERS ("auto" = this list)
-    bool mta_users_auto = true;                             // MTA names missing here: no warning
-    bool allow_local = true;                                // SMTP_ALLOWLOCAL
-    BlockAction action = BlockAction::Reject;               // DROP_OUT
-    std::uint16_t queue_num = 2525;                         // NFQUEUE_NUM
-    std::uint32_t observe_rate = 20;                        // OBSERVE_RATE (per uid, per second)
-    std::uint32_t observe_burst = 40;                       // OBSERVE_BURST
-    std::string source = "(built-in defaults)";             // file it came from
+    std::vector<std::string> mta_users = kAutoMtaUsers;  // MTA_USERS ("auto" = this list)
+    bool mta_users_auto = true;                          // MTA names missing here: no warning
+    bool allow_local = true;                             // SMTP_ALLOWLOCAL
+    BlockAction action = BlockAction::Reject;            // DROP_OUT
+    std::uint16_t queue_num = 2525;                      // NFQUEUE_NUM
+    std::uint32_t observe_rate = 20;                     // OBSERVE_RATE (per uid, per second)
+    std::uint32_t observe_burst = 40;                    // OBSERVE_BURST
+    std::string source = "(built-in defaults)";          // file it came from
 };
 
 struct LoadedPolicy {

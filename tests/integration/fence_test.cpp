@@ -37,16 +37,16 @@ void FenceTest::SetUp() {
     table_ = unique_table_name();
     auto dir = TempDir::create();
     ASSERT_TRUE(dir) << dir.error().message();
-    dir_.emplace(std::move(*dir));
+    dir_ = std::make_unique<TempDir>(std::move(*dir));
     passwd_path_ = dir_->write("passwd", kTestPasswd);
     group_path_ = dir_->write("group", kTestGroup);
     config_path_ = dir_->path() + "/smtpfence.conf";
     auto topo = Topology::create();
     ASSERT_TRUE(topo) << topo.error().message();
-    topo_.emplace(std::move(*topo));
+    topo_ = std::make_unique<Topology>(std::move(*topo));
     auto smtp = SmtpListener::start(topo_->remote, kRemotePorts, kRemoteHost);
     ASSERT_TRUE(smtp) << smtp.error().message();
-    remote_smtp_.emplace(std::move(*smtp));
+    remote_smtp_ = std::make_unique<SmtpListener>(std::move(*smtp));
 }
 
 void FenceTest::write_config(const std::string& text) {
@@ -64,7 +64,7 @@ void FenceTest::start_daemon(const std::string& config, std::vector<std::string>
     args.extra = std::move(extra);
     auto daemon = Daemon::start(topo_->server, std::move(args));
     ASSERT_TRUE(daemon) << daemon.error().message();
-    daemon_.emplace(std::move(*daemon));
+    daemon_ = std::make_unique<Daemon>(std::move(*daemon));
 }
 
 ConnectResult FenceTest::connect(const Credentials& who, const std::string& address,

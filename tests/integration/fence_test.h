@@ -7,7 +7,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -67,10 +66,10 @@ class FenceTest : public ::testing::Test {
     std::string group_path_;
     // Declaration order = reverse destruction order: processes and sockets go before
     // the namespaces they live in, the namespaces before the files.
-    std::optional<TempDir> dir_;
-    std::optional<Topology> topo_;
-    std::optional<SmtpListener> remote_smtp_;
-    std::optional<Daemon> daemon_;
+    std::unique_ptr<TempDir> dir_;
+    std::unique_ptr<Topology> topo_;
+    std::unique_ptr<SmtpListener> remote_smtp_;
+    std::unique_ptr<Daemon> daemon_;
     std::unique_ptr<NsEngine> engine_;
 };
 

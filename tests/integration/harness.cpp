@@ -179,6 +179,7 @@ std::string find_program(const std::string& name) {
     if (name.find('/') != std::string::npos)
         return name;
     std::string dirs;
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): the test process is single-threaded
     if (const char* path = std::getenv("PATH"))
         dirs = path;
     dirs += ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -249,6 +250,7 @@ std::vector<std::string> stale_entries(const char* dir) {
     DIR* d = ::opendir(dir);
     if (d == nullptr)
         return stale;
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): one reader of this DIR*, one thread
     while (const dirent* e = ::readdir(d)) {
         const pid_t owner = owner_pid(e->d_name);
         if (owner != 0 && !process_alive(owner))
@@ -437,7 +439,8 @@ Netns::~Netns() {
     kill_processes_in(name_);
     const RunResult r = run(nullptr, {"ip", "netns", "del", name_}, std::nullopt, 10s);
     if (r.exit_code != 0) {
-        std::fprintf(stderr, "warning: ip netns del %s: %s\n", name_.c_str(), r.describe().c_str());
+        (void)std::fprintf(stderr, "warning: ip netns del %s: %s\n", name_.c_str(),
+                           r.describe().c_str());
     }
 }
 
@@ -793,7 +796,7 @@ namespace {
                                  std::atomic<std::uint64_t>* accepted) {
     auto die = [&](const char* what) {
         char msg[128];
-        std::snprintf(msg, sizeof msg, "%s: %s", what, std::strerror(errno));
+        (void)std::snprintf(msg, sizeof msg, "%s: %s", what, ::strerrordesc_np(errno));
         write_text(ready_fd, msg);
         ::_exit(1);
     };
@@ -893,7 +896,7 @@ namespace {
 
 }  // namespace
 
-Result<SmtpListener> SmtpListener::start(const Netns& ns, std::vector<std::uint16_t> ports,
+Result<SmtpListener> SmtpListener::start(const Netns& ns, const std::vector<std::uint16_t>& ports,
                                          const std::string& host) {
     void* mem = ::mmap(nullptr, sizeof(std::atomic<std::uint64_t>), PROT_READ | PROT_WRITE,
                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -1082,7 +1085,7 @@ Result<int> Daemon::stop(Millis timeout) {
 
 Daemon::~Daemon() {
     if (child_.valid() && child_.running())
-        (void)stop(5s);
+        (void)stop(5s);  // NOLINT(bugprone-unused-return-value): best effort in a destructor
 }
 
 // ---- ConnectFlood -------------------------------------------------------------------

@@ -162,7 +162,7 @@ struct ConnectResult {
 class SmtpListener {
   public:
     [[nodiscard]] static Result<SmtpListener> start(const Netns& ns,
-                                                    std::vector<std::uint16_t> ports,
+                                                    const std::vector<std::uint16_t>& ports,
                                                     const std::string& host);
     // Connections accepted so far, on all ports.
     [[nodiscard]] std::uint64_t accepted() const;

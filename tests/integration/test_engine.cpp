@@ -5,7 +5,7 @@
 #include <linux/netfilter/nf_tables.h>
 
 #include <cerrno>
-#include <optional>
+#include <memory>
 #include <string>
 
 #include "nft/engine.h"
@@ -27,7 +27,7 @@ class EngineTest : public ::testing::Test {
             GTEST_SKIP() << *why;
         auto ns = Netns::create();
         ASSERT_TRUE(ns) << ns.error().message();
-        ns_.emplace(std::move(*ns));
+        ns_ = std::make_unique<Netns>(std::move(*ns));
         auto engine = NsEngine::open(*ns_);
         ASSERT_TRUE(engine) << engine.error().message();
         engine_ = std::move(*engine);
@@ -54,7 +54,7 @@ class EngineTest : public ::testing::Test {
     std::string ruleset_text() { return run(*ns_, {"nft", "list", "ruleset"}).output(); }
 
     std::string table_;
-    std::optional<Netns> ns_;
+    std::unique_ptr<Netns> ns_;
     std::unique_ptr<NsEngine> engine_;
 };
 
