@@ -67,6 +67,18 @@ Result<Queue> Queue::open(std::uint16_t queue_num) {
     return Queue(std::move(sock), queue_num);
 }
 
+Result<void> Queue::stop_accepting() {
+    std::array<char, 256> buf{};
+    nlmsghdr* nlh = nfq_nlmsg_put(buf.data(), NFQNL_MSG_CONFIG, queue_num_);
+    nfq_nlmsg_cfg_put_qmaxlen(nlh, 0);
+    // Sent without waiting for the ACK: the socket is non-blocking and shared with
+    // queued packets; the ACK is read (and ignored) by the drain that follows.
+    if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0) {
+        return fail(errno, "set NFQUEUE " + std::to_string(queue_num_) + " length to 0");
+    }
+    return {};
+}
+
 int Queue::fd() const {
     return mnl_socket_get_fd(sock_.get());
 }

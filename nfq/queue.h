@@ -79,6 +79,12 @@ class Queue {
     // the same ACCEPT, so one message answers them all).
     void flush_verdicts();
 
+    // Before closing: sets the queue length to 0 so that, with FAIL_OPEN, every new
+    // SYN passes straight on to the enforce chain. Closing a socket with SYNs waiting
+    // would make the kernel drop them (they are counted already, and each client's
+    // retransmission would be counted again); after this, drain what waits and close.
+    [[nodiscard]] Result<void> stop_accepting();
+
     [[nodiscard]] const QueueCounters& counters() const { return counters_; }
     [[nodiscard]] std::uint16_t number() const { return queue_num_; }
 

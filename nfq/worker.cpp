@@ -408,7 +408,9 @@ int run_worker(const WorkerOptions& options) {
             signalfd_siginfo info{};
             if (::read(sigfd.get(), &info, sizeof info) == sizeof info &&
                 info.ssi_signo != SIGHUP) {
-                worker.reconcile();
+                if (auto r = worker.queue().stop_accepting(); !r)
+                    log::warning(r.error().message());
+                worker.reconcile();  // drains what waits, then reconciles
                 const WorkerStats& s = worker.stats();
                 const QueueCounters& q = worker.queue().counters();
                 log::notice("worker exiting: " + std::to_string(s.explained) + " explained (" +
