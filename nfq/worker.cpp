@@ -122,12 +122,11 @@ std::int64_t mtime_of(const std::string& path) {
 
 class Worker {
   public:
-    Worker(WorkerOptions options, Queue queue, nft::NetlinkSocket nl, AttemptLog log)
-        : options_(std::move(options)),
-          queue_(std::move(queue)),
-          nl_(std::move(nl)),
-          engine_(nl_),
-          log_(std::move(log)) {
+    // Everything slow (reading the log back, the accounts) happens here, before the
+    // queue is bound: once bound, SYNs wait for us, and one that waits a second is
+    // retransmitted by its client (and counted again).
+    Worker(WorkerOptions options, nft::NetlinkSocket nl, AttemptLog log)
+        : options_(std::move(options)), nl_(std::move(nl)), engine_(nl_), log_(std::move(log)) {
         sinks_ = {&log_, &syslog_};
         const LogRecovery recovered = AttemptLog::recover(options_.state_dir);
         if (recovered.checkpoint) {
@@ -141,7 +140,7 @@ class Worker {
     // Handles every packet waiting in our socket.
     [[nodiscard]] Result<void> drain() {
         while (true) {
-            auto n = queue_.receive([&](const QueuedPacket& p, PendingVerdict&) { on_packet(p); });
+            auto n = queue_->receive([&](const QueuedPacket& p, PendingVerdict&) { on_packet(p); });
             if (!n)
                 return std::unexpected(n.error());
             if (*n == 0)
@@ -217,9 +216,9 @@ class Worker {
         const Result<nft::TableInventory> inv = engine_.inventory(options_.table);
         Result<std::map<std::uint32_t, nft::PacketCount>> counts;
         for (int attempt = 0; attempt < 20; ++attempt) {
-            seq_before = queue_id_sequence(queue_.number());
+            seq_before = queue_id_sequence(options_.queue_num);
             counts = engine_.read_blocked(options_.table);
-            seq_after = queue_id_sequence(queue_.number());
+            seq_after = queue_id_sequence(options_.queue_num);
             if (seq_before && seq_before == seq_after)
                 break;
         }
@@ -297,7 +296,8 @@ class Worker {
         }
     }
 
-    Queue& queue() { return queue_; }
+    void attach(Queue queue) { queue_.emplace(std::move(queue)); }
+    Queue& queue() { return *queue_; }
     const WorkerStats& stats() const { return stats_; }
 
   private:
@@ -313,7 +313,7 @@ class Worker {
     }
 
     WorkerOptions options_;
-    Queue queue_;
+    std::optional<Queue> queue_;  // bound last, see the constructor
     nft::NetlinkSocket nl_;
     nft::Engine engine_;
     AttemptLog log_;
@@ -357,11 +357,6 @@ int run_worker(const WorkerOptions& options) {
         log::error("timerfd_settime: " + errno_text(errno));
         return 1;
     }
-    auto queue = Queue::open(options.queue_num);
-    if (!queue) {
-        log::error(queue.error().message());
-        return 1;
-    }
     auto nl = nft::NetlinkSocket::open();
     if (!nl) {
         log::error(nl.error().message());
@@ -372,7 +367,13 @@ int run_worker(const WorkerOptions& options) {
         log::error(attempt_log.error().message());
         return 1;
     }
-    Worker worker(options, std::move(*queue), std::move(*nl), std::move(*attempt_log));
+    Worker worker(options, std::move(*nl), std::move(*attempt_log));
+    auto queue = Queue::open(options.queue_num);
+    if (!queue) {
+        log::error(queue.error().message());
+        return 1;
+    }
+    worker.attach(std::move(*queue));
     log::notice("worker bound to NFQUEUE " + std::to_string(options.queue_num) + ", attempt log " +
                 options.state_dir + "/attempts.jsonl");
     worker.reconcile();  // records what was counted while no worker ran
