@@ -11,6 +11,7 @@
 
 #include "common/files.h"
 #include "csf-compat/csf_reader.h"
+#include "tests/unit/temp_dir.h"
 
 namespace smtpfence::csf {
 namespace {
@@ -19,29 +20,7 @@ using namespace std::string_literals;
 
 const std::string kDataDir = std::string(SMTPFENCE_SOURCE_DIR) + "/tests/unit/data";
 
-// A directory of its own for each test, removed afterwards.
-class TempDir {
-  public:
-    TempDir() {
-        std::string tmpl = (std::filesystem::temp_directory_path() / "sf-csf-XXXXXX").string();
-        if (::mkdtemp(tmpl.data()) == nullptr)
-            ADD_FAILURE() << "mkdtemp failed";
-        path_ = tmpl;
-    }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-    ~TempDir() { std::filesystem::remove_all(path_); }
-
-    std::string write(const std::string& name, const std::string& content) const {
-        const std::string file = path_ + "/" + name;
-        std::ofstream(file, std::ios::binary) << content;
-        return file;
-    }
-    [[nodiscard]] const std::string& path() const { return path_; }
-
-  private:
-    std::string path_;
-};
+using testing::TempDir;
 
 ConfFile parse_ok(std::string_view text) {
     auto conf = parse_conf(text, "t.conf");

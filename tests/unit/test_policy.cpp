@@ -7,34 +7,14 @@
 #include <string>
 
 #include "policy/policy.h"
+#include "tests/unit/temp_dir.h"
 
 namespace smtpfence {
 namespace {
 
 using namespace std::string_literals;
 
-class TempDir {
-  public:
-    TempDir() {
-        std::string tmpl = (std::filesystem::temp_directory_path() / "sf-policy-XXXXXX").string();
-        if (::mkdtemp(tmpl.data()) == nullptr)
-            ADD_FAILURE() << "mkdtemp failed";
-        path_ = tmpl;
-    }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-    ~TempDir() { std::filesystem::remove_all(path_); }
-
-    std::string write(const std::string& name, const std::string& content) const {
-        const std::string file = path_ + "/" + name;
-        std::ofstream(file, std::ios::binary) << content;
-        return file;
-    }
-    [[nodiscard]] const std::string& path() const { return path_; }
-
-  private:
-    std::string path_;
-};
+using testing::TempDir;
 
 // Parses text as smtpfence.conf and maps it.
 Result<LoadedPolicy> map(const std::string& text) {
