@@ -73,6 +73,7 @@
 #include <utility>
 #include <vector>
 
+#include "bench/report.h"
 #include "bench/sandbox.h"
 #include "ctl/daemon.h"
 #include "nft/engine.h"
@@ -124,61 +125,6 @@ struct Options {
 };
 
 // ---- numbers and text ---------------------------------------------------------------
-
-struct Spread {
-    double median = 0;
-    double min = 0;
-    double max = 0;
-};
-
-Spread spread(std::vector<double> v) {
-    if (v.empty()) {
-        return {};
-    }
-    std::sort(v.begin(), v.end());
-    const std::size_t n = v.size();
-    const double median = n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-    return {median, v.front(), v.back()};
-}
-
-__attribute__((format(printf, 1, 2))) std::string strf(const char* format, ...) {
-    std::array<char, 1024> buf{};
-    va_list args;
-    va_start(args, format);
-    (void)std::vsnprintf(buf.data(), buf.size(), format, args);
-    va_end(args);
-    return buf.data();
-}
-
-// Progress and errors, on stderr (the report is on stdout).
-__attribute__((format(printf, 1, 2))) void note(const char* format, ...) {
-    va_list args;
-    va_start(args, format);
-    (void)std::vfprintf(stderr, format, args);
-    va_end(args);
-}
-
-// 128431.7 -> "128,432"
-std::string grouped(double value) {
-    const long long n = std::llround(value);
-    const std::string digits = std::to_string(n < 0 ? -n : n);
-    std::string out;
-    for (std::size_t i = 0; i < digits.size(); ++i) {
-        if (i > 0 && (digits.size() - i) % 3 == 0) {
-            out += ',';
-        }
-        out += digits[i];
-    }
-    return n < 0 ? "-" + out : out;
-}
-
-std::string grouped(std::uint64_t value) {
-    return grouped(static_cast<double>(value));
-}
-
-std::string ratio_text(const Spread& s) {
-    return strf("%.3f [%.3f..%.3f]", s.median, s.min, s.max);
-}
 
 std::string mib(std::uint64_t kib) {
     return strf("%.1f MiB", static_cast<double>(kib) / 1024.0);

@@ -40,6 +40,7 @@
 #include <utility>
 #include <vector>
 
+#include "bench/report.h"
 #include "bench/sandbox.h"
 #include "nft/engine.h"
 #include "nft/ruleset.h"
@@ -80,53 +81,6 @@ struct Options {
 
 // ---- numbers -------------------------------------------------------------------------
 
-struct Spread {
-    double median = 0;
-    double min = 0;
-    double max = 0;
-};
-
-Spread spread(std::vector<double> v) {
-    if (v.empty()) {
-        return {};
-    }
-    std::sort(v.begin(), v.end());
-    const std::size_t n = v.size();
-    const double median = n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-    return {median, v.front(), v.back()};
-}
-
-__attribute__((format(printf, 1, 2))) std::string strf(const char* format, ...) {
-    std::array<char, 512> buf{};
-    va_list args;
-    va_start(args, format);
-    (void)std::vsnprintf(buf.data(), buf.size(), format, args);
-    va_end(args);
-    return buf.data();
-}
-
-// Progress and errors, on stderr (the report is on stdout).
-__attribute__((format(printf, 1, 2))) void note(const char* format, ...) {
-    va_list args;
-    va_start(args, format);
-    (void)std::vfprintf(stderr, format, args);
-    va_end(args);
-}
-
-// 128431.7 -> "128,432"
-std::string grouped(double value) {
-    const long long n = std::llround(value);
-    std::string digits = std::to_string(n < 0 ? -n : n);
-    std::string out;
-    for (std::size_t i = 0; i < digits.size(); ++i) {
-        if (i > 0 && (digits.size() - i) % 3 == 0) {
-            out += ',';
-        }
-        out += digits[i];
-    }
-    return n < 0 ? "-" + out : out;
-}
-
 std::string duration_text(double seconds) {
     if (seconds >= 1.0) {
         return strf("%.2f s", seconds);
@@ -135,10 +89,6 @@ std::string duration_text(double seconds) {
         return strf("%.2f ms", seconds * 1e3);
     }
     return strf("%.1f us", seconds * 1e6);
-}
-
-std::string ratio_text(const Spread& s) {
-    return strf("%.3f [%.3f..%.3f]", s.median, s.min, s.max);
 }
 
 template <class F>
