@@ -436,6 +436,7 @@ struct Files {
 
 std::vector<uid_t> flood_uids(bool same_uid) {
     std::vector<uid_t> uids;
+    uids.reserve(kProcesses);
     for (std::size_t i = 0; i < kProcesses; ++i) {
         uids.push_back(same_uid ? kFirstFloodUid : kFirstFloodUid + static_cast<uid_t>(i));
     }
@@ -489,6 +490,7 @@ class Daemon {
             argv.emplace_back("--no-worker");
         }
         std::vector<char*> cargv;
+        cargv.reserve(argv.size() + 1);
         for (std::string& a : argv) {
             cargv.push_back(a.data());
         }
@@ -529,7 +531,13 @@ class Daemon {
     Daemon& operator=(Daemon&&) = delete;
     Daemon(const Daemon&) = delete;
     Daemon& operator=(const Daemon&) = delete;
-    ~Daemon() { (void)stop(); }
+    // The normal path stops the daemon and checks the result itself; this is the
+    // cleanup of the error paths, which still says when the daemon had to be killed.
+    ~Daemon() {
+        if (auto r = stop(); !r) {
+            note("smtpfence-bench-worker: %s\n", r.error().message().c_str());
+        }
+    }
 
     [[nodiscard]] pid_t pid() const { return child_.pid(); }
     [[nodiscard]] pid_t worker() const { return worker_; }
@@ -571,19 +579,18 @@ class Daemon {
             }
             std::this_thread::sleep_for(10ms);
         }
-        if (exited) {
-            (void)child_.wait();
-        } else {
+        Result<void> result;
+        if (!exited) {
             child_.kill_and_reap();
+            result = fail(ETIMEDOUT, "smtpfenced did not exit within 5 s of SIGTERM (killed)");
+        } else if (auto reaped = child_.wait(); !reaped) {
+            result = std::unexpected(reaped.error().wrap("smtpfenced"));
         }
         if (worker_ > 0 && parent_of(worker_) != pid && is_worker(worker_)) {
             (void)::kill(worker_, SIGKILL);  // orphaned: the daemon did not stop it
         }
         worker_ = 0;
-        if (!exited) {
-            return fail(ETIMEDOUT, "smtpfenced did not exit within 5 s of SIGTERM (killed)");
-        }
-        return {};
+        return result;
     }
 
   private:
@@ -938,7 +945,9 @@ Result<Flood> flood(const NetNs& ns, const std::vector<uid_t>& uids, double skip
         out.procs[rep.index] = rep.counts;
     }
     for (Child& c : children) {
-        (void)c.wait();
+        if (auto reaped = c.wait(); !reaped) {
+            return std::unexpected(reaped.error().wrap(what));
+        }
     }
     return out;
 }

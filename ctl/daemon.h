@@ -6,7 +6,10 @@
 #include <vector>
 
 #include "common/error.h"
+#include "nft/engine.h"
 #include "nft/ruleset.h"
+#include "policy/accounts.h"
+#include "policy/allow_store.h"
 #include "policy/policy.h"
 #include "policy/resolve.h"
 
@@ -22,13 +25,23 @@ struct DaemonOptions {
     std::string passwd_path = "/etc/passwd";
     std::string group_path = "/etc/group";
     bool foreground = false;
-    std::string worker_path;  // "" = smtpfence-worker next to this binary
-    bool no_worker = false;   // kernel-only: refuse and count, explain nothing
+    std::string worker_path;      // "" = smtpfence-worker next to this binary
+    bool no_worker = false;       // kernel-only: refuse and count, explain nothing
+    std::string allow_list_path;  // "" = allow.list beside the config file
+    // --csf-conf: the policy comes from CSF's csf.conf (csf-compat/csf_policy.h) instead
+    // of the config file; "" = not in CSF mode.
+    std::string csf_conf_path;
 };
+
+// The files the policy is read from (and watched): --config, and before it in CSF mode
+// csf.conf (which then decides the SMTP settings).
+[[nodiscard]] std::vector<std::string> policy_files(const DaemonOptions& options);
 
 // Everything the daemon derives from its inputs at one instant.
 struct Desired {
     LoadedPolicy loaded;
+    ManagedAllow managed;  // smtpfencectl allow/deny, from allow.list
+    AccountDb accounts;    // as read for this resolution
     Allowlist allow;
     nft::RulesetSpec spec;
     std::vector<std::string> warnings;  // config + accounts + resolution warnings
@@ -39,6 +52,22 @@ struct Desired {
 
 // Loads the config and the accounts and resolves them. Errors name file and line.
 [[nodiscard]] Result<Desired> compute_desired(const DaemonOptions& options, nft::QueueMode queue);
+
+// Loads, resolves and applies in one transaction (or removes the table when the
+// policy says SMTP_BLOCK = "0"). On any error the rules in force are left alone.
+// Returns what is now in force.
+[[nodiscard]] Result<Desired> load_and_apply(nft::Engine& engine, const DaemonOptions& options,
+                                             nft::QueueMode queue);
+
+// Where the managed allowlist lives: --allow-list, else allow.list beside the config.
+[[nodiscard]] std::string managed_allow_path(const DaemonOptions& options);
+
+// The scratch table used to probe the kernel's queue support.
+[[nodiscard]] std::string probe_table_for(const std::string& table);
+
+// The worker's command line for this policy.
+[[nodiscard]] std::vector<std::string> worker_argv(const DaemonOptions& options,
+                                                   const Policy& policy);
 
 // One line for the log and for status: what is enforced.
 [[nodiscard]] std::string describe(const Desired& desired);

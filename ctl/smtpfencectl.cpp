@@ -1,18 +1,85 @@
-// smtpfencectl: the admin's tool. `apply --dry-run` shows the ruleset the policy
-// produces, as nft text, without changing anything.
+// smtpfencectl: the admin's tool. A thin client of smtpfenced's control socket
+// (ctl/protocol.h): it never programs netlink itself. `apply --dry-run` is the one
+// local command: it shows the ruleset the configuration produces without a daemon.
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <ctime>
+#include <iomanip>
 #include <iostream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
 
 #include "common/log.h"
+#include "csf-compat/csf_reader.h"
+#include "ctl/control_server.h"
 #include "ctl/daemon.h"
+#include "ctl/protocol.h"
 #include "nft/engine.h"
 #include "nft/netlink.h"
 
 namespace {
 
 using namespace smtpfence;
+using nlohmann::json;
+
+// Exit codes (README "A day with smtpfencectl", smtpfencectl(8)); 0-2 as smtpfenced.
+constexpr int kExitUnreachable = 3;  // the daemon is not running / socket missing
+constexpr int kExitDenied = 4;       // the daemon refused: not root or admin group
+constexpr int kExitBlocked = 5;      // check: would be blocked; test: did not connect
+constexpr int kExitConflict = 6;     // deny: still allowed by the config or a group
+
+// Terminal-safe text: paths and command lines come from users' processes.
+std::string safe(const json& j, const char* key, std::size_t max = 200) {
+    if (!j.contains(key) || !j[key].is_string())
+        return "";
+    return csf::printable(j[key].get<std::string>(), max);
+}
+
+std::string when(std::int64_t epoch) {
+    const auto t = static_cast<std::time_t>(epoch);
+    std::tm tm{};
+    localtime_r(&t, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+    return buf;
+}
+
+// "90s", "30m", "1h", "2d", "today" -> epoch seconds since; nullopt when malformed.
+std::optional<std::int64_t> parse_since(const std::string& text) {
+    const std::time_t now = std::time(nullptr);
+    if (text == "today") {
+        std::tm tm{};
+        localtime_r(&now, &tm);
+        tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+        tm.tm_isdst = -1;
+        return std::mktime(&tm);
+    }
+    if (text.size() < 2)
+        return std::nullopt;
+    const auto n = csf::parse_unsigned(text.substr(0, text.size() - 1), 100U * 365U * 86400U);
+    if (!n)
+        return std::nullopt;
+    std::int64_t unit = 0;
+    switch (text.back()) {
+        case 's':
+            unit = 1;
+            break;
+        case 'm':
+            unit = 60;
+            break;
+        case 'h':
+            unit = 3600;
+            break;
+        case 'd':
+            unit = 86400;
+            break;
+        default:
+            return std::nullopt;
+    }
+    return static_cast<std::int64_t>(now) - static_cast<std::int64_t>(*n) * unit;
+}
 
 // The queue notation differs between the native expression and the xtables target;
 // ask the kernel when we may (root), else assume the xtables target.
@@ -23,7 +90,7 @@ nft::QueueMode dry_run_queue_mode(const std::string& table) {
     if (!sock)
         return nft::QueueMode::Xt;
     nft::Engine engine(*sock);
-    auto mode = engine.probe_queue_mode(table + "-probe");
+    auto mode = engine.probe_queue_mode(probe_table_for(table));
     return mode ? *mode : nft::QueueMode::Xt;
 }
 
@@ -44,24 +111,190 @@ int dry_run(const DaemonOptions& options) {
     return kExitOk;
 }
 
+void print_status(const json& r) {
+    std::cout << "smtpfence " << r.value("version", "?") << ": "
+              << (r.value("enforcing", false) ? "ENFORCING" : "NOT ENFORCING") << "\n";
+    std::cout << "  " << r.value("summary", "") << "\n";
+    const json& t = r["table"];
+    std::cout << "  table " << t.value("family", "inet") << " " << t.value("name", "") << ": "
+              << (t["present"].is_boolean() ? (t["present"].get<bool>() ? "present" : "absent")
+                                            : "unknown")
+              << "\n";
+    if (r.contains("problem"))
+        std::cout << "  PROBLEM: " << r.value("problem", "") << "\n";
+    const json& q = r["queue"];
+    std::cout << "  queue: " << q.value("mode", "?");
+    if (q.contains("num"))
+        std::cout << " num " << q["num"].get<int>();
+    if (q.value("bound", false)) {
+        std::cout << ", bound; waiting " << q.value("waiting", 0) << ", dropped (queue full) "
+                  << q.value("queue_dropped", 0) << ", dropped (socket buffer full) "
+                  << q.value("user_dropped", 0);
+    } else {
+        std::cout << ", nobody bound (the kernel refuses and counts; nothing is explained)";
+    }
+    std::cout << "\n";
+    const json& w = r["worker"];
+    std::cout << "  worker: "
+              << (w.value("running", false)
+                      ? "running, pid " + std::to_string(w.value("pid", 0))
+                      : std::string(w.value("wanted", false) ? "NOT RUNNING (restart pending)"
+                                                             : "not started"))
+              << ", " << w.value("restarts", 0) << " restart(s)\n";
+    if (r.contains("counters")) {
+        std::cout << "  attempts counted by the kernel since the table was created: "
+                  << r["counters"].value("attempts", 0) << " from "
+                  << r["counters"].value("uids_blocked", 0) << " uid(s)\n";
+    }
+    if (r.contains("directadmin")) {
+        const json& da = r["directadmin"];
+        std::cout << "  DirectAdmin pipeline: " << (da.value("enabled", false) ? "on" : "off")
+                  << " (" << da.value("reason", "") << ")\n";
+    }
+    if (r.contains("config"))
+        std::cout << "  config: " << r.value("config", "")
+                  << "\n  managed allowlist: " << r.value("allow_list", "") << "\n";
+    if (r.contains("warnings")) {
+        for (const auto& w2 : r["warnings"])
+            std::cout << "  warning: " << w2.get<std::string>() << "\n";
+    }
+}
+
+void print_list(const json& r) {
+    if (!r.value("enforcing", false))
+        std::cout << "(nothing is enforced right now; this is the list that applies when it is)\n";
+    std::cout << "allowed uids:\n";
+    for (const auto& u : r["uids"]) {
+        std::cout << "  " << u.value("uid", 0U) << "\t" << u.value("name", "") << "\t"
+                  << u.value("reason", "") << "\n";
+    }
+    std::cout << "allowed gids (the socket's primary group):\n";
+    for (const auto& g : r["gids"]) {
+        std::cout << "  " << g.value("gid", 0U) << "\t" << g.value("name", "") << "\t"
+                  << g.value("reason", "") << "\n";
+    }
+    const json& m = r["managed"];
+    std::cout << "managed by smtpfencectl (" << m.value("file", "") << "):";
+    if (m["users"].empty() && m["groups"].empty())
+        std::cout << " none";
+    for (const auto& u : m["users"])
+        std::cout << " user " << u.get<std::string>();
+    for (const auto& g : m["groups"])
+        std::cout << " group " << g.get<std::string>();
+    std::cout << "\n";
+    for (const auto& w : r["warnings"])
+        std::cout << "warning: " << w.get<std::string>() << "\n";
+}
+
+void print_attempts(const json& r) {
+    for (const auto& a : r["records"]) {
+        std::cout << when(a.value("epoch", std::int64_t{0})) << "  " << safe(a, "user") << " (uid "
+                  << a.value("uid", 0U) << ", account " << safe(a, "account") << ")";
+        if (a.value("type", "") == "counted") {
+            std::cout << ": " << a.value("count", 0) << " more attempt(s) counted by the kernel\n";
+            continue;
+        }
+        std::cout << " -> " << safe(a, "dst") << " port " << a.value("dport", 0) << "\n    ";
+        if (a.value("identified", false)) {
+            std::cout << "pid " << a.value("pid", 0) << " " << safe(a, "exe") << "  cwd "
+                      << safe(a, "cwd") << "\n    cmdline: " << safe(a, "cmdline", 400) << "\n";
+        } else {
+            std::cout << "process unidentified (it was gone before it could be looked up)\n";
+        }
+    }
+    std::cout << r.value("shown", 0) << " of " << r.value("matched", 0)
+              << " matching record(s) from " << r.value("log", "") << "\n";
+}
+
+void print_top(const json& r) {
+    std::cout << "attempts since " << when(r.value("since", std::int64_t{0})) << "\n";
+    if (r["accounts"].empty()) {
+        std::cout << "  none\n";
+        return;
+    }
+    std::cout << "  ATTEMPTS  ACCOUNT          LAST SEEN            LAST FOLDER\n";
+    for (const auto& a : r["accounts"]) {
+        std::string account = safe(a, "account", 40);
+        account.resize(std::max<std::size_t>(account.size(), 16), ' ');
+        std::cout << "  " << std::setw(8) << a.value("attempts", 0) << "  " << account << " "
+                  << when(a.value("last_epoch", std::int64_t{0})) << "  " << safe(a, "last_cwd")
+                  << "\n";
+    }
+}
+
 }  // namespace
 
 static int run(int argc, char** argv) {
     log::set_program("smtpfencectl");
     DaemonOptions options;
+    std::string socket_path = ctl::kDefaultControlSocket;
+    bool as_json = false;
     CLI::App app{"smtpfencectl: manage smtpfence, the outbound SMTP block"};
     app.require_subcommand(1);
+    app.set_version_flag("--version", std::string("smtpfencectl ") + SMTPFENCE_VERSION);
+    app.add_option("--socket", socket_path, "smtpfenced's control socket")
+        ->capture_default_str()
+        ->envname("SMTPFENCE_SOCKET");
+    const auto json_flag = [&](CLI::App* sub) {
+        sub->add_flag("--json", as_json, "print the daemon's answer as JSON");
+    };
 
-    auto* apply =
-        app.add_subcommand("apply", "show or apply the ruleset the configuration produces");
+    ctl::Request req;
+    std::string user;
+    std::string group;
+    std::string since;
+
+    auto* allow = app.add_subcommand("allow", "let a user (or --group) connect to SMTP directly");
+    auto* deny = app.add_subcommand("deny", "remove a user (or --group) from the allowlist");
+    for (auto* sub : {allow, deny}) {
+        sub->add_option("user", user, "user name or uid");
+        sub->add_option("--group", group, "group name or gid");
+        json_flag(sub);
+    }
+    auto* list = app.add_subcommand("list", "show who is allowed, and why");
+    json_flag(list);
+    auto* check = app.add_subcommand("check", "would USER be blocked, and by which rule");
+    check->add_option("user", user, "user name or uid")->required();
+    json_flag(check);
+    auto* test = app.add_subcommand("test", "a real connection as USER: refused or connected");
+    std::string address;
+    int port = 25;
+    test->add_option("user", user, "user name or uid")->required();
+    test->add_option("address", address, "numeric IPv4 or IPv6 address")->required();
+    test->add_option("port", port, "TCP port")->capture_default_str()->check(CLI::Range(1, 65535));
+    json_flag(test);
+    auto* status = app.add_subcommand("status", "what is enforced, worker health, counters");
+    json_flag(status);
+    auto* attempts = app.add_subcommand("attempts", "who tried: user, process, destination");
+    attempts->add_option("--since", since, "e.g. 90s, 30m, 1h, 2d, today");
+    attempts->add_option("--user", user, "only this user or hosting account");
+    std::uint32_t limit = 100;
+    attempts->add_option("--limit", limit, "show the newest N records")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 100000));
+    json_flag(attempts);
+    auto* top = app.add_subcommand("top", "accounts ranked by attempts (default: today)");
+    top->add_option("--since", since, "e.g. 1h, 2d, today");
+    json_flag(top);
+    auto* reload = app.add_subcommand("reload", "re-read config and accounts, re-apply");
+    auto* remove = app.add_subcommand(
+        "remove", "delete the table: outbound SMTP is no longer guarded until reload");
+
+    auto* apply = app.add_subcommand(
+        "apply", "show (--dry-run) or apply the ruleset the configuration produces");
     bool dry = false;
     auto* config = apply->add_option("--config", options.config_path, "configuration file")
                        ->capture_default_str();
     apply->add_option("--table", options.table, "nftables table name")->capture_default_str();
     apply->add_option("--passwd", options.passwd_path, "passwd(5) file")->capture_default_str();
     apply->add_option("--group", options.group_path, "group(5) file")->capture_default_str();
+    apply->add_option("--allow-list", options.allow_list_path,
+                      "managed allowlist (default: allow.list beside the config)");
     apply->add_flag("--dry-run", dry, "print the ruleset as nft text; change nothing");
 
+    // --socket is accepted after the subcommand too (smtpfencectl status --socket X).
+    for (CLI::App* sub : app.get_subcommands({}))
+        sub->fallthrough();
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -69,20 +302,171 @@ static int run(int argc, char** argv) {
         return code == 0 ? kExitOk : kExitUsage;
     }
     options.config_given = config->count() > 0;
-    if (apply->parsed()) {
-        if (!dry) {
-            log::error(
-                "apply without --dry-run goes through the daemon: use `smtpfenced --once` "
-                "or send SIGHUP to smtpfenced");
+
+    if (apply->parsed() && dry)
+        return dry_run(options);
+
+    if (allow->parsed() || deny->parsed()) {
+        req.command = allow->parsed() ? ctl::Command::Allow : ctl::Command::Deny;
+        if (user.empty() == group.empty()) {
+            log::error("give a user name, or --group NAME (one of the two)");
             return kExitUsage;
         }
-        return dry_run(options);
+        if (!user.empty())
+            req.user = user;
+        else
+            req.group = group;
+    } else if (list->parsed()) {
+        req.command = ctl::Command::List;
+    } else if (check->parsed()) {
+        req.command = ctl::Command::Check;
+        req.user = user;
+    } else if (test->parsed()) {
+        req.command = ctl::Command::Test;
+        req.user = user;
+        req.address = address;
+        req.port = static_cast<std::uint16_t>(port);
+    } else if (status->parsed()) {
+        req.command = ctl::Command::Status;
+    } else if (attempts->parsed() || top->parsed()) {
+        req.command = attempts->parsed() ? ctl::Command::Attempts : ctl::Command::Top;
+        if (!since.empty()) {
+            req.since = parse_since(since);
+            if (!req.since) {
+                log::error("--since \"" + csf::printable(since) +
+                           "\": expected a duration such as 90s, 30m, 1h, 2d, or \"today\"");
+                return kExitUsage;
+            }
+        }
+        if (attempts->parsed()) {
+            if (!user.empty())
+                req.user = user;
+            req.limit = limit;
+        }
+    } else if (reload->parsed() || apply->parsed()) {
+        req.command = ctl::Command::Reload;
+    } else if (remove->parsed()) {
+        req.command = ctl::Command::Remove;
     }
-    return kExitUsage;
+    // Names and addresses are checked here too, for a clear message without a daemon.
+    for (const auto* name : {&req.user, &req.group}) {
+        if (*name) {
+            if (const std::string p = ctl::name_problem(**name); !p.empty()) {
+                log::error("\"" + csf::printable(**name) + "\": " + p);
+                return kExitUsage;
+            }
+        }
+    }
+
+    // `test` waits for a connect() of up to 5 s in the daemon's child.
+    auto reply = ctl::call(socket_path, req, std::chrono::seconds(15));
+    if (!reply) {
+        log::error(reply.error().message);
+        return reply.error().unreachable ? kExitUnreachable : kExitFailure;
+    }
+    const json j = json::parse(*reply, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("ok")) {
+        log::error("smtpfenced sent an answer that is not a protocol-1 response: " +
+                   csf::printable(*reply));
+        return kExitFailure;
+    }
+    if (!j.value("ok", false)) {
+        const std::string code = j["error"].value("code", "failed");
+        log::error(j["error"].value("message", "failed"));
+        const auto ec = ctl::error_code_from_string(code);
+        if (ec == ctl::ErrorCode::PermissionDenied)
+            return kExitDenied;
+        if (ec == ctl::ErrorCode::NotFound || ec == ctl::ErrorCode::InvalidArgument ||
+            ec == ctl::ErrorCode::BadRequest)
+            return kExitUsage;
+        return kExitFailure;
+    }
+    const json& r = j["result"];
+    if (as_json) {
+        std::cout << r.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+    }
+    switch (req.command) {
+        case ctl::Command::Status:
+            if (!as_json)
+                print_status(r);
+            return kExitOk;
+        case ctl::Command::List:
+            if (!as_json)
+                print_list(r);
+            return kExitOk;
+        case ctl::Command::Check:
+            if (!as_json)
+                std::cout << r.value("user", "") << " (uid " << r.value("uid", 0U)
+                          << "): " << r.value("reason", "") << "\n";
+            return r.value("blocked", false) ? kExitBlocked : kExitOk;
+        case ctl::Command::Test: {
+            const std::string outcome = r.value("outcome", "error");
+            if (!as_json) {
+                std::cout << "as " << r.value("user", "") << " (uid " << r.value("uid", 0U)
+                          << ") to " << r.value("address", "") << " port " << r.value("port", 0)
+                          << ": ";
+                if (outcome == "connected")
+                    std::cout << "connected";
+                else if (outcome == "refused")
+                    std::cout << "refused";
+                else if (outcome == "timed_out")
+                    std::cout << "no answer within 5 s (dropped)";
+                else
+                    std::cout << "failed: " << r.value("error", "");
+                std::cout << " after " << r.value("elapsed_ms", 0) << " ms\n";
+            }
+            // Refused or unanswered: what the block does. Any other error (no route, ...)
+        // says nothing about the block: a plain failure.
+        if (outcome == "connected")
+            return kExitOk;
+        return outcome == "refused" || outcome == "timed_out" ? kExitBlocked : kExitFailure;
+        }
+        case ctl::Command::Attempts:
+            if (!as_json)
+                print_attempts(r);
+            return kExitOk;
+        case ctl::Command::Top:
+            if (!as_json)
+                print_top(r);
+            return kExitOk;
+        case ctl::Command::Allow:
+        case ctl::Command::Deny: {
+            if (!as_json) {
+                const bool is_allow = req.command == ctl::Command::Allow;
+                std::cout << r.value("kind", "") << " " << r.value("name", "") << ": "
+                          << (r.value("changed", false)
+                                  ? (is_allow ? "allowed" : "removed from the allowlist")
+                                  : (is_allow ? "already in the allowlist"
+                                              : "was not in the allowlist"))
+                          << " (" << r.value("file", "") << ")\n";
+            }
+            if (r.contains("still_allowed")) {
+                log::warning(r.value("name", "") +
+                             " is still allowed: " + r.value("still_allowed", "") +
+                             "; change the configuration file to block it");
+                return kExitConflict;
+            }
+            return kExitOk;
+        }
+        case ctl::Command::Reload:
+            if (!as_json)
+                std::cout << (r.value("enforcing", false) ? "enforcing: " : "not enforcing: ")
+                          << r.value("description", "") << "\n";
+            return kExitOk;
+        case ctl::Command::Remove:
+            if (!as_json)
+                std::cout << "table inet " << r.value("table", "")
+                          << " removed: outbound SMTP is NOT guarded until `smtpfencectl reload`\n";
+            return kExitOk;
+        case ctl::Command::Version:
+            return kExitOk;
+    }
+    return kExitOk;
 }
 
 int main(int argc, char** argv) {
-    // Nothing is expected to throw but allocation failure; report it as one line.
+    // Nothing is expected to throw but allocation failure or a malformed answer's
+    // field of the wrong type; report it as one line.
     try {
         return run(argc, argv);
     } catch (const std::exception& e) {

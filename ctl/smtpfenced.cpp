@@ -17,8 +17,13 @@ static int run(int argc, char** argv) {
         "smtpfenced: refuses outbound SMTP for every user but root, the MTA and an "
         "allowlist, in the kernel (nftables)"};
     app.option_defaults()->always_capture_default();
+    app.set_version_flag("--version", std::string("smtpfenced ") + SMTPFENCE_VERSION);
     auto* config =
         app.add_option("--config", options.config_path, "configuration file (csf.conf syntax)");
+    app.add_option("--csf-conf", options.csf_conf_path,
+                   "take the SMTP settings from CSF's csf.conf (e.g. /etc/csf/csf.conf), read "
+                   "as CSF reads them and re-read when it changes; --config still gives "
+                   "smtpfence's own settings");
     app.add_flag("--foreground", options.foreground, "do not detach (for systemd and tests)");
     app.add_option("--table", options.table, "name of our nftables table (family inet)")
         ->check([](const std::string& name) -> std::string {
@@ -32,6 +37,9 @@ static int run(int argc, char** argv) {
             return {};
         });
     app.add_option("--control-socket", options.control_socket, "control socket path");
+    app.add_option("--allow-list", options.allow_list_path,
+                   "the allowlist smtpfencectl allow/deny manage (default: allow.list beside "
+                   "the config file)");
     app.add_option("--state-dir", options.state_dir, "state directory (attempt log)");
     app.add_option("--virtual-dir", options.virtual_dir, "DirectAdmin's /etc/virtual root");
     app.add_option("--passwd", options.passwd_path, "passwd(5) file to resolve user names");

@@ -5,8 +5,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <system_error>
 
 #include "common/files.h"
 #include "common/log.h"
@@ -41,13 +43,15 @@ void scan(const std::string& text, LogRecovery& out) {
             c.time = j.value("epoch", std::time_t{0});
             c.set_handle = j.value("set_handle", std::uint64_t{0});
             if (j.contains("kernel") && j["kernel"].is_object()) {
-                for (const auto& [uid, count] : j["kernel"].items()) {
-                    try {
-                        c.kernel[static_cast<std::uint32_t>(std::stoul(uid))] =
-                            count.get<std::uint64_t>();
-                    } catch (const std::exception&) {
-                        // not ours; skip
-                    }
+                for (const auto& [key, count] : j["kernel"].items()) {
+                    // We write decimal uids and unsigned counts; anything else is not
+                    // ours and is skipped (a uid beyond 32 bits too, not truncated).
+                    std::uint32_t uid = 0;
+                    const char* const end = key.data() + key.size();
+                    const auto [stop, ec] = std::from_chars(key.data(), end, uid);
+                    if (ec != std::errc{} || stop != end || !count.is_number_unsigned())
+                        continue;
+                    c.kernel[uid] = count.get<std::uint64_t>();
                 }
             }
             out.checkpoint = std::move(c);
@@ -60,11 +64,16 @@ void scan(const std::string& text, LogRecovery& out) {
 
 }  // namespace
 
+// Empty when t has no calendar date (gmtime_r fails for a year beyond int): the
+// records carry the exact time in "epoch" as well.
 std::string iso_time(std::time_t t) {
     std::tm tm{};
-    gmtime_r(&t, &tm);
+    if (gmtime_r(&t, &tm) == nullptr)
+        return {};
+    // 32 bytes hold any int year: "-2147481748-12-31T23:59:59Z" is 27 and a NUL.
     char buf[32];
-    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    if (std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        return {};
     return buf;
 }
 

@@ -103,7 +103,7 @@ class Queue {
                          void* ctx);
     void add_verdict(std::uint32_t id);
 
-    static constexpr std::size_t kDatagramBytes = 256 * 1024;
+    static constexpr std::size_t kDatagramBytes = std::size_t{256} * 1024;
 
     nft::MnlSocketPtr sock_;
     std::uint16_t queue_num_;

@@ -18,10 +18,12 @@
 #include "common/fd.h"
 #include "common/log.h"
 #include "nfq/attempt_log.h"
+#include "nfq/da_sink.h"
 #include "nfq/packet.h"
 #include "nfq/process.h"
 #include "nft/engine.h"
 #include "nft/netlink.h"
+#include "policy/policy.h"
 
 namespace smtpfence::nfq {
 namespace {
@@ -123,8 +125,9 @@ std::int64_t mtime_of(const std::string& path) {
 class Worker {
   public:
     // Everything slow (reading the log back, the accounts) happens here, before the
-    // queue is bound: once bound, SYNs wait for us, and one that waits a second is
-    // retransmitted by its client (and counted again).
+    // caller binds the queue: once bound, SYNs wait for us, and one that waits a second
+    // is retransmitted by its client (and counted again). So the worker does not own
+    // the queue; the caller binds it afterwards and hands it to drain and reconcile.
     Worker(WorkerOptions options, nft::NetlinkSocket nl, AttemptLog log)
         : options_(std::move(options)), nl_(std::move(nl)), engine_(nl_), log_(std::move(log)) {
         sinks_ = {&log_, &syslog_};
@@ -135,12 +138,14 @@ class Worker {
         }
         explained_since_ = recovered.explained_since;
         reload_accounts();
+        if (options_.da_enabled)
+            open_da_sink();
     }
 
     // Handles every packet waiting in our socket.
-    [[nodiscard]] Result<void> drain() {
+    [[nodiscard]] Result<void> drain(Queue& queue) {
         while (true) {
-            auto n = queue_->receive([&](const QueuedPacket& p, PendingVerdict&) { on_packet(p); });
+            auto n = queue.receive([&](const QueuedPacket& p, PendingVerdict&) { on_packet(p); });
             if (!n)
                 return std::unexpected(n.error());
             if (*n == 0)
@@ -170,9 +175,10 @@ class Worker {
         a.sport = flow->sport;
         a.dport = flow->dport;
         // The SYN waits in the queue, so connect() has not returned and the socket
-        // and its process are still there to be found.
-        if (auto sock = find_socket(*flow); sock && *sock) {
-            if (auto proc = find_process((*sock)->inode, p.uid)) {
+        // and its process are still there to be found. A failed lookup leaves the
+        // attempt unidentified, as when the process is already gone.
+        if (const auto sock = find_socket(*flow).value_or(std::nullopt)) {
+            if (auto proc = find_process(sock->inode, p.uid)) {
                 unsigned& told = told_per_pid_[proc->pid];
                 if (told >= options_.explain_per_process)
                     return;  // counted-only later
@@ -201,8 +207,10 @@ class Worker {
     // of the queue's id sequence hold exactly the SYNs queued with ids <= S (all of
     // them already in our socket, or lost to an overflow), plus those never queued.
     // Attempts we explain with an id > S belong to the next round.
-    void reconcile() {
+    void reconcile(Queue& queue) {
         ++stats_.reconciles;
+        if (da_sink_)
+            da_sink_->settle();  // crossings waiting for a concurrent Exim's own notice
         if (told_per_pid_.size() > 65536)
             told_per_pid_.clear();  // bounded memory
         if (mtime_of(options_.passwd_path) != passwd_mtime_ ||
@@ -254,7 +262,7 @@ class Worker {
         // Every packet with an id <= the sequence is in our socket (or was lost to an
         // overflow, and is counted-only): explain what is waiting, then take the
         // explained attempts up to that id.
-        if (auto r = drain(); !r)
+        if (auto r = drain(queue); !r)
             log::warning("reconcile: " + r.error().message());
         while (!explained_pending_.empty() && explained_pending_.front().first <= *seq_before) {
             ++explained_since_[explained_pending_.front().second];
@@ -296,11 +304,30 @@ class Worker {
         }
     }
 
-    void attach(Queue queue) { queue_.emplace(std::move(queue)); }
-    Queue& queue() { return *queue_; }
     const WorkerStats& stats() const { return stats_; }
 
   private:
+    // The DirectAdmin sink, when enabled. A failure to open it (no /etc/virtual any
+    // more, say) is logged and the worker runs on without it: the kernel and the attempt
+    // log still count everything.
+    void open_da_sink() {
+        Policy p;
+        p.da_attempt_weight = options_.da_attempt_weight;
+        p.da_block_cracking = options_.da_block_cracking;
+        DaSinkConfig config = da_sink_config(p, options_.virtual_dir, accounts_);
+        config.blocked_script_paths = options_.blocked_script_paths;
+        auto sink = DaSink::open(std::move(config));
+        if (!sink) {
+            log::error("DirectAdmin pipeline: " + sink.error().message() +
+                       "; attempts are not recorded in " + options_.virtual_dir);
+            return;
+        }
+        da_sink_ = std::move(*sink);
+        sinks_.push_back(da_sink_.get());
+        log::notice("DirectAdmin pipeline: attempts are counted in " + options_.virtual_dir +
+                    "/usage (weight " + std::to_string(options_.da_attempt_weight) + ")");
+    }
+
     void reload_accounts() {
         passwd_mtime_ = mtime_of(options_.passwd_path);
         group_mtime_ = mtime_of(options_.group_path);
@@ -313,11 +340,11 @@ class Worker {
     }
 
     WorkerOptions options_;
-    std::optional<Queue> queue_;  // bound last, see the constructor
     nft::NetlinkSocket nl_;
     nft::Engine engine_;
     AttemptLog log_;
     SyslogSink syslog_;
+    std::unique_ptr<DaSink> da_sink_;
     std::vector<AttemptSink*> sinks_;
     AccountDb accounts_;
     std::int64_t passwd_mtime_ = 0;
@@ -368,18 +395,18 @@ int run_worker(const WorkerOptions& options) {
         return 1;
     }
     Worker worker(options, std::move(*nl), std::move(*attempt_log));
-    auto queue = Queue::open(options.queue_num);
-    if (!queue) {
-        log::error(queue.error().message());
+    auto opened = Queue::open(options.queue_num);
+    if (!opened) {
+        log::error(opened.error().message());
         return 1;
     }
-    worker.attach(std::move(*queue));
+    Queue& queue = *opened;
     log::notice("worker bound to NFQUEUE " + std::to_string(options.queue_num) + ", attempt log " +
                 options.state_dir + "/attempts.jsonl");
-    worker.reconcile();  // records what was counted while no worker ran
+    worker.reconcile(queue);  // records what was counted while no worker ran
 
-    std::array<pollfd, 3> fds{pollfd{worker.queue().fd(), POLLIN, 0},
-                              pollfd{timer.get(), POLLIN, 0}, pollfd{sigfd.get(), POLLIN, 0}};
+    std::array<pollfd, 3> fds{pollfd{queue.fd(), POLLIN, 0}, pollfd{timer.get(), POLLIN, 0},
+                              pollfd{sigfd.get(), POLLIN, 0}};
     while (true) {
         if (::poll(fds.data(), fds.size(), -1) < 0) {
             if (errno == EINTR)
@@ -390,7 +417,7 @@ int run_worker(const WorkerOptions& options) {
         if ((fds[0].revents & POLLIN) != 0) {
             // Drain what is waiting, but yield to the timer and signals now and then.
             for (int i = 0; i < 64; ++i) {
-                auto n = worker.queue().receive(
+                auto n = queue.receive(
                     [&](const QueuedPacket& p, PendingVerdict&) { worker.on_packet(p); });
                 if (!n) {
                     log::error(n.error().message());
@@ -403,17 +430,17 @@ int run_worker(const WorkerOptions& options) {
         if ((fds[1].revents & POLLIN) != 0) {
             std::uint64_t expirations = 0;
             (void)!::read(timer.get(), &expirations, sizeof expirations);
-            worker.reconcile();
+            worker.reconcile(queue);
         }
         if ((fds[2].revents & POLLIN) != 0) {
             signalfd_siginfo info{};
             if (::read(sigfd.get(), &info, sizeof info) == sizeof info &&
                 info.ssi_signo != SIGHUP) {
-                if (auto r = worker.queue().stop_accepting(); !r)
+                if (auto r = queue.stop_accepting(); !r)
                     log::warning(r.error().message());
-                worker.reconcile();  // drains what waits, then reconciles
+                worker.reconcile(queue);  // drains what waits, then reconciles
                 const WorkerStats& s = worker.stats();
-                const QueueCounters& q = worker.queue().counters();
+                const QueueCounters& q = queue.counters();
                 log::notice("worker exiting: " + std::to_string(s.explained) + " explained (" +
                             std::to_string(s.unidentified) + " unidentified), " +
                             std::to_string(s.counted_only) + " counted only, " +

@@ -26,6 +26,12 @@ struct WorkerOptions {
     // counted only (a flood from one script is one story, told once).
     std::uint32_t explain_per_process = 5;
     int reconcile_ms = 1000;
+    // DirectAdmin's pipeline (nfq/da_sink.h): on when the daemon resolved DA_PIPELINE so.
+    bool da_enabled = false;
+    std::string virtual_dir = "/etc/virtual";
+    std::uint32_t da_attempt_weight = 1;
+    bool da_block_cracking = false;
+    std::string blocked_script_paths = "/var/spool/exim/blocked_script_paths";
 };
 
 struct WorkerStats {

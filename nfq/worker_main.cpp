@@ -4,7 +4,9 @@
 #include "common/log.h"
 #include "nfq/worker.h"
 
-int main(int argc, char** argv) {
+namespace {
+
+int run(int argc, char** argv) {
     using namespace smtpfence;
     log::set_program("smtpfence-worker");
     nfq::WorkerOptions options;
@@ -19,6 +21,19 @@ int main(int argc, char** argv) {
     app.add_option("--explain-per-process", options.explain_per_process,
                    "attempts explained per process before counting only")
         ->capture_default_str();
+    app.add_flag("--da-pipeline", options.da_enabled,
+                 "record attempts in DirectAdmin's limit pipeline (--virtual-dir)");
+    app.add_option("--virtual-dir", options.virtual_dir, "DirectAdmin's /etc/virtual")
+        ->capture_default_str();
+    app.add_option("--da-attempt-weight", options.da_attempt_weight,
+                   "sends counted per attempt (DA_ATTEMPT_WEIGHT)")
+        ->capture_default_str()
+        ->check(CLI::Range(0, 1000));
+    app.add_flag("--da-block-cracking", options.da_block_cracking,
+                 "add the script's folder to BlockCracking's blocked_script_paths");
+    app.add_option("--blocked-script-paths", options.blocked_script_paths,
+                   "BlockCracking's blocked_script_paths file")
+        ->capture_default_str();
     app.add_option("--reconcile-ms", options.reconcile_ms, "reconcile period")
         ->check(CLI::Range(100, 60000));
     try {
@@ -26,10 +41,18 @@ int main(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
         return app.exit(e) == 0 ? 0 : 2;
     }
+    return nfq::run_worker(options);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    // Errors are values; only allocation failure (or a library's exception, CLI11's
+    // while the options are declared) can end up here. Report it as one line.
     try {
-        return nfq::run_worker(options);
+        return run(argc, argv);
     } catch (const std::exception& e) {
-        log::error(std::string("fatal: ") + e.what());
+        smtpfence::log::error(std::string("fatal: ") + e.what());
         return 1;
     }
 }

@@ -4,8 +4,10 @@
 #include <libnftnl/common.h>
 #include <libnftnl/udata.h>
 #include <linux/netfilter.h>
+#include <linux/netfilter/nf_log.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/xt_NFQUEUE.h>
+#include <linux/rtnetlink.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 
@@ -30,6 +32,9 @@ constexpr std::uint32_t kTypeGid = 25;
 // `fib daddr type local` would do a second FIB lookup per SYN (measured: ~5% of the
 // refusal rate with 10,000 allowed users).
 constexpr std::uint32_t kLoopbackIfindex = 1;
+
+// syslog's LOG_WARNING; a constant here so no syslog.h macro leaks in.
+constexpr std::uint32_t kLogLevelWarning = 4;
 
 // TCP flags byte: offset 13 of the TCP header.
 constexpr std::uint32_t kTcpFlagsOffset = 13;
@@ -119,6 +124,36 @@ class RuleBuilder {
         nftnl_expr_set_u16(e.get(), NFTNL_EXPR_QUEUE_FLAGS, NFT_QUEUE_FLAG_BYPASS);
         return add(std::move(e), label);
     }
+    // A token bucket shared by every packet reaching the rule (not per uid).
+    RuleBuilder& limit_per_minute(std::uint32_t rate, std::uint32_t burst, const char* label) {
+        ExprPtr e = make_expr("limit");
+        nftnl_expr_set_u64(e.get(), NFTNL_EXPR_LIMIT_RATE, rate);
+        nftnl_expr_set_u64(e.get(), NFTNL_EXPR_LIMIT_UNIT, 60);  // seconds
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LIMIT_BURST, burst);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LIMIT_TYPE, NFT_LIMIT_PKTS);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LIMIT_FLAGS, 0);
+        return add(std::move(e), label);
+    }
+    // Level 4 (warning) is what iptables' LOG target, and so CSF, used.
+    RuleBuilder& log(const char* prefix, bool with_uid, const char* label) {
+        ExprPtr e = make_expr("log");
+        nftnl_expr_set_str(e.get(), NFTNL_EXPR_LOG_PREFIX, prefix);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOG_LEVEL, kLogLevelWarning);
+        if (with_uid)
+            nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOG_FLAGS, NF_LOG_UID);
+        return add(std::move(e), label);
+    }
+    // To the primary address of the output device, i.e. 127.0.0.1 or ::1 for a locally
+    // generated packet, keeping the destination port.
+    RuleBuilder& redirect(const char* label) { return add(make_expr("redir"), label); }
+    // The route type of the packet's destination address as it is now (after nat).
+    RuleBuilder& fib_daddr_type(const char* label) {
+        ExprPtr e = make_expr("fib");
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_FIB_DREG, NFT_REG_1);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR);
+        return add(std::move(e), label);
+    }
     RuleBuilder& xt_nfqueue(std::uint16_t num, const char* label) {
         ExprPtr e = make_expr("target");
         nftnl_expr_set_str(e.get(), NFTNL_EXPR_TG_NAME, "NFQUEUE");
@@ -191,12 +226,13 @@ ElementKey key_of(const void* data, std::size_t len) {
     return ElementKey(p, p + len);
 }
 
-ChainPtr base_chain(const std::string& table, const char* name, int priority) {
+ChainPtr base_chain(const std::string& table, const char* name, int priority,
+                    const char* type = "filter") {
     ChainPtr c = make_chain();
     nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
     nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, table.c_str());
     nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, name);
-    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TYPE, "filter");
+    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TYPE, type);
     nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_HOOKNUM, NF_INET_LOCAL_OUT);
     nftnl_chain_set_s32(c.get(), NFTNL_CHAIN_PRIO, priority);
     nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_POLICY, NF_ACCEPT);
@@ -215,6 +251,9 @@ ChainPtr regular_chain(const std::string& table, const char* name) {
 // filter-priority chain, so a reject of ours is also the last word.
 constexpr int kObservePriority = -10;
 constexpr int kEnforcePriority = 10;
+// NF_IP_PRI_NAT_DST: the nat output hook runs before both filter chains, so a SYN it
+// redirects reaches them already addressed to the local MTA (and routed through lo).
+constexpr int kToMtaPriority = -100;
 
 }  // namespace
 
@@ -343,6 +382,21 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
                          "type filter hook output priority filter + 10; policy accept;",
                          base_chain(t, kChainEnforce, kEnforcePriority)});
     rs.chains.push_back({kChainJudge, "", regular_chain(t, kChainJudge)});
+    if (spec.redirect) {
+        // Last: a chain added by a reload is listed after the kept ones, so the kernel's
+        // listing order is the same whether the table was built whole or updated.
+        rs.chains.push_back({kChainToMta, "type nat hook output priority -100; policy accept;",
+                             base_chain(t, kChainToMta, kToMtaPriority, "nat")});
+    }
+
+    // With SMTP_REDIRECT on, the server's own addresses pass the filter chains whatever
+    // SMTP_ALLOWLOCAL says: the nat rule has decided on them already (and counted).
+    // A redirected SYN is addressed to 127.0.0.1 or ::1 and rerouted through lo, but
+    // `oif` (the output hook's device, fixed before nat ran) still names the device of
+    // the original route. So in redirect mode the filter chains also ask where the SYN
+    // goes now, `fib daddr type local`: it is not counted or queued again, and passes.
+    const bool lo_passes = spec.allow_local || spec.redirect;
+    const std::uint32_t rtn_local = RTN_LOCAL;
 
     // --- rules --------------------------------------------------------------------
     const std::string rate_text = "limit rate " + std::to_string(spec.observe_rate) +
@@ -363,9 +417,13 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
         std::string text =
             "tcp dport @ports tcp flags syn / syn,ack meta skuid != @allow_uid meta skgid != "
             "@allow_gid ";
-        if (spec.allow_local) {
+        if (lo_passes) {
             r.meta(NFT_META_OIF, "meta oif").cmp(NFT_CMP_NEQ, &kLoopbackIfindex, 4, "!= lo");
             text += "oif != \"lo\" ";
+        }
+        if (spec.redirect) {
+            r.fib_daddr_type("fib daddr type").cmp(NFT_CMP_NEQ, &rtn_local, 4, "!= local");
+            text += "fib daddr type != local ";
         }
         r.meta(NFT_META_SKUID, "meta skuid")
             .dynset(NFT_DYNSET_OP_UPDATE, kSetBlocked, nullptr, "update @blocked");
@@ -393,7 +451,7 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
         r.smtp_syn().verdict(NFT_JUMP, "jump judge", kChainJudge);
         rs.rules.push_back(r.done("tcp dport @ports tcp flags syn / syn,ack jump judge"));
     }
-    if (spec.allow_local) {
+    if (lo_passes) {
         RuleBuilder r(t, kChainJudge);
         r.meta(NFT_META_OIF, "meta oif")
             .cmp(NFT_CMP_EQ, &kLoopbackIfindex, 4, "== lo")
@@ -414,6 +472,14 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
             .verdict(NF_ACCEPT, "accept");
         rs.rules.push_back(r.done("meta skgid @allow_gid accept"));
     }
+    if (spec.redirect) {
+        // After the allow rules: only blocked uids' SYNs pay for the route lookup.
+        RuleBuilder r(t, kChainJudge);
+        r.fib_daddr_type("fib daddr type")
+            .cmp(NFT_CMP_EQ, &rtn_local, 4, "local")
+            .verdict(NF_ACCEPT, "accept");
+        rs.rules.push_back(r.done("fib daddr type local accept"));
+    }
     if (spec.queue == QueueMode::None) {
         // Without an observe chain, judge counts (see the observe rule for why it
         // counts there otherwise).
@@ -423,6 +489,25 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
         r.meta(NFT_META_SKUID, "meta skuid")
             .dynset(NFT_DYNSET_OP_UPDATE, kSetBlocked, nullptr, "update @blocked");
         rs.rules.push_back(r.done("update @blocked { meta skuid }"));
+    }
+    if (spec.log_blocked) {
+        // What reaches this point is refused or dropped next: CSF's LOGDROPOUT lines.
+        for (const auto& [family, prefix] :
+             {std::pair{NFPROTO_IPV4, kLogPrefixIpv4}, std::pair{NFPROTO_IPV6, kLogPrefixIpv6}}) {
+            RuleBuilder r(t, kChainJudge);
+            const auto proto = static_cast<std::uint8_t>(family);
+            r.meta(NFT_META_NFPROTO, "meta nfproto")
+                .cmp(NFT_CMP_EQ, &proto, 1, family == NFPROTO_IPV4 ? "ipv4" : "ipv6")
+                .limit_per_minute(kLogPerMinute, kLogBurst, "limit")
+                .log(prefix, spec.log_uid, "log");
+            // nft leaves out the burst when it is its default of 5, and the level when
+            // it is warn.
+            static_assert(kLogBurst == 5);
+            rs.rules.push_back(r.done(std::string("meta nfproto ") +
+                                      (family == NFPROTO_IPV4 ? "ipv4" : "ipv6") + " limit rate " +
+                                      std::to_string(kLogPerMinute) + "/minute log prefix \"" +
+                                      prefix + "\"" + (spec.log_uid ? " flags skuid" : "")));
+        }
     }
     if (spec.verdict == Verdict::Reset) {
         RuleBuilder r(t, kChainJudge);
@@ -435,6 +520,30 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
         RuleBuilder r(t, kChainJudge);
         r.verdict(NF_DROP, "drop");
         rs.rules.push_back(r.done("drop"));
+    }
+    if (spec.redirect) {
+        // The judge's decision, taken before it: the same SYNs it would refuse (ports,
+        // not an allowed uid or gid, not to the server itself when SMTP_ALLOWLOCAL) are
+        // counted here, once, and sent to the local MTA. Only a connection's first
+        // packet passes a nat chain, and the redirect sticks to the connection.
+        RuleBuilder r(t, kChainToMta);
+        r.smtp_syn()
+            .meta(NFT_META_SKUID, "meta skuid")
+            .lookup(kSetAllowUid, true, "skuid != @allow_uid")
+            .meta(NFT_META_SKGID, "meta skgid")
+            .lookup(kSetAllowGid, true, "skgid != @allow_gid");
+        std::string text =
+            "tcp dport @ports tcp flags syn / syn,ack meta skuid != @allow_uid meta skgid != "
+            "@allow_gid ";
+        if (spec.allow_local) {
+            r.meta(NFT_META_OIF, "meta oif").cmp(NFT_CMP_NEQ, &kLoopbackIfindex, 4, "!= lo");
+            text += "oif != \"lo\" ";
+        }
+        r.meta(NFT_META_SKUID, "meta skuid")
+            .dynset(NFT_DYNSET_OP_UPDATE, kSetBlocked, nullptr, "update @blocked")
+            .redirect("redirect");
+        text += "update @blocked { meta skuid } redirect";
+        rs.rules.push_back(r.done(text));
     }
     return rs;
 }

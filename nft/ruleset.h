@@ -37,6 +37,13 @@ struct RulesetSpec {
     std::uint16_t queue_num = 2525;
     std::uint32_t observe_rate = 20;  // per uid per second queued to the worker
     std::uint32_t observe_burst = 40;
+    // CSF's SMTP_REDIRECT: the blocked uids' SYNs are redirected to the local MTA (same
+    // port) by a nat chain instead of being refused; counted there, once.
+    bool redirect = false;
+    // CSF's DROP_OUT_LOGGING: a kernel log line per refused SYN, with CSF's prefixes and
+    // rate limit; with log_uid (DROP_UID_LOGGING) the line carries UID= and GID=.
+    bool log_blocked = false;
+    bool log_uid = false;
 };
 
 // Names of the objects in our table: part of the contract with tests, the worker
@@ -49,6 +56,18 @@ inline constexpr const char* kSetObserveRate = "observe_rate";
 inline constexpr const char* kChainObserve = "observe";
 inline constexpr const char* kChainEnforce = "enforce";
 inline constexpr const char* kChainJudge = "judge";
+// The nat chain of SMTP_REDIRECT ("redirect" itself is an nft keyword, so a chain of
+// that name could not be written back by `nft -f`).
+inline constexpr const char* kChainToMta = "to_mta";
+
+// The kernel log lines CSF wrote for blocked outgoing SYNs (its LOGDROPOUT chain):
+// lfd's UID tracking and admins' greps look for these prefixes. One token bucket per
+// address family, 30 a minute with a burst of 5, as CSF's `-m limit --limit 30/m
+// --limit-burst 5` in iptables and ip6tables.
+inline constexpr const char* kLogPrefixIpv4 = "Firewall: *TCP_OUT Blocked* ";
+inline constexpr const char* kLogPrefixIpv6 = "Firewall: *TCP6OUT Blocked* ";
+inline constexpr std::uint32_t kLogPerMinute = 30;
+inline constexpr std::uint32_t kLogBurst = 5;
 
 // Capacity of the per-uid dynamic sets: uid_t spans 32 bits but a server has far fewer
 // active uids; 65536 distinct blocked uids before `update` stops adding new ones.

@@ -210,4 +210,15 @@ std::vector<std::uint32_t> AccountDb::uids_in_group(std::uint32_t gid) const {
     return uids;
 }
 
+std::vector<std::uint32_t> AccountDb::supplementary_gids(std::string_view name) const {
+    std::vector<std::uint32_t> gids;
+    for (const GroupEntry& g : groups_) {
+        if (std::find(g.members.begin(), g.members.end(), name) != g.members.end())
+            gids.push_back(g.gid);
+    }
+    std::sort(gids.begin(), gids.end());
+    gids.erase(std::unique(gids.begin(), gids.end()), gids.end());
+    return gids;
+}
+
 }  // namespace smtpfence

@@ -44,6 +44,10 @@ class AccountDb {
     // supplementary (by member name), sorted and unique.
     [[nodiscard]] std::vector<std::uint32_t> uids_in_group(std::uint32_t gid) const;
 
+    // The gids of the groups that list name as a member (what initgroups(3) adds to
+    // the primary group), sorted and unique.
+    [[nodiscard]] std::vector<std::uint32_t> supplementary_gids(std::string_view name) const;
+
     [[nodiscard]] const std::vector<Account>& accounts() const { return accounts_; }
     [[nodiscard]] const std::vector<std::string>& warnings() const { return warnings_; }
 

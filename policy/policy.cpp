@@ -168,7 +168,7 @@ Result<void> assign(Result<T> parsed, U& target) {
     return {};
 }
 
-const std::array<KeyHandler, 10> kHandlers = {{
+const std::array<KeyHandler, 18> kHandlers = {{
     {"SMTP_BLOCK",
      [](const Setting& s, Policy& p, std::vector<std::string>&) {
          return assign(parse_bool(s), p.enabled);
@@ -232,6 +232,60 @@ const std::array<KeyHandler, 10> kHandlers = {{
     {"OBSERVE_BURST",
      [](const Setting& s, Policy& p, std::vector<std::string>&) {
          return assign(parse_number<std::uint32_t>(s, 1, 100000), p.observe_burst);
+     }},
+    {"CONTROL_ADMIN_GROUP",
+     [](const Setting& s, Policy& p, std::vector<std::string>& w) -> Result<void> {
+         auto groups = parse_name_list(s, "group", w);
+         if (!groups) return std::unexpected(std::move(groups.error()));
+         if (groups->size() > 1) return s.bad("one group name or gid (or \"\" for root only)");
+         p.control_admin_group = groups->empty() ? std::string() : groups->front();
+         return {};
+     }},
+    {"CONTROL_READ",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) -> Result<void> {
+         const std::string v = upper(s.entry.value);
+         if (v == "ADMIN") {
+             p.control_read_all = false;
+         } else if (v == "ALL") {
+             p.control_read_all = true;
+         } else {
+             return s.bad("\"admin\" (root and CONTROL_ADMIN_GROUP) or \"all\" (every local user)");
+         }
+         return {};
+     }},
+    {"DA_PIPELINE",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) -> Result<void> {
+         const std::string v = upper(s.entry.value);
+         if (v == "AUTO") {
+             p.da_pipeline = DaPipeline::Auto;
+         } else if (v == "1") {
+             p.da_pipeline = DaPipeline::On;
+         } else if (v == "0") {
+             p.da_pipeline = DaPipeline::Off;
+         } else {
+             return s.bad("\"auto\" (when /etc/virtual exists), \"1\" or \"0\"");
+         }
+         return {};
+     }},
+    {"DA_ATTEMPT_WEIGHT",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         return assign(parse_number<std::uint32_t>(s, 0, 1000), p.da_attempt_weight);
+     }},
+    {"DA_BLOCK_CRACKING",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         return assign(parse_bool(s), p.da_block_cracking);
+     }},
+    {"SMTP_REDIRECT",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         return assign(parse_bool(s), p.redirect);
+     }},
+    {"DROP_OUT_LOGGING",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         return assign(parse_bool(s), p.log_blocked);
+     }},
+    {"DROP_UID_LOGGING",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         return assign(parse_bool(s), p.log_uid);
      }},
 }};
 

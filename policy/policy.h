@@ -19,6 +19,13 @@ enum class BlockAction {
     Drop,    // silently dropped: the caller times out (CSF's DROP_OUT = "DROP")
 };
 
+// DA_PIPELINE: record attempts in DirectAdmin's /etc/virtual (nfq/da_sink.h).
+enum class DaPipeline {
+    Auto,  // when the virtual directory exists
+    On,
+    Off,
+};
+
 inline constexpr const char* kDefaultConfigPath = "/etc/smtpfence/smtpfence.conf";
 
 // MTA accounts allowed by default when they exist (MTA_USERS = "auto").
@@ -39,6 +46,21 @@ struct Policy {
     std::uint32_t observe_rate = 20;                     // OBSERVE_RATE (per uid, per second)
     std::uint32_t observe_burst = 40;                    // OBSERVE_BURST
     std::string source = "(built-in defaults)";          // file it came from
+    // The control socket: who besides root may change things (a group name or gid,
+    // "" = root only), and whether every local user may read status and attempts.
+    std::string control_admin_group;  // CONTROL_ADMIN_GROUP
+    bool control_read_all = false;    // CONTROL_READ = "admin" | "all"
+    // DirectAdmin's limit pipeline: attempts counted in /etc/virtual/usage like sends.
+    DaPipeline da_pipeline = DaPipeline::Auto;  // DA_PIPELINE = "auto" | "1" | "0"
+    std::uint32_t da_attempt_weight = 1;        // DA_ATTEMPT_WEIGHT: sends per attempt, 0-1000
+    bool da_block_cracking = false;             // DA_BLOCK_CRACKING
+    // CSF's SMTP_REDIRECT: a blocked user's connection goes to the local MTA (same port,
+    // nat redirect) instead of being refused.
+    bool redirect = false;  // SMTP_REDIRECT
+    // Kernel log lines for refused SYNs with CSF's prefixes, rate-limited as CSF's
+    // (lfd's UID tracking and admins' greps read them).
+    bool log_blocked = false;  // DROP_OUT_LOGGING
+    bool log_uid = false;      // DROP_UID_LOGGING: the line carries UID= and GID=
 };
 
 struct LoadedPolicy {

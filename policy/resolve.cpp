@@ -33,9 +33,56 @@ void allow_gid(Allowlist& out, std::uint32_t gid, const std::string& reason) {
     out.gid_reasons.try_emplace(gid, reason);
 }
 
+void allow_users(Allowlist& out, const std::vector<std::string>& names, const std::string& source,
+                 const AccountDb& accounts) {
+    for (const std::string& name : names) {
+        if (const auto uid = numeric_id(name)) {
+            allow_uid(out, *uid, source + " uid " + std::to_string(*uid));
+        } else if (const Account* a = accounts.user(name)) {
+            allow_uid(out, a->uid, source + " " + name);
+        } else {
+            out.warnings.push_back(source + ": unknown user \"" + printable(name) +
+                                   "\" (skipped; it will be resolved again when /etc/passwd "
+                                   "changes)");
+        }
+    }
+}
+
+// quiet_missing: the default "mail,mailman": mailman is absent on most servers.
+void allow_groups(Allowlist& out, const std::vector<std::string>& names, const std::string& source,
+                  bool quiet_missing, const AccountDb& accounts) {
+    for (const std::string& name : names) {
+        std::uint32_t gid = 0;
+        std::string label;  // how the group is named in reasons
+        if (const auto id = numeric_id(name)) {
+            gid = *id;
+            const GroupEntry* g = accounts.group_by_gid(gid);
+            label = g != nullptr ? g->name : "gid " + std::to_string(gid);
+            allow_gid(out, gid, source + " gid " + std::to_string(gid));
+        } else if (const GroupEntry* g = accounts.group(name)) {
+            gid = g->gid;
+            label = name;
+            allow_gid(out, gid, source + " " + name);
+        } else {
+            if (!quiet_missing) {
+                out.warnings.push_back(source + ": unknown group \"" + printable(name) +
+                                       "\" (skipped; it will be resolved again when /etc/group "
+                                       "changes)");
+            }
+            continue;
+        }
+        // meta skgid sees only a socket's primary gid: members through a supplementary
+        // membership are let through by uid instead.
+        for (const std::uint32_t uid : accounts.uids_in_group(gid)) {
+            allow_uid(out, uid, "member of allowed group " + label);
+        }
+    }
+}
+
 }  // namespace
 
-Allowlist resolve_allowlist(const Policy& policy, const AccountDb& accounts) {
+Allowlist resolve_allowlist(const Policy& policy, const AccountDb& accounts,
+                            const ManagedAllow& managed) {
     Allowlist out;
     allow_uid(out, 0, "root (always allowed)");
 
@@ -53,44 +100,11 @@ Allowlist resolve_allowlist(const Policy& policy, const AccountDb& accounts) {
         }
     }
 
-    for (const std::string& name : policy.allow_users) {
-        if (const auto uid = numeric_id(name)) {
-            allow_uid(out, *uid, "SMTP_ALLOWUSER uid " + std::to_string(*uid));
-        } else if (const Account* a = accounts.user(name)) {
-            allow_uid(out, a->uid, "SMTP_ALLOWUSER " + name);
-        } else {
-            out.warnings.push_back("SMTP_ALLOWUSER: unknown user \"" + printable(name) +
-                                   "\" (skipped; it will be resolved again when /etc/passwd "
-                                   "changes)");
-        }
-    }
-
-    for (const std::string& name : policy.allow_groups) {
-        std::uint32_t gid = 0;
-        std::string label;  // how the group is named in reasons
-        if (const auto id = numeric_id(name)) {
-            gid = *id;
-            const GroupEntry* g = accounts.group_by_gid(gid);
-            label = g != nullptr ? g->name : "gid " + std::to_string(gid);
-            allow_gid(out, gid, "SMTP_ALLOWGROUP gid " + std::to_string(gid));
-        } else if (const GroupEntry* g = accounts.group(name)) {
-            gid = g->gid;
-            label = name;
-            allow_gid(out, gid, "SMTP_ALLOWGROUP " + name);
-        } else if (policy.allow_groups_default) {
-            continue;  // the default "mail,mailman": mailman is absent on most servers
-        } else {
-            out.warnings.push_back("SMTP_ALLOWGROUP: unknown group \"" + printable(name) +
-                                   "\" (skipped; it will be resolved again when /etc/group "
-                                   "changes)");
-            continue;
-        }
-        // meta skgid sees only a socket's primary gid: members through a supplementary
-        // membership are let through by uid instead.
-        for (const std::uint32_t uid : accounts.uids_in_group(gid)) {
-            allow_uid(out, uid, "member of allowed group " + label);
-        }
-    }
+    allow_users(out, policy.allow_users, "SMTP_ALLOWUSER", accounts);
+    allow_users(out, managed.users, "smtpfencectl allow", accounts);
+    allow_groups(out, policy.allow_groups, "SMTP_ALLOWGROUP", policy.allow_groups_default,
+                 accounts);
+    allow_groups(out, managed.groups, "smtpfencectl allow --group", false, accounts);
     return out;
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "policy/accounts.h"
+#include "policy/allow_store.h"
 #include "policy/policy.h"
 
 namespace smtpfence {
@@ -27,6 +28,8 @@ struct Allowlist {
 // uids); SMTP_ALLOWGROUP gids, plus the uids of every member of those groups whether
 // the group is their primary or a supplementary one (meta skgid sees only the
 // socket's primary gid, so supplementary members must be allowed by uid).
-[[nodiscard]] Allowlist resolve_allowlist(const Policy& policy, const AccountDb& accounts);
+// managed: the names added with `smtpfencectl allow`, resolved the same way.
+[[nodiscard]] Allowlist resolve_allowlist(const Policy& policy, const AccountDb& accounts,
+                                          const ManagedAllow& managed = {});
 
 }  // namespace smtpfence

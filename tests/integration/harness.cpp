@@ -1049,6 +1049,8 @@ Result<Daemon> Daemon::start(const Netns& ns, DaemonArgs args, Millis ready_time
         [&] {
             if (!daemon.running())
                 return true;
+            if (!daemon.args_.ready_log_text.empty())
+                return daemon.log().find(daemon.args_.ready_log_text) != std::string::npos;
             auto exists = (*engine)->engine().table_exists(daemon.args_.table);
             if (!exists)
                 last_error = exists.error().message();
@@ -1064,8 +1066,11 @@ Result<Daemon> Daemon::start(const Netns& ns, DaemonArgs args, Millis ready_time
     }
     if (!ready) {
         return fail(ETIMEDOUT,
-                    "smtpfenced did not create table inet " + daemon.args_.table + " within " +
-                        std::to_string(ready_timeout.count()) + " ms " + last_error,
+                    "smtpfenced did not create table inet " + daemon.args_.table +
+                        (daemon.args_.ready_log_text.empty()
+                             ? std::string()
+                             : " (nor log \"" + daemon.args_.ready_log_text + "\")") +
+                        " within " + std::to_string(ready_timeout.count()) + " ms " + last_error,
                     "log:\n" + daemon.log());
     }
     return daemon;

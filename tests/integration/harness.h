@@ -231,10 +231,14 @@ struct DaemonArgs {
     std::string group;     // --group (omitted when empty)
     std::string work_dir;  // control socket, state and virtual dirs and the log go here
     std::vector<std::string> extra;
+    // When set, the daemon is ready once its log holds this text instead of once its
+    // table exists (a policy that enforces nothing creates no table).
+    std::string ready_log_text;
 };
 
 // smtpfenced --foreground inside a namespace, its stdout and stderr in a log file.
-// start() returns once the daemon's table exists (or fails with the log).
+// start() returns once the daemon's table exists, or its log holds
+// args.ready_log_text (or fails with the log).
 class Daemon {
   public:
     [[nodiscard]] static Result<Daemon> start(const Netns& ns, DaemonArgs args,

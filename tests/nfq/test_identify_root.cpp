@@ -27,6 +27,7 @@
 #include <string>
 #include <utility>
 
+#include "common/error.h"
 #include "common/fd.h"
 #include "nfq/process.h"
 
@@ -65,6 +66,9 @@ std::string own_cmdline() {
 }
 
 int run(const std::string& command) {
+    // system() changes the process's signal dispositions while it waits, which is
+    // unsafe with other threads; this test binary runs one thread.
+    // NOLINTNEXTLINE(concurrency-mt-unsafe)
     const int status = std::system(command.c_str());
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
@@ -105,10 +109,10 @@ class Connector {
         int report_pipe[2];
         int release_pipe[2];
         if (pipe2(report_pipe, O_CLOEXEC) != 0 || pipe2(release_pipe, O_CLOEXEC) != 0)
-            return std::string("pipe: ") + std::strerror(errno);
+            return "pipe: " + errno_text(errno);
         pid_ = fork();
         if (pid_ < 0)
-            return std::string("fork: ") + std::strerror(errno);
+            return "fork: " + errno_text(errno);
         if (pid_ == 0) {
             ::close(report_pipe[0]);
             ::close(release_pipe[1]);
@@ -123,7 +127,7 @@ class Connector {
             return "the child died before reporting";
         if (report.failed_step != 0) {
             return "child step " + std::to_string(report.failed_step) + ": " +
-                   std::strerror(report.error);
+                   errno_text(report.error);
         }
         fd_ = report.fd;
         local_ = report.local;
@@ -241,9 +245,9 @@ class IdentifyRoot : public ::testing::Test {
         if (run("command -v ip >/dev/null && command -v nft >/dev/null") != 0)
             GTEST_SKIP() << "needs ip(8) and nft(8)";
         original_netns_.reset(::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC));
-        ASSERT_TRUE(original_netns_.valid()) << std::strerror(errno);
+        ASSERT_TRUE(original_netns_.valid()) << errno_text(errno);
         if (::unshare(CLONE_NEWNET) != 0)
-            GTEST_SKIP() << "no network namespaces: " << std::strerror(errno);
+            GTEST_SKIP() << "no network namespaces: " << errno_text(errno);
         in_netns_ = true;
 
         // sf0 <-> sf1; the addresses are on sf0. 192.0.2.25 and 2001:db8::25 never
@@ -273,7 +277,7 @@ class IdentifyRoot : public ::testing::Test {
             std::filesystem::remove_all(dir_);
         // Leaving the namespace drops its last reference: veth and ruleset go with it.
         if (in_netns_) {
-            EXPECT_EQ(::setns(original_netns_.get(), CLONE_NEWNET), 0) << std::strerror(errno);
+            EXPECT_EQ(::setns(original_netns_.get(), CLONE_NEWNET), 0) << errno_text(errno);
         }
     }
 

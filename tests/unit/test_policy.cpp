@@ -265,8 +265,8 @@ TEST(Policy, UnknownKeyWithHint) {
 
 TEST(Policy, UnknownKeyWithoutHint) {
     EXPECT_EQ(map_error("TCP_IN = \"22\"\n"), "smtpfence.conf:1: unknown setting \"TCP_IN\"");
-    EXPECT_EQ(map_error("SMTP_REDIRECT = \"0\"\n"),
-              "smtpfence.conf:1: unknown setting \"SMTP_REDIRECT\"");
+    EXPECT_EQ(map_error("UID_INTERVAL = \"0\"\n"),
+              "smtpfence.conf:1: unknown setting \"UID_INTERVAL\"");
     EXPECT_EQ(map_error("= \"0\"\n"), "smtpfence.conf:1: unknown setting \"\"");
     const std::string huge(10U << 20U, 'K');
     const std::string m = map_error(huge + " = \"1\"\n");
@@ -348,6 +348,61 @@ TEST(LoadPolicy, ErrorsInTheFileNameFileAndLine) {
               path2 +
                   ":1: SMTP_PORTS: bad value \"smtp\": expected a comma-separated list of "
                   "ports 1-65535; \"smtp\" is not a port");
+}
+
+TEST(Policy, DirectAdminKeysDefaults) {
+    const Policy p = map_ok("# nothing set\n");
+    EXPECT_EQ(p.da_pipeline, DaPipeline::Auto);
+    EXPECT_EQ(p.da_attempt_weight, 1U);
+    EXPECT_FALSE(p.da_block_cracking);
+}
+
+TEST(Policy, DirectAdminPipeline) {
+    EXPECT_EQ(map_ok("DA_PIPELINE = \"auto\"").da_pipeline, DaPipeline::Auto);
+    EXPECT_EQ(map_ok("DA_PIPELINE = \"AUTO\"").da_pipeline, DaPipeline::Auto);
+    EXPECT_EQ(map_ok("DA_PIPELINE = \"1\"").da_pipeline, DaPipeline::On);
+    EXPECT_EQ(map_ok("DA_PIPELINE = \"0\"").da_pipeline, DaPipeline::Off);
+    EXPECT_EQ(bad("DA_PIPELINE", "yes"),
+              "smtpfence.conf:1: DA_PIPELINE: bad value \"yes\": expected \"auto\" (when "
+              "/etc/virtual exists), \"1\" or \"0\"");
+    for (const char* v : {"", " 1", "on", "2", "auto,1"})
+        EXPECT_NE(bad("DA_PIPELINE", v).find("DA_PIPELINE: bad value"), std::string::npos) << v;
+}
+
+TEST(Policy, DirectAdminAttemptWeight) {
+    EXPECT_EQ(map_ok("DA_ATTEMPT_WEIGHT = \"0\"").da_attempt_weight, 0U);
+    EXPECT_EQ(map_ok("DA_ATTEMPT_WEIGHT = \"3\"").da_attempt_weight, 3U);
+    EXPECT_EQ(map_ok("DA_ATTEMPT_WEIGHT = \"1000\"").da_attempt_weight, 1000U);
+    EXPECT_EQ(bad("DA_ATTEMPT_WEIGHT", "1001"),
+              "smtpfence.conf:1: DA_ATTEMPT_WEIGHT: bad value \"1001\": expected a number from 0 "
+              "to 1000");
+    for (const char* v : {"", "-1", "1.5", "two", " 2", "99999999999999999999"}) {
+        EXPECT_NE(bad("DA_ATTEMPT_WEIGHT", v).find("expected a number from 0 to 1000"),
+                  std::string::npos)
+            << v;
+    }
+}
+
+TEST(Policy, DirectAdminBlockCracking) {
+    EXPECT_TRUE(map_ok("DA_BLOCK_CRACKING = \"1\"").da_block_cracking);
+    EXPECT_FALSE(map_ok("DA_BLOCK_CRACKING = \"0\"").da_block_cracking);
+    EXPECT_EQ(bad("DA_BLOCK_CRACKING", "on"),
+              "smtpfence.conf:1: DA_BLOCK_CRACKING: bad value \"on\": expected \"0\" or \"1\"");
+}
+
+TEST(Policy, DirectAdminKeysTogetherAndTheirLines) {
+    auto loaded =
+        map("DA_PIPELINE = \"0\"\nDA_ATTEMPT_WEIGHT = \"5\"\nDA_BLOCK_CRACKING = \"1\"\n"
+            "DA_ATTEMPT_WEIGHT2 = \"5\"\n");
+    ASSERT_FALSE(loaded);
+    EXPECT_EQ(loaded.error().what, "smtpfence.conf:4");
+    EXPECT_EQ(loaded.error().detail,
+              "unknown setting \"DA_ATTEMPT_WEIGHT2\" (did you mean DA_ATTEMPT_WEIGHT?)");
+    const Policy p =
+        map_ok("DA_PIPELINE = \"1\"\nDA_ATTEMPT_WEIGHT = \"5\"\nDA_BLOCK_CRACKING = \"1\"\n");
+    EXPECT_EQ(p.da_pipeline, DaPipeline::On);
+    EXPECT_EQ(p.da_attempt_weight, 5U);
+    EXPECT_TRUE(p.da_block_cracking);
 }
 
 }  // namespace

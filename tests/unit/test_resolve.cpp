@@ -196,5 +196,94 @@ TEST(Resolve, FromConfigText) {
     EXPECT_TRUE(a.warnings.empty());
 }
 
+// The names added with `smtpfencectl allow`.
+TEST(Resolve, ManagedUsersAndGroupsAreAllowed) {
+    ManagedAllow managed;
+    managed.users = {"admin", "4242"};
+    managed.groups = {"webmasters", "3000"};
+    const Allowlist a = resolve_allowlist(nothing_allowed(), db(), managed);
+    EXPECT_EQ(a.uids, (std::set<std::uint32_t>{0, 1000, 1001, 1004, 4242}));
+    EXPECT_EQ(a.gids, (std::set<std::uint32_t>{2000, 3000}));
+    EXPECT_EQ(a.uid_reasons.at(1000), "smtpfencectl allow admin");
+    EXPECT_EQ(a.uid_reasons.at(4242), "smtpfencectl allow uid 4242");
+    EXPECT_EQ(a.uid_reasons.at(1001), "member of allowed group webmasters");
+    EXPECT_EQ(a.uid_reasons.at(1004), "member of allowed group gid 3000");
+    EXPECT_EQ(a.gid_reasons.at(2000), "smtpfencectl allow --group webmasters");
+    EXPECT_EQ(a.gid_reasons.at(3000), "smtpfencectl allow --group gid 3000");
+    EXPECT_TRUE(a.warnings.empty());
+}
+
+TEST(Resolve, TheConfigFilesReasonComesFirst) {
+    Policy p = nothing_allowed();
+    p.allow_users = {"admin"};
+    p.allow_groups = {"webmasters"};
+    ManagedAllow managed;
+    managed.users = {"admin", "bob"};
+    managed.groups = {"webmasters"};
+    const Allowlist a = resolve_allowlist(p, db(), managed);
+    EXPECT_EQ(a.uids, (std::set<std::uint32_t>{0, 1000, 1001}));
+    EXPECT_EQ(a.uid_reasons.at(1000), "SMTP_ALLOWUSER admin");
+    // Named by the admin with smtpfencectl: that is more specific than group membership.
+    EXPECT_EQ(a.uid_reasons.at(1001), "smtpfencectl allow bob");
+    EXPECT_EQ(a.gid_reasons.at(2000), "SMTP_ALLOWGROUP webmasters");
+}
+
+TEST(Resolve, UnknownManagedNamesAreWarningsNotErrors) {
+    Policy p = nothing_allowed();
+    p.allow_groups_default = true;  // quiet about the default groups, never about managed ones
+    ManagedAllow managed;
+    managed.users = {"ghost", "admin"};
+    managed.groups = {"nogroup_here"};
+    const Allowlist a = resolve_allowlist(p, db(), managed);
+    EXPECT_EQ(a.uids, (std::set<std::uint32_t>{0, 1000}));
+    EXPECT_TRUE(a.gids.empty());
+    ASSERT_EQ(a.warnings.size(), 2U);
+    EXPECT_EQ(a.warnings[0],
+              "smtpfencectl allow: unknown user \"ghost\" (skipped; it will be resolved again "
+              "when /etc/passwd changes)");
+    EXPECT_EQ(a.warnings[1],
+              "smtpfencectl allow --group: unknown group \"nogroup_here\" (skipped; it will be "
+              "resolved again when /etc/group changes)");
+}
+
+// alice was allowed, then deleted; useradd gave her uid (and gid) to mallory. The list
+// holds names, so mallory is not allowed by alice's entry.
+TEST(Resolve, AReusedUidIsNotAllowedByTheOldName) {
+    ManagedAllow managed;
+    managed.users = {"alice"};
+    managed.groups = {"alicegrp"};
+
+    const AccountDb before =
+        AccountDb::parse("root:x:0:0::/root:/bin/sh\nalice:x:1005:1005::/home/alice:/bin/sh\n",
+                         "root:x:0:\nalicegrp:x:1005:\n");
+    const Allowlist was = resolve_allowlist(nothing_allowed(), before, managed);
+    EXPECT_EQ(was.uids, (std::set<std::uint32_t>{0, 1005}));
+    EXPECT_EQ(was.uid_reasons.at(1005), "smtpfencectl allow alice");
+    EXPECT_EQ(was.gids, (std::set<std::uint32_t>{1005}));
+
+    const AccountDb after =
+        AccountDb::parse("root:x:0:0::/root:/bin/sh\nmallory:x:1005:1005::/home/mallory:/bin/sh\n",
+                         "root:x:0:\nmallory:x:1005:\n");
+    const Allowlist now = resolve_allowlist(nothing_allowed(), after, managed);
+    EXPECT_EQ(now.uids, (std::set<std::uint32_t>{0}));
+    EXPECT_TRUE(now.gids.empty());
+    EXPECT_FALSE(now.uid_reasons.contains(1005));
+    ASSERT_EQ(now.warnings.size(), 2U);
+    EXPECT_EQ(now.warnings[0],
+              "smtpfencectl allow: unknown user \"alice\" (skipped; it will be resolved again "
+              "when /etc/passwd changes)");
+    EXPECT_EQ(now.warnings[1],
+              "smtpfencectl allow --group: unknown group \"alicegrp\" (skipped; it will be "
+              "resolved again when /etc/group changes)");
+}
+
+TEST(Resolve, ManagedListDefaultsToEmpty) {
+    const Allowlist a = resolve_allowlist(nothing_allowed(), db());
+    const Allowlist b = resolve_allowlist(nothing_allowed(), db(), ManagedAllow{});
+    EXPECT_EQ(a.uids, b.uids);
+    EXPECT_EQ(a.uids, (std::set<std::uint32_t>{0}));
+    EXPECT_TRUE(b.warnings.empty());
+}
+
 }  // namespace
 }  // namespace smtpfence

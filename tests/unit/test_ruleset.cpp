@@ -100,8 +100,64 @@ TEST(Ruleset, UidKeysAreHostOrder) {
     EXPECT_EQ(v, 0x01020304U);
 }
 
+// CSF's DROP_OUT_LOGGING with DROP_UID_LOGGING: a rate-limited log rule per family
+// before the verdict.
+TEST(Ruleset, CsfLoggingWithUid) {
+    RulesetSpec spec = default_spec();
+    spec.log_blocked = true;
+    spec.log_uid = true;
+    const Ruleset rs = build_ruleset(spec);
+    expect_golden("csf-log-uid-xt.bytecode", render_bytecode(rs));
+    expect_golden("csf-log-uid-xt.nft", render_nft(rs));
+}
+
+// CSF's SMTP_REDIRECT: the nat chain takes the judge's decision first and redirects.
+TEST(Ruleset, CsfRedirect) {
+    RulesetSpec spec = default_spec();
+    spec.redirect = true;
+    const Ruleset rs = build_ruleset(spec);
+    expect_golden("csf-redirect-xt.bytecode", render_bytecode(rs));
+    expect_golden("csf-redirect-xt.nft", render_nft(rs));
+}
+
+// Redirect without allow-local, without queue support, dropping and logging without
+// the uid: the nat rule redirects local SMTP too, lo still passes the filter chains,
+// and the judge counts what reaches it.
+TEST(Ruleset, CsfRedirectNoLocalNoQueueDropLogging) {
+    RulesetSpec spec = default_spec();
+    spec.redirect = true;
+    spec.allow_local = false;
+    spec.queue = QueueMode::None;
+    spec.verdict = Verdict::Drop;
+    spec.log_blocked = true;
+    const Ruleset rs = build_ruleset(spec);
+    expect_golden("csf-redirect-nolocal-none.bytecode", render_bytecode(rs));
+    expect_golden("csf-redirect-nolocal-none.nft", render_nft(rs));
+}
+
+TEST(Ruleset, NatChainOnlyWithRedirectAndListedLast) {
+    for (const bool redirect : {false, true}) {
+        RulesetSpec spec = default_spec();
+        spec.redirect = redirect;
+        const Ruleset rs = build_ruleset(spec);
+        const bool has = std::any_of(rs.chains.begin(), rs.chains.end(),
+                                     [](const BuiltChain& c) { return c.name == kChainToMta; });
+        EXPECT_EQ(has, redirect);
+        if (redirect) {
+            EXPECT_EQ(rs.chains.back().name, kChainToMta);
+        }
+        const std::string text = render_nft(rs);
+        EXPECT_EQ(text.find("redirect") != std::string::npos, redirect);
+        EXPECT_EQ(text.find("log prefix"), std::string::npos);
+    }
+}
+
 TEST(Ruleset, EveryRuleHasAnExpressionLabelPerExpression) {
-    const Ruleset rs = build_ruleset(default_spec());
+    RulesetSpec spec = default_spec();
+    spec.redirect = true;
+    spec.log_blocked = true;
+    spec.log_uid = true;
+    const Ruleset rs = build_ruleset(spec);
     for (const BuiltRule& r : rs.rules) {
         std::size_t count = 0;
         nftnl_expr_iter* it = nftnl_expr_iter_create(r.rule.get());

@@ -9,11 +9,13 @@
 
 #include <atomic>
 #include <cerrno>
-#include <cstdio>
+#include <charconv>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <string_view>
+#include <system_error>
 #include <thread>
 
 #ifndef SMTPFENCE_WORKER_PATH
@@ -120,6 +122,39 @@ std::string connector_build_path() {
 
 // ---- Connector ----------------------------------------------------------------------
 
+namespace {
+
+// Takes "KEY=NUMBER" (after blanks) off the front of text; false when the key is
+// another or the number does not parse or fit in value.
+template <class T>
+bool take_field(std::string_view& text, std::string_view key, T& value) {
+    while (text.starts_with(' '))
+        text.remove_prefix(1);
+    if (!text.starts_with(key) || !text.substr(key.size()).starts_with('='))
+        return false;
+    text.remove_prefix(key.size() + 1);
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc{})
+        return false;
+    text.remove_prefix(static_cast<std::size_t>(end - text.data()));
+    return true;
+}
+
+// The summary line the connector prints first (tests/worker/connector.cpp):
+// "refused=R connected=C timed_out=T other=O last_errno=E slowest_us=S".
+std::optional<ConnectorReport> parse_report(std::string_view text) {
+    ConnectorReport r;
+    if (take_field(text, "refused", r.refused) && take_field(text, "connected", r.connected) &&
+        take_field(text, "timed_out", r.timed_out) && take_field(text, "other", r.other) &&
+        take_field(text, "last_errno", r.last_errno) &&
+        take_field(text, "slowest_us", r.slowest_us)) {
+        return r;
+    }
+    return std::nullopt;
+}
+
+}  // namespace
+
 Result<Connector::Exit> Connector::wait(Millis timeout) {
     Exit exit;
     const auto deadline = Clock::now() + timeout;
@@ -133,23 +168,7 @@ Result<Connector::Exit> Connector::wait(Millis timeout) {
                                    " ms; output so far: " + exit.out);
     }
     exit.status = *status;
-    ConnectorReport r;
-    unsigned long long refused = 0;
-    unsigned long long connected = 0;
-    unsigned long long timed_out = 0;
-    unsigned long long other = 0;
-    long long slowest = 0;
-    if (std::sscanf(exit.out.c_str(),
-                    "refused=%llu connected=%llu timed_out=%llu other=%llu last_errno=%d "
-                    "slowest_us=%lld",
-                    &refused, &connected, &timed_out, &other, &r.last_errno, &slowest) == 6) {
-        r.refused = refused;
-        r.connected = connected;
-        r.timed_out = timed_out;
-        r.other = other;
-        r.slowest_us = slowest;
-        exit.report = r;
-    }
+    exit.report = parse_report(exit.out);
     return exit;
 }
 
@@ -380,6 +399,7 @@ Result<Connector> WorkerTest::start_connector(const Credentials& who, const std:
     std::vector<std::string> argv{connector_path_};
     argv.insert(argv.end(), args.begin(), args.end());
     std::vector<char*> c_argv;
+    c_argv.reserve(argv.size() + 1);
     for (const std::string& a : argv)
         c_argv.push_back(const_cast<char*>(a.c_str()));
     c_argv.push_back(nullptr);

@@ -1,0 +1,796 @@
+// smtpfenced's main loop: keeps the policy in the kernel, the worker running and the
+// allowlist in step with the accounts, and answers the control socket.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <ctime>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/fd.h"
+#include "common/file_watch.h"
+#include "common/log.h"
+#include "csf-compat/csf_reader.h"
+#include "ctl/control_server.h"
+#include "ctl/daemon.h"
+#include "ctl/protocol.h"
+#include "ctl/supervisor.h"
+#include "nfq/da_sink.h"
+#include "nfq/proc_queue.h"
+#include "nft/engine.h"
+#include "nft/netlink.h"
+
+#ifndef SMTPFENCE_VERSION
+#define SMTPFENCE_VERSION "unknown"
+#endif
+
+namespace smtpfence {
+namespace {
+
+using ctl::Command;
+using ctl::ErrorCode;
+using ctl::ProtocolError;
+using nlohmann::json;
+
+using Answer = std::expected<json, ProtocolError>;
+
+std::unexpected<ProtocolError> refuse(ErrorCode code, std::string message) {
+    return std::unexpected(ProtocolError{code, std::move(message)});
+}
+
+Result<UniqueFd> block_signals() {
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGHUP);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGCHLD);
+    if (const int err = pthread_sigmask(SIG_BLOCK, &mask, nullptr); err != 0)
+        return fail(err, "block signals");
+    UniqueFd fd(signalfd(-1, &mask, SFD_CLOEXEC));
+    if (!fd.valid())
+        return fail(errno, "signalfd");
+    return fd;
+}
+
+// Classic daemon(3) detachment, after the first apply so that errors up to then
+// reach the admin's terminal and exit status.
+Result<void> detach() {
+    const pid_t pid = fork();
+    if (pid < 0)
+        return fail(errno, "fork");
+    if (pid > 0)
+        _exit(kExitOk);
+    if (setsid() < 0)
+        return fail(errno, "setsid");
+    UniqueFd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
+    if (!null.valid())
+        return fail(errno, "open /dev/null");
+    for (int fd : {STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO}) {
+        if (dup2(null.get(), fd) < 0)
+            return fail(errno, "dup2");
+    }
+    log::use_syslog();
+    return {};
+}
+
+template <class T>
+std::set<T> minus(const std::set<T>& a, const std::set<T>& b) {
+    std::set<T> out;
+    std::ranges::set_difference(a, b, std::inserter(out, out.end()));
+    return out;
+}
+
+std::string join(const std::set<std::uint32_t>& ids) {
+    std::string out;
+    for (const std::uint32_t id : ids)
+        out += (out.empty() ? "" : ",") + std::to_string(id);
+    return out;
+}
+
+// A name or a number, as the protocol and the config accept them.
+const Account* find_user(const AccountDb& db, const std::string& name) {
+    if (const Account* a = db.user(name))
+        return a;
+    if (const auto uid = csf::parse_unsigned(name, 4294967294U))
+        return db.user_by_uid(static_cast<std::uint32_t>(*uid));
+    return nullptr;
+}
+
+const GroupEntry* find_group(const AccountDb& db, const std::string& name) {
+    if (const GroupEntry* g = db.group(name))
+        return g;
+    if (const auto gid = csf::parse_unsigned(name, 4294967294U))
+        return db.group_by_gid(static_cast<std::uint32_t>(*gid));
+    return nullptr;
+}
+
+std::time_t local_midnight(std::time_t now) {
+    std::tm tm{};
+    localtime_r(&now, &tm);
+    tm.tm_hour = 0;
+    tm.tm_min = 0;
+    tm.tm_sec = 0;
+    tm.tm_isdst = -1;
+    return std::mktime(&tm);
+}
+
+// The attempt log's records (attempt, counted) in time order, from the rotated file
+// then the current one. Malformed lines (a crash mid-write cannot make one, an
+// edit by hand can) are skipped.
+std::vector<json> read_attempt_records(const std::string& state_dir, std::int64_t since) {
+    std::vector<json> out;
+    for (const std::string name : {"attempts.jsonl.1", "attempts.jsonl"}) {
+        std::ifstream in(state_dir + "/" + name);
+        std::string line;
+        while (std::getline(in, line)) {
+            json j = json::parse(line, nullptr, false);
+            if (j.is_discarded() || !j.is_object() || !j.contains("type") || !j["type"].is_string())
+                continue;
+            const std::string type = j["type"].get<std::string>();
+            if (type != "attempt" && type != "counted")
+                continue;
+            if (!j.contains("epoch") || !j["epoch"].is_number_integer() ||
+                j["epoch"].get<std::int64_t>() < since)
+                continue;
+            out.push_back(std::move(j));
+        }
+    }
+    return out;
+}
+
+// The outcome of a real connection attempt, made in a child as another user.
+[[noreturn]] void run_test_child(int client_fd, const Account& account, std::vector<gid_t> groups,
+                                 const std::string& address, std::uint16_t port) {
+    const auto reply = [&](const std::string& line) {
+        const int flags = fcntl(client_fd, F_GETFL);
+        if (flags >= 0)
+            (void)fcntl(client_fd, F_SETFL, flags & ~O_NONBLOCK);
+        std::size_t off = 0;
+        while (off < line.size()) {
+            const ssize_t n = ::send(client_fd, line.data() + off, line.size() - off, MSG_NOSIGNAL);
+            if (n <= 0)
+                break;
+            off += static_cast<std::size_t>(n);
+        }
+        _exit(0);
+    };
+    // Become the user entirely: groups, then gid, then uid (after setuid, setgid
+    // would no longer be permitted). The kernel judges the socket by these.
+    if (setgroups(groups.size(), groups.data()) != 0 || setgid(account.gid) != 0 ||
+        setuid(account.uid) != 0) {
+        reply(ctl::encode_error(
+            {ErrorCode::Failed, "cannot switch to " + account.name + ": " + errno_text(errno)}));
+    }
+    sockaddr_storage ss{};
+    socklen_t len = 0;
+    auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
+    auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    if (inet_pton(AF_INET, address.c_str(), &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons(port);
+        len = sizeof *v4;
+    } else if (inet_pton(AF_INET6, address.c_str(), &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons(port);
+        len = sizeof *v6;
+    }
+    const auto started = std::chrono::steady_clock::now();
+    UniqueFd s(::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    int err = 0;
+    if (!s.valid()) {
+        err = errno;
+    } else if (::connect(s.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+        err = errno;
+        if (err == EINPROGRESS) {
+            pollfd p{s.get(), POLLOUT, 0};
+            const int ready = ::poll(&p, 1, 5000);
+            if (ready == 0) {
+                err = ETIMEDOUT;
+            } else {
+                socklen_t el = sizeof err;
+                if (getsockopt(s.get(), SOL_SOCKET, SO_ERROR, &err, &el) != 0)
+                    err = errno;
+            }
+        }
+    }
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::steady_clock::now() - started)
+                        .count();
+    std::string outcome = "error";
+    if (err == 0)
+        outcome = "connected";
+    else if (err == ECONNREFUSED)
+        outcome = "refused";
+    else if (err == ETIMEDOUT)
+        outcome = "timed_out";
+    reply(ctl::encode_ok({{"user", account.name},
+                          {"uid", account.uid},
+                          {"address", address},
+                          {"port", port},
+                          {"outcome", outcome},
+                          {"error", err == 0 ? std::string() : errno_text(err)},
+                          {"elapsed_ms", ms}}));
+    _exit(0);  // not reached: reply() exits
+}
+
+class Controller {
+  public:
+    Controller(const DaemonOptions& options, nft::Engine& engine, nft::QueueMode queue,
+               ctl::ControlServer& server)
+        : options_(options),
+          engine_(engine),
+          queue_(queue),
+          server_(server),
+          accounts_watch_({options.passwd_path, options.group_path, managed_allow_path(options)}),
+          config_watch_(policy_files(options)),
+          worker_({}) {}
+
+    // The first apply; an error here ends the daemon before it detaches.
+    Result<void> start() {
+        accounts_watch_.rearm();
+        config_watch_.rearm();
+        auto desired = load_and_apply(engine_, options_, queue_);
+        if (!desired)
+            return std::unexpected(desired.error());
+        adopt(std::move(*desired));
+        return {};
+    }
+
+    int run(int signal_fd) {
+        sync_worker();
+        auto next_watch = std::chrono::steady_clock::now();
+        while (true) {
+            std::vector<pollfd> fds{{signal_fd, POLLIN, 0}};
+            server_.add_pollfds(fds);
+            int timeout = 1000;  // the file watches
+            for (const int t : {worker_.tick(), server_.next_deadline_ms()}) {
+                if (t >= 0)
+                    timeout = std::min(timeout, t);
+            }
+            const int ready = ::poll(fds.data(), fds.size(), timeout);
+            if (ready < 0 && errno != EINTR) {
+                log::error("poll: " + errno_text(errno));
+                return kExitFailure;
+            }
+            if (ready > 0 && fds[0].revents != 0) {
+                if (auto code = on_signal(signal_fd))
+                    return *code;
+            }
+            if (ready > 0) {
+                server_.process(fds, [this](const ctl::Request& r, const ctl::Peer& p, int fd) {
+                    return dispatch(r, p, fd);
+                });
+            }
+            if (std::chrono::steady_clock::now() >= next_watch) {
+                next_watch = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+                watch_files();
+            }
+        }
+    }
+
+  private:
+    [[nodiscard]] bool enforcing() const {
+        return current_ && current_->loaded.policy.enabled && !removed_;
+    }
+
+    void adopt(Desired desired) {
+        current_ = std::move(desired);
+        applied_at_ = std::time(nullptr);
+        ctl::AccessPolicy access;
+        access.read_all = current_->loaded.policy.control_read_all;
+        const std::string& admin = current_->loaded.policy.control_admin_group;
+        if (!admin.empty()) {
+            if (const GroupEntry* g = find_group(current_->accounts, admin)) {
+                access.admin_gid = g->gid;
+            } else {
+                log::warning("CONTROL_ADMIN_GROUP: unknown group \"" + csf::printable(admin) +
+                             "\"; only root may change the allowlist");
+            }
+        }
+        server_.set_access(access);
+    }
+
+    void sync_worker() {
+        if (!options_.no_worker && queue_ != nft::QueueMode::None && enforcing()) {
+            worker_.set_argv(worker_argv(options_, current_->loaded.policy));
+            worker_.ensure_running();
+        } else {
+            worker_.stop();
+        }
+    }
+
+    // Returns an exit code when the daemon must end.
+    std::optional<int> on_signal(int signal_fd) {
+        signalfd_siginfo info{};
+        if (::read(signal_fd, &info, sizeof info) != sizeof info)
+            return std::nullopt;
+        if (info.ssi_signo == SIGCHLD) {
+            worker_.reap();  // also reaps the children of `test`
+            return std::nullopt;
+        }
+        if (info.ssi_signo == SIGHUP) {
+            log::notice("SIGHUP: reloading " + policy_files(options_).front());
+            if (auto r = reload(); !r)
+                log::error("reload failed: " + r.error().message() +
+                           "; the rules in force are unchanged");
+            return std::nullopt;
+        }
+        // SIGTERM / SIGINT: the table stays; stopping the daemon never opens SMTP.
+        worker_.stop();
+        log::notice("exiting on signal " + std::to_string(info.ssi_signo) + "; table inet " +
+                    options_.table + " stays in force");
+        return kExitOk;
+    }
+
+    Result<void> reload() {
+        accounts_watch_.rearm();
+        config_watch_.rearm();
+        auto desired = load_and_apply(engine_, options_, queue_);
+        if (!desired)
+            return std::unexpected(desired.error());
+        removed_ = false;
+        adopt(std::move(*desired));
+        sync_worker();
+        return {};
+    }
+
+    void watch_files() {
+        if (config_watch_.changed()) {
+            log::notice(policy_files(options_).front() + " changed: reloading");
+            if (auto r = reload(); !r) {
+                log::error("reload failed: " + r.error().message() +
+                           "; the rules in force are unchanged");
+            }
+            return;
+        }
+        if (accounts_watch_.changed()) {
+            if (auto r = refresh_allowlist(); !r) {
+                log::error("re-resolving the allowlist failed: " + r.error().message() +
+                           "; the rules in force are unchanged");
+            }
+        }
+    }
+
+    // Accounts or the managed list changed: re-resolve the names with the policy in
+    // force and apply the difference as set-element changes (O(changes)).
+    Result<void> refresh_allowlist() {
+        if (!current_)
+            return {};
+        auto accounts = AccountDb::load(options_.passwd_path, options_.group_path);
+        if (!accounts)
+            return std::unexpected(accounts.error());
+        auto managed = load_managed_allow(managed_allow_path(options_));
+        if (!managed)
+            return std::unexpected(managed.error());
+        Allowlist next = resolve_allowlist(current_->loaded.policy, *accounts, *managed);
+        const Allowlist& now = current_->allow;
+        const auto add_u = minus(next.uids, now.uids);
+        const auto del_u = minus(now.uids, next.uids);
+        const auto add_g = minus(next.gids, now.gids);
+        const auto del_g = minus(now.gids, next.gids);
+        if (enforcing() && !(add_u.empty() && del_u.empty() && add_g.empty() && del_g.empty())) {
+            auto r = engine_.change_elements(options_.table, "allow_uid", add_u, del_u);
+            if (r)
+                r = engine_.change_elements(options_.table, "allow_gid", add_g, del_g);
+            if (!r) {
+                // The table is not as we left it (edited by hand, flushed): rebuild it whole.
+                log::warning("allowlist change as set elements failed (" + r.error().message() +
+                             "); re-applying the whole table");
+                nft::RulesetSpec spec =
+                    make_spec(current_->loaded.policy, next, options_.table, queue_);
+                auto applied = engine_.apply(nft::build_ruleset(spec));
+                if (!applied)
+                    return std::unexpected(applied.error());
+            }
+            log::notice("allowlist re-resolved: uids +[" + join(add_u) + "] -[" + join(del_u) +
+                        "], gids +[" + join(add_g) + "] -[" + join(del_g) + "]");
+        }
+        for (const std::string& w : next.warnings)
+            log::warning(w);
+        current_->accounts = std::move(*accounts);
+        current_->managed = std::move(*managed);
+        current_->allow = std::move(next);
+        current_->spec.allow_uids = current_->allow.uids;
+        current_->spec.allow_gids = current_->allow.gids;
+        adopt(std::move(*current_));
+        return {};
+    }
+
+    std::optional<std::string> dispatch(const ctl::Request& r, const ctl::Peer& peer,
+                                        int client_fd) {
+        log::info("control: " + std::string(ctl::to_string(r.command)) + " from uid " +
+                  std::to_string(peer.uid));
+        if (r.command == Command::Test) {
+            auto started = start_test(r, client_fd);
+            if (started)
+                return std::nullopt;  // the child answers
+            return ctl::encode_error(started.error());
+        }
+        Answer a = answer(r);
+        return a ? ctl::encode_ok(*a) : ctl::encode_error(a.error());
+    }
+
+    Answer answer(const ctl::Request& r) {
+        switch (r.command) {
+            case Command::Version:
+                return json{{"protocol", ctl::kProtocolVersion}, {"version", SMTPFENCE_VERSION}};
+            case Command::Status:
+                return status();
+            case Command::List:
+                return list();
+            case Command::Check:
+                return check(*r.user);
+            case Command::Attempts:
+                return attempts(r);
+            case Command::Top:
+                return top(r);
+            case Command::Allow:
+            case Command::Deny:
+                return change(r);
+            case Command::Reload: {
+                if (auto ok = reload(); !ok)
+                    return refuse(ErrorCode::Failed,
+                                  ok.error().message() + "; the rules in force are unchanged");
+                return json{{"enforcing", enforcing()}, {"description", describe(*current_)}};
+            }
+            case Command::Remove: {
+                if (auto ok = engine_.remove(options_.table); !ok)
+                    return refuse(ErrorCode::Failed, ok.error().message());
+                removed_ = true;
+                sync_worker();
+                log::notice("control: table inet " + options_.table +
+                            " removed on request: outbound SMTP is no longer guarded (reload "
+                            "restores it)");
+                return json{{"removed", true}, {"table", options_.table}};
+            }
+            case Command::Test:
+                break;
+        }
+        return refuse(ErrorCode::UnknownCommand, "not handled");
+    }
+
+    Answer status() {
+        json j;
+        j["version"] = SMTPFENCE_VERSION;
+        j["enforcing"] = enforcing();
+        std::string why;
+        if (!current_)
+            why = "no policy loaded";
+        else if (removed_)
+            why =
+                "the table was removed with `smtpfencectl remove`; `smtpfencectl reload` "
+                "restores it";
+        else if (!current_->loaded.policy.enabled)
+            why = "SMTP_BLOCK is \"0\" in " + current_->loaded.policy.source;
+        else
+            why = describe(*current_);
+        j["summary"] = why;
+        auto present = engine_.table_exists(options_.table);
+        j["table"] = {{"family", "inet"},
+                      {"name", options_.table},
+                      {"present", present ? json(*present) : json(nullptr)}};
+        if (enforcing() && present && !*present)
+            j["problem"] =
+                "the table is missing from the kernel (flushed by hand?); "
+                "`smtpfencectl reload` puts it back";
+        j["queue"] = {{"mode", nft::to_string(queue_)}};
+        if (current_) {
+            const Policy& p = current_->loaded.policy;
+            j["config"] = p.source;
+            j["allow_list"] = managed_allow_path(options_);
+            j["ports"] = p.ports;
+            j["action"] = p.action == BlockAction::Drop ? "drop" : "reject";
+            j["allowed"] = {{"uids", current_->allow.uids.size()},
+                            {"gids", current_->allow.gids.size()}};
+            j["queue"]["num"] = p.queue_num;
+            if (const auto q = nfq::read_queue_proc_stats(p.queue_num)) {
+                j["queue"]["bound"] = true;
+                j["queue"]["waiting"] = q->waiting;
+                j["queue"]["queue_dropped"] = q->queue_dropped;
+                j["queue"]["user_dropped"] = q->user_dropped;
+                j["queue"]["id_sequence"] = q->id_sequence;
+            } else {
+                j["queue"]["bound"] = false;
+            }
+            j["warnings"] = current_->warnings;
+            const auto da = nfq::resolve_da_pipeline(p.da_pipeline, options_.virtual_dir);
+            j["directadmin"] = {{"enabled", da.enabled && !options_.no_worker},
+                                {"reason", options_.no_worker
+                                               ? "off: --no-worker (nothing is recorded)"
+                                               : da.reason},
+                                {"virtual_dir", options_.virtual_dir},
+                                {"attempt_weight", p.da_attempt_weight}};
+        }
+        j["applied_at"] = applied_at_;
+        j["worker"] = {
+            {"running", worker_.pid() > 0},
+            {"pid", worker_.pid() > 0 ? worker_.pid() : 0},
+            {"restarts", worker_.restarts()},
+            {"wanted", !options_.no_worker && queue_ != nft::QueueMode::None && enforcing()}};
+        if (present && *present) {
+            if (auto blocked = engine_.read_blocked(options_.table)) {
+                std::uint64_t total = 0;
+                for (const auto& [uid, c] : *blocked)
+                    total += c.packets;
+                j["counters"] = {{"uids_blocked", blocked->size()}, {"attempts", total}};
+            }
+        }
+        j["control"] = {{"socket", server_.path()},
+                        {"requests", server_.requests()},
+                        {"rejected", server_.rejected()}};
+        return j;
+    }
+
+    Answer list() {
+        if (!current_)
+            return refuse(ErrorCode::Failed, "no policy loaded");
+        json uids = json::array();
+        for (const std::uint32_t uid : current_->allow.uids) {
+            const Account* a = current_->accounts.user_by_uid(uid);
+            uids.push_back({{"uid", uid},
+                            {"name", a != nullptr ? a->name : ""},
+                            {"reason", current_->allow.uid_reasons.at(uid)}});
+        }
+        json gids = json::array();
+        for (const std::uint32_t gid : current_->allow.gids) {
+            const GroupEntry* g = current_->accounts.group_by_gid(gid);
+            gids.push_back({{"gid", gid},
+                            {"name", g != nullptr ? g->name : ""},
+                            {"reason", current_->allow.gid_reasons.at(gid)}});
+        }
+        return json{{"uids", uids},
+                    {"gids", gids},
+                    {"managed",
+                     {{"file", managed_allow_path(options_)},
+                      {"users", current_->managed.users},
+                      {"groups", current_->managed.groups}}},
+                    {"warnings", current_->allow.warnings},
+                    {"enforcing", enforcing()}};
+    }
+
+    Answer check(const std::string& name) {
+        if (!current_)
+            return refuse(ErrorCode::Failed, "no policy loaded");
+        const Account* a = find_user(current_->accounts, name);
+        if (a == nullptr)
+            return refuse(ErrorCode::NotFound,
+                          "no user \"" + csf::printable(name) + "\" in " + options_.passwd_path);
+        const Policy& p = current_->loaded.policy;
+        json j = {{"user", a->name}, {"uid", a->uid}, {"gid", a->gid}, {"ports", p.ports}};
+        bool blocked = false;
+        std::string reason;
+        if (!enforcing()) {
+            reason = removed_ ? "nothing is enforced: the table was removed"
+                              : "nothing is enforced: SMTP_BLOCK is \"0\" in " + p.source;
+        } else if (const auto it = current_->allow.uid_reasons.find(a->uid);
+                   it != current_->allow.uid_reasons.end()) {
+            reason = "allowed: " + it->second;
+        } else if (const auto g = current_->allow.gid_reasons.find(a->gid);
+                   g != current_->allow.gid_reasons.end()) {
+            reason =
+                "allowed: primary group gid " + std::to_string(a->gid) + " (" + g->second + ")";
+        } else {
+            blocked = true;
+            std::string ports;
+            for (const auto port : p.ports)
+                ports += (ports.empty() ? "" : ",") + std::to_string(port);
+            reason = "blocked: not root, not an MTA user, not in SMTP_ALLOWUSER or " +
+                     managed_allow_path(options_) +
+                     ", no allowed group; connections to remote ports " + ports + " are " +
+                     (p.action == BlockAction::Drop ? "dropped" : "refused") +
+                     (p.allow_local ? " (this server's own addresses are allowed)" : "");
+        }
+        j["blocked"] = blocked;
+        j["reason"] = reason;
+        return j;
+    }
+
+    Answer attempts(const ctl::Request& r) {
+        std::vector<json> records = read_attempt_records(options_.state_dir, r.since.value_or(0));
+        if (r.user) {
+            std::erase_if(records, [&](const json& j) {
+                return j.value("user", "") != *r.user && j.value("account", "") != *r.user &&
+                       std::to_string(j.value("uid", 0U)) != *r.user;
+            });
+        }
+        const std::size_t total = records.size();
+        if (records.size() > r.limit)
+            records.erase(records.begin(), records.end() - static_cast<std::ptrdiff_t>(r.limit));
+        return json{{"records", records},
+                    {"matched", total},
+                    {"shown", records.size()},
+                    {"log", options_.state_dir + "/attempts.jsonl"}};
+    }
+
+    Answer top(const ctl::Request& r) {
+        const std::int64_t since = r.since.value_or(local_midnight(std::time(nullptr)));
+        struct Row {
+            std::uint64_t explained = 0, counted = 0;
+            std::set<std::string> users;
+            std::int64_t last = 0;
+            std::string last_cwd, last_exe;
+        };
+        std::map<std::string, Row> rows;
+        for (const json& j : read_attempt_records(options_.state_dir, since)) {
+            Row& row = rows[j.value("account", "unknown")];
+            if (j["type"] == "attempt") {
+                ++row.explained;
+                if (j.value("identified", false)) {
+                    row.last_cwd = j.value("cwd", "");
+                    row.last_exe = j.value("exe", "");
+                }
+            } else {
+                row.counted += j.value("count", std::uint64_t{0});
+            }
+            row.users.insert(j.value("user", ""));
+            row.last = std::max(row.last, j.value("epoch", std::int64_t{0}));
+        }
+        std::vector<std::pair<std::string, Row>> sorted(rows.begin(), rows.end());
+        std::ranges::stable_sort(sorted, [](const auto& a, const auto& b) {
+            return a.second.explained + a.second.counted > b.second.explained + b.second.counted;
+        });
+        json out = json::array();
+        for (const auto& [account, row] : sorted) {
+            out.push_back({{"account", account},
+                           {"attempts", row.explained + row.counted},
+                           {"explained", row.explained},
+                           {"counted_only", row.counted},
+                           {"users", row.users},
+                           {"last_epoch", row.last},
+                           {"last_cwd", row.last_cwd},
+                           {"last_exe", row.last_exe}});
+        }
+        return json{{"since", since}, {"accounts", out}};
+    }
+
+    Answer change(const ctl::Request& r) {
+        if (!current_)
+            return refuse(ErrorCode::Failed, "no policy loaded");
+        const bool add = r.command == Command::Allow;
+        const AllowKind kind = r.user ? AllowKind::User : AllowKind::Group;
+        const std::string name = r.user ? *r.user : *r.group;
+        const std::string what = r.user ? "user" : "group";
+        // Only names that exist now are accepted: a typo must not be stored silently.
+        // (A name that disappears later is re-resolved, and then simply not allowed.)
+        const bool exists = r.user ? find_user(current_->accounts, name) != nullptr
+                                   : find_group(current_->accounts, name) != nullptr;
+        if (add && !exists) {
+            return refuse(ErrorCode::NotFound,
+                          "no " + what + " \"" + name + "\" in " +
+                              (r.user ? options_.passwd_path : options_.group_path));
+        }
+        const std::string path = managed_allow_path(options_);
+        auto changed = change_managed_allow(path, kind, name, add);
+        if (!changed)
+            return refuse(ErrorCode::Failed, changed.error().message());
+        if (auto applied = refresh_allowlist(); !applied) {
+            return refuse(ErrorCode::Failed, path + " was updated, but applying it failed: " +
+                                                 applied.error().message() +
+                                                 " (the daemon retries when the file "
+                                                 "changes or on reload)");
+        }
+        json j = {{"kind", what},
+                  {"name", name},
+                  {"changed", changed->changed},
+                  {"file", path},
+                  {"enforcing", enforcing()}};
+        if (!add && r.user) {
+            // Still allowed through the config or a group? Say so: the admin meant to block.
+            if (const Account* a = find_user(current_->accounts, name)) {
+                if (const auto it = current_->allow.uid_reasons.find(a->uid);
+                    it != current_->allow.uid_reasons.end()) {
+                    j["still_allowed"] = it->second;
+                } else if (const auto g = current_->allow.gid_reasons.find(a->gid);
+                           g != current_->allow.gid_reasons.end()) {
+                    j["still_allowed"] = g->second;
+                }
+            }
+        }
+        if (!add && r.group) {
+            if (const GroupEntry* g = find_group(current_->accounts, name)) {
+                if (const auto it = current_->allow.gid_reasons.find(g->gid);
+                    it != current_->allow.gid_reasons.end())
+                    j["still_allowed"] = it->second;
+            }
+        }
+        log::notice("control: " + std::string(add ? "allow " : "deny ") + what + " " + name +
+                    (changed->changed ? "" : " (no change)"));
+        return j;
+    }
+
+    std::expected<void, ProtocolError> start_test(const ctl::Request& r, int client_fd) {
+        if (!current_)
+            return refuse(ErrorCode::Failed, "no policy loaded");
+        const Account* found = find_user(current_->accounts, *r.user);
+        if (found == nullptr) {
+            return refuse(ErrorCode::NotFound,
+                          "no user \"" + csf::printable(*r.user) + "\" in " + options_.passwd_path);
+        }
+        const Account account = *found;
+        std::vector<gid_t> groups;
+        for (const std::uint32_t gid : current_->accounts.supplementary_gids(account.name))
+            groups.push_back(gid);
+        const pid_t pid = fork();
+        if (pid < 0)
+            return refuse(ErrorCode::Failed, "fork: " + errno_text(errno));
+        if (pid == 0)
+            run_test_child(client_fd, account, std::move(groups), *r.address, r.port);
+        log::notice("control: test connection as " + account.name + " to " + *r.address + " port " +
+                    std::to_string(r.port) + " (child pid " + std::to_string(pid) + ")");
+        return {};
+    }
+
+    const DaemonOptions& options_;
+    nft::Engine& engine_;
+    nft::QueueMode queue_;
+    ctl::ControlServer& server_;
+    FileWatch accounts_watch_;
+    FileWatch config_watch_;
+    WorkerSupervisor worker_;
+    std::optional<Desired> current_;
+    bool removed_ = false;
+    std::time_t applied_at_ = 0;
+};
+
+}  // namespace
+
+int run_daemon(const DaemonOptions& options) {
+    auto signals = block_signals();
+    if (!signals) {
+        log::error(signals.error().message());
+        return kExitFailure;
+    }
+    // The control socket first: a second daemon started by mistake stops here,
+    // before it touches the table the first one keeps.
+    auto server = ctl::ControlServer::listen(options.control_socket);
+    if (!server) {
+        log::error(server.error().message());
+        return kExitFailure;
+    }
+    auto sock = nft::NetlinkSocket::open();
+    if (!sock) {
+        log::error(sock.error().message());
+        return kExitFailure;
+    }
+    nft::Engine engine(*sock);
+    auto mode = engine.probe_queue_mode(probe_table_for(options.table));
+    if (!mode) {
+        log::error("probe the kernel's queue support: " + mode.error().message());
+        return kExitFailure;
+    }
+    log::info(std::string("queue support: ") + nft::to_string(*mode));
+
+    Controller controller(options, engine, *mode, *server);
+    if (auto started = controller.start(); !started) {
+        log::error(started.error().message());
+        log::error(
+            "nothing was changed in the kernel; a table left by a previous run stays in force");
+        return started.error().code == 0 ? kExitUsage : kExitFailure;
+    }
+    if (!options.foreground) {
+        if (auto r = detach(); !r) {
+            log::error(r.error().message());
+            return kExitFailure;
+        }
+    }
+    return controller.run(signals->get());
+}
+
+}  // namespace smtpfence
