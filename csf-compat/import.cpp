@@ -188,7 +188,9 @@ Result<void> write_imported_config(const ImportResult& imported, const std::stri
                                    bool replace) {
     struct stat st {};
     if (!replace && ::lstat(config_path.c_str(), &st) == 0) {
-        return fail(EEXIST, config_path, "kept; import again with the option to replace it");
+        return fail(
+            EEXIST, config_path,
+            "kept; `smtpfencectl import-csf --force` replaces it, `--dry-run` shows the new file");
     }
     return write_file_atomic(config_path, imported.config_text);
 }

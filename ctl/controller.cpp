@@ -27,6 +27,7 @@
 #include "common/file_watch.h"
 #include "common/log.h"
 #include "csf-compat/csf_reader.h"
+#include "csf-compat/csf_rules.h"
 #include "ctl/control_server.h"
 #include "ctl/daemon.h"
 #include "ctl/protocol.h"
@@ -250,6 +251,7 @@ class Controller {
         if (!desired)
             return std::unexpected(desired.error());
         adopt(std::move(*desired));
+        look_for_csf_rules();
         return {};
     }
 
@@ -307,6 +309,15 @@ class Controller {
         server_.set_access(access);
     }
 
+    // CSF's own SMTP_BLOCK rules (iptables chain SMTPOUTPUT) enforcing the same thing
+    // beside us: looked for at start and on each reload (it runs iptables-save), and
+    // explained in status and the log.
+    void look_for_csf_rules() {
+        csf_rules_ = csf::explain(csf::detect_csf_rules(), !options_.csf_conf_path.empty());
+        if (!csf_rules_.empty())
+            log::warning(csf_rules_);
+    }
+
     void sync_worker() {
         if (!options_.no_worker && queue_ != nft::QueueMode::None && enforcing()) {
             worker_.set_argv(worker_argv(options_, current_->loaded.policy));
@@ -347,6 +358,7 @@ class Controller {
             return std::unexpected(desired.error());
         removed_ = false;
         adopt(std::move(*desired));
+        look_for_csf_rules();
         sync_worker();
         return {};
     }
@@ -511,14 +523,18 @@ class Controller {
             }
             j["warnings"] = current_->warnings;
             const auto da = nfq::resolve_da_pipeline(p.da_pipeline, options_.virtual_dir);
-            j["directadmin"] = {{"enabled", da.enabled && !options_.no_worker},
-                                {"reason", options_.no_worker
-                                               ? "off: --no-worker (nothing is recorded)"
-                                               : da.reason},
-                                {"virtual_dir", options_.virtual_dir},
-                                {"attempt_weight", p.da_attempt_weight}};
+            j["directadmin"] = {
+                {"enabled", da.enabled && !options_.no_worker},
+                {"reason",
+                 options_.no_worker ? "off: --no-worker (nothing is recorded)" : da.reason},
+                {"virtual_dir", options_.virtual_dir},
+                {"attempt_weight", p.da_attempt_weight}};
         }
         j["applied_at"] = applied_at_;
+        j["csf"] = {{"mode", !options_.csf_conf_path.empty()},
+                    {"csf_conf", options_.csf_conf_path},
+                    {"rules_loaded", !csf_rules_.empty()},
+                    {"explanation", csf_rules_}};
         j["worker"] = {
             {"running", worker_.pid() > 0},
             {"pid", worker_.pid() > 0 ? worker_.pid() : 0},
@@ -747,6 +763,7 @@ class Controller {
     std::optional<Desired> current_;
     bool removed_ = false;
     std::time_t applied_at_ = 0;
+    std::string csf_rules_;  // "" when CSF's SMTP rules are not loaded
 };
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <ctime>
 #include <iomanip>
 #include <iostream>
@@ -13,6 +14,7 @@
 
 #include "common/log.h"
 #include "csf-compat/csf_reader.h"
+#include "csf-compat/import.h"
 #include "ctl/control_server.h"
 #include "ctl/daemon.h"
 #include "ctl/protocol.h"
@@ -111,6 +113,28 @@ int dry_run(const DaemonOptions& options) {
     return kExitOk;
 }
 
+// Local, like the dry run: reads csf.conf, writes smtpfence.conf, needs no daemon.
+int import_csf(const std::string& csf_path, const std::string& to, bool force, bool dry) {
+    auto imported = csf::import_csf_file(csf_path);
+    if (!imported) {
+        log::error(imported.error().message());
+        return imported.error().code == 0 || imported.error().code == ENOENT ? kExitUsage
+                                                                             : kExitFailure;
+    }
+    std::cout << imported->report;
+    if (dry) {
+        std::cout << "\n" << imported->config_text;
+        return kExitOk;
+    }
+    if (auto w = csf::write_imported_config(*imported, to, force); !w) {
+        log::error(w.error().message());
+        return w.error().code == EEXIST ? kExitUsage : kExitFailure;
+    }
+    std::cout << "wrote " << to
+              << "; `smtpfencectl reload` (or a restart of smtpfenced) applies it\n";
+    return kExitOk;
+}
+
 void print_status(const json& r) {
     std::cout << "smtpfence " << r.value("version", "?") << ": "
               << (r.value("enforcing", false) ? "ENFORCING" : "NOT ENFORCING") << "\n";
@@ -154,6 +178,13 @@ void print_status(const json& r) {
     if (r.contains("config"))
         std::cout << "  config: " << r.value("config", "")
                   << "\n  managed allowlist: " << r.value("allow_list", "") << "\n";
+    if (r.contains("csf")) {
+        const json& c = r["csf"];
+        if (c.value("mode", false))
+            std::cout << "  policy from CSF's " << c.value("csf_conf", "") << " (--csf-conf)\n";
+        if (c.value("rules_loaded", false))
+            std::cout << "  CSF: " << c.value("explanation", "") << "\n";
+    }
     if (r.contains("warnings")) {
         for (const auto& w2 : r["warnings"])
             std::cout << "  warning: " << w2.get<std::string>() << "\n";
@@ -290,7 +321,21 @@ static int run(int argc, char** argv) {
     apply->add_option("--group", options.group_path, "group(5) file")->capture_default_str();
     apply->add_option("--allow-list", options.allow_list_path,
                       "managed allowlist (default: allow.list beside the config)");
+    apply->add_option("--csf-conf", options.csf_conf_path,
+                      "take the SMTP settings from CSF's csf.conf, as smtpfenced --csf-conf");
     apply->add_flag("--dry-run", dry, "print the ruleset as nft text; change nothing");
+
+    auto* import = app.add_subcommand(
+        "import-csf",
+        "write smtpfence.conf from CSF's csf.conf; print what was mapped and ignored");
+    std::string csf_path = csf::kDefaultCsfConfPath;
+    std::string import_to = kDefaultConfigPath;
+    bool import_force = false;
+    bool import_dry = false;
+    import->add_option("csf_conf", csf_path, "CSF's configuration")->capture_default_str();
+    import->add_option("--to", import_to, "smtpfence.conf to write")->capture_default_str();
+    import->add_flag("--force", import_force, "replace an existing smtpfence.conf");
+    import->add_flag("--dry-run", import_dry, "print the new smtpfence.conf; write nothing");
 
     // --socket is accepted after the subcommand too (smtpfencectl status --socket X).
     for (CLI::App* sub : app.get_subcommands({}))
@@ -305,6 +350,8 @@ static int run(int argc, char** argv) {
 
     if (apply->parsed() && dry)
         return dry_run(options);
+    if (import->parsed())
+        return import_csf(csf_path, import_to, import_force, import_dry);
 
     if (allow->parsed() || deny->parsed()) {
         req.command = allow->parsed() ? ctl::Command::Allow : ctl::Command::Deny;
@@ -416,10 +463,10 @@ static int run(int argc, char** argv) {
                 std::cout << " after " << r.value("elapsed_ms", 0) << " ms\n";
             }
             // Refused or unanswered: what the block does. Any other error (no route, ...)
-        // says nothing about the block: a plain failure.
-        if (outcome == "connected")
-            return kExitOk;
-        return outcome == "refused" || outcome == "timed_out" ? kExitBlocked : kExitFailure;
+            // says nothing about the block: a plain failure.
+            if (outcome == "connected")
+                return kExitOk;
+            return outcome == "refused" || outcome == "timed_out" ? kExitBlocked : kExitFailure;
         }
         case ctl::Command::Attempts:
             if (!as_json)

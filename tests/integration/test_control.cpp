@@ -120,6 +120,10 @@ TEST_F(ControlTest, AllowAndDenyTakeEffectAtOnceAndSurviveARestart) {
     ASSERT_TRUE(stopped) << stopped.error().message();
     daemon_.reset();
     ASSERT_NO_FATAL_FAILURE(start_daemon("SMTP_BLOCK = \"1\"\n"));
+    // The table outlived the first daemon, so start_daemon() returns before the new
+    // one has re-applied and bound its socket: wait for its answer.
+    ASSERT_TRUE(wait_until([&] { return ctl({"status"}).exit_code == 0; }, 10s, 50ms))
+        << diagnostics();
     expect_connected(kAlice, Topology::kRemote4, 25);
 
     r = ctl({"deny", "alice"});
@@ -460,6 +464,28 @@ TEST_F(ControlTest, AttemptsAndTopShowWhoTried) {
 
     const RunResult bad = ctl({"attempts", "--since", "yesterday-ish"});
     EXPECT_EQ(bad.exit_code, 2) << bad.describe();
+}
+
+TEST_F(ControlTest, ImportCsfWritesAConfigTheDaemonThenEnforces) {
+    const std::string csf = dir_->write("csf.conf",
+                                        "# CSF\nTESTING = \"0\"\nSMTP_BLOCK = \"1\"\n"
+                                        "SMTP_ALLOWUSER = \"alice\"\nSMTP_PORTS = \"25,587\"\n"
+                                        "TCP_IN = \"22,80\"\n");
+    const std::string out = dir_->path() + "/imported.conf";
+    RunResult r = run(nullptr, {smtpfencectl_path(), "import-csf", csf, "--to", out});
+    ASSERT_EQ(r.exit_code, 0) << r.describe();
+    EXPECT_TRUE(contains(r.out, "SMTP_ALLOWUSER")) << r.describe();
+    EXPECT_TRUE(contains(r.out, "TCP_IN")) << "ignored keys are listed\n" << r.describe();
+    // An existing smtpfence.conf is never overwritten without --force.
+    r = run(nullptr, {smtpfencectl_path(), "import-csf", csf, "--to", out});
+    EXPECT_EQ(r.exit_code, 2) << r.describe();
+    EXPECT_TRUE(contains(r.err, "--force")) << r.describe();
+
+    ASSERT_NO_FATAL_FAILURE(start_daemon(slurp(out)));
+    expect_connected(kAlice, Topology::kRemote4, 25);
+    expect_refused(kBob, Topology::kRemote4, 25);
+    expect_refused(kBob, Topology::kRemote6, 587);
+    expect_connected(kBob, Topology::kRemote4, 465);  // not in SMTP_PORTS
 }
 
 TEST_F(ControlTest, ADaemonThatIsNotRunningIsOneClearLine) {

@@ -60,9 +60,9 @@ class DirectAdminTest : public FenceTest {
     void wait_for_worker() {
         const bool bound = wait_until(
             [&] {
-                const RunResult r = run(topo_->server, {smtpfencectl_path(), "--socket",
-                                                        dir_->path() + "/control.sock", "status",
-                                                        "--json"});
+                const RunResult r =
+                    run(topo_->server, {smtpfencectl_path(), "--socket",
+                                        dir_->path() + "/control.sock", "status", "--json"});
                 const json j = json::parse(r.out, nullptr, false);
                 return !j.is_discarded() && j.contains("queue") && j["queue"].value("bound", false);
             },
@@ -72,11 +72,11 @@ class DirectAdminTest : public FenceTest {
 
     // telnet to the remote port 25 as bob, from his script folder.
     void bob_telnets() {
-        const RunResult r = run(topo_->server,
-                                {"sh", "-c",
-                                 "cd '" + script_dir_ + "' && exec telnet " +
-                                     std::string(Topology::kRemote4) + " 25"},
-                                kBob);
+        const RunResult r = run(
+            topo_->server,
+            {"sh", "-c",
+             "cd '" + script_dir_ + "' && exec telnet " + std::string(Topology::kRemote4) + " 25"},
+            kBob);
         EXPECT_TRUE(r.output().find("Connection refused") != std::string::npos) << r.describe();
     }
 
@@ -85,8 +85,7 @@ class DirectAdminTest : public FenceTest {
 };
 
 TEST_F(DirectAdminTest, ARefusedConnectCountsLikeASendAndTheLimitNoticeFiresOnce) {
-    ASSERT_NO_FATAL_FAILURE(
-        start_daemon("SMTP_BLOCK = \"1\"\nDA_PIPELINE = \"auto\"\n"));
+    ASSERT_NO_FATAL_FAILURE(start_daemon("SMTP_BLOCK = \"1\"\nDA_PIPELINE = \"auto\"\n"));
     // DirectAdmin's per-user limit for bob: 3 sends a day. Exim already sent 1 today.
     std::ofstream(virtual_dir_ + "/limit_bob") << "3\n";
     std::filesystem::create_directories(virtual_dir_ + "/usage");
@@ -108,7 +107,10 @@ TEST_F(DirectAdminTest, ARefusedConnectCountsLikeASendAndTheLimitNoticeFiresOnce
 
     // The count went 1 -> 4 past the limit 3: exactly one notice, naming bob.
     const bool noticed = wait_until(
-        [&] { return slurp(virtual_dir_ + "/mail_task.queue").find("action=limit") != std::string::npos; },
+        [&] {
+            return slurp(virtual_dir_ + "/mail_task.queue").find("action=limit") !=
+                   std::string::npos;
+        },
         5s, 100ms);
     ASSERT_TRUE(noticed) << diagnostics();
     std::this_thread::sleep_for(2500ms);  // past the sink's settle delay
@@ -119,25 +121,27 @@ TEST_F(DirectAdminTest, ARefusedConnectCountsLikeASendAndTheLimitNoticeFiresOnce
 
     // alice has no usage: nothing was written for her, and status says the sink is on.
     EXPECT_FALSE(std::filesystem::exists(virtual_dir_ + "/usage/alice"));
-    const RunResult status = run(topo_->server, {smtpfencectl_path(), "--socket",
-                                                 dir_->path() + "/control.sock", "status"});
+    const RunResult status = run(
+        topo_->server, {smtpfencectl_path(), "--socket", dir_->path() + "/control.sock", "status"});
     EXPECT_TRUE(status.out.find("DirectAdmin pipeline: on") != std::string::npos)
         << status.describe();
 }
 
 TEST_F(DirectAdminTest, DaPipelineZeroWritesNothing) {
-    ASSERT_NO_FATAL_FAILURE(
-        start_daemon("SMTP_BLOCK = \"1\"\nDA_PIPELINE = \"0\"\n"));
+    ASSERT_NO_FATAL_FAILURE(start_daemon("SMTP_BLOCK = \"1\"\nDA_PIPELINE = \"0\"\n"));
     ASSERT_NO_FATAL_FAILURE(wait_for_worker());
     bob_telnets();
     // The attempt is recorded in the attempt log, never in /etc/virtual.
     const bool logged = wait_until(
-        [&] { return slurp(dir_->path() + "/state/attempts.jsonl").find("\"bob\"") != std::string::npos; },
+        [&] {
+            return slurp(dir_->path() + "/state/attempts.jsonl").find("\"bob\"") !=
+                   std::string::npos;
+        },
         10s, 100ms);
     EXPECT_TRUE(logged) << diagnostics();
     EXPECT_TRUE(std::filesystem::is_empty(virtual_dir_));
-    const RunResult status = run(topo_->server, {smtpfencectl_path(), "--socket",
-                                                 dir_->path() + "/control.sock", "status"});
+    const RunResult status = run(
+        topo_->server, {smtpfencectl_path(), "--socket", dir_->path() + "/control.sock", "status"});
     EXPECT_TRUE(status.out.find("DirectAdmin pipeline: off") != std::string::npos)
         << status.describe();
 }
