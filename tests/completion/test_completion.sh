@@ -89,7 +89,7 @@ expect_none() {
 }
 
 # Subcommands and smtpfencectl's own options.
-expect_exact "allow apply attempts check deny list reload remove status test top" smtpfencectl ""
+expect_exact "allow apply attempts check deny import-csf list reload remove status test top" smtpfencectl ""
 expect_exact "status" smtpfencectl st
 expect_exact "reload remove" smtpfencectl re
 expect_exact "--help --socket" smtpfencectl --
@@ -98,6 +98,9 @@ expect_exact "status" smtpfencectl --socket /run/x.sock sta
 expect_exact "status" smtpfencectl --socket = /run/x.sock sta
 
 # Options of each subcommand.
+expect_exact "--dry-run --force --help --to" smtpfencectl import-csf --
+expect_has "$tmp/smtpfence.conf" smtpfencectl import-csf "$tmp/sm"
+expect_has "--csf-conf" smtpfencectl apply --c
 expect_exact "--group --help --json" smtpfencectl allow --
 expect_exact "--group --help --json" smtpfencectl deny --
 expect_exact "--help --json" smtpfencectl status --
@@ -108,7 +111,7 @@ expect_exact "--help --json --limit --since --user" smtpfencectl attempts --
 expect_exact "--help --json --since" smtpfencectl top --
 expect_exact "--help" smtpfencectl reload --
 expect_exact "--help" smtpfencectl remove --
-expect_exact "--allow-list --config --dry-run --group --help --passwd --table" smtpfencectl apply --
+expect_exact "--allow-list --config --csf-conf --dry-run --group --help --passwd --table" smtpfencectl apply --
 expect_exact "--dry-run" smtpfencectl apply --d
 expect_exact "--user" smtpfencectl --socket /run/x.sock attempts --u
 
