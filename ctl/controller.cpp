@@ -34,6 +34,7 @@
 #include "ctl/supervisor.h"
 #include "nfq/da_sink.h"
 #include "nfq/proc_queue.h"
+#include "nfq/queue.h"
 #include "nft/engine.h"
 #include "nft/netlink.h"
 
@@ -241,7 +242,9 @@ class Controller {
           server_(server),
           accounts_watch_({options.passwd_path, options.group_path, managed_allow_path(options)}),
           config_watch_(policy_files(options)),
-          worker_({}) {}
+          worker_({}) {
+        worker_.set_on_exit([this] { release_waiting(); });
+    }
 
     // The first apply; an error here ends the daemon before it detaches.
     Result<void> start() {
@@ -320,11 +323,48 @@ class Controller {
 
     void sync_worker() {
         if (!options_.no_worker && queue_ != nft::QueueMode::None && enforcing()) {
-            worker_.set_argv(worker_argv(options_, current_->loaded.policy));
+            const Policy& p = current_->loaded.policy;
+            hold_queue(p.queue_num);
+            std::vector<std::string> argv = worker_argv(options_, p);
+            if (held_queue_)
+                argv.insert(argv.end(), {"--queue-fd", std::to_string(held_queue_->fd())});
+            worker_.set_argv(std::move(argv));
             worker_.ensure_running();
         } else {
             worker_.stop();
+            held_queue_.reset();
+            worker_.set_inherited_fd(-1);
         }
+    }
+
+    // The daemon binds the NFQUEUE and hands the socket to each worker it starts: the
+    // queue then stays bound when a worker dies, and the daemon answers the SYNs that
+    // waited for it at once (release_waiting) instead of the kernel dropping them,
+    // which would have each client retransmit a second later and be counted twice.
+    void hold_queue(std::uint16_t num) {
+        if (held_queue_ && held_queue_->number() == num)
+            return;
+        held_queue_.reset();
+        worker_.set_inherited_fd(-1);
+        auto q = nfq::Queue::open(num, 0);  // length 0: fail-open until a worker is ready
+        if (!q) {
+            log::warning(q.error().message() +
+                         "; the worker binds the queue itself (if it dies, the SYNs waiting "
+                         "for it may be counted twice)");
+            return;
+        }
+        held_queue_ = std::move(*q);
+        worker_.set_inherited_fd(held_queue_->fd());
+    }
+
+    void release_waiting() {
+        if (!held_queue_)
+            return;
+        const auto stats = nfq::read_queue_proc_stats(held_queue_->number());
+        if (!stats)
+            return;
+        if (auto r = held_queue_->release_waiting(stats->id_sequence); !r)
+            log::warning("release the SYNs that waited for the worker: " + r.error().message());
     }
 
     // Returns an exit code when the daemon must end.
@@ -759,6 +799,7 @@ class Controller {
     ctl::ControlServer& server_;
     FileWatch accounts_watch_;
     FileWatch config_watch_;
+    std::optional<nfq::Queue> held_queue_;  // declared before worker_: outlives it
     WorkerSupervisor worker_;
     std::optional<Desired> current_;
     bool removed_ = false;

@@ -1,5 +1,6 @@
 #include "ctl/supervisor.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -41,6 +42,8 @@ void WorkerSupervisor::start() {
         sigset_t none;
         sigemptyset(&none);
         pthread_sigmask(SIG_SETMASK, &none, nullptr);
+        if (inherited_fd_ >= 0)
+            (void)fcntl(inherited_fd_, F_SETFD, 0);  // survives execv
         execv(args[0], args.data());
         _exit(127);
     }
@@ -58,6 +61,8 @@ void WorkerSupervisor::reap() {
         if (done != pid_)
             continue;
         pid_ = -1;
+        if (on_exit_)
+            on_exit_();
         const std::string how = WIFEXITED(status)
                                     ? "exited with status " + std::to_string(WEXITSTATUS(status))
                                     : "killed by signal " + std::to_string(WTERMSIG(status));
@@ -96,6 +101,8 @@ void WorkerSupervisor::stop() {
         int status = 0;
         if (waitpid(pid_, &status, WNOHANG) == pid_) {
             pid_ = -1;
+            if (on_exit_)
+                on_exit_();
             return;
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -103,6 +110,8 @@ void WorkerSupervisor::stop() {
     kill(pid_, SIGKILL);
     waitpid(pid_, nullptr, 0);
     pid_ = -1;
+    if (on_exit_)
+        on_exit_();
 }
 
 }  // namespace smtpfence

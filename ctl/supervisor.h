@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,13 @@ class WorkerSupervisor {
     // SIGTERM, then SIGKILL after a grace period.
     void stop();
 
+    // A descriptor the worker inherits (the NFQUEUE socket the daemon holds; its
+    // number is on the worker's command line), -1 for none.
+    void set_inherited_fd(int fd) { inherited_fd_ = fd; }
+    // Called whenever the worker has ended (died or stopped): the daemon releases the
+    // SYNs that waited for it.
+    void set_on_exit(std::function<void()> fn) { on_exit_ = std::move(fn); }
+
     [[nodiscard]] pid_t pid() const { return pid_; }
     [[nodiscard]] std::uint64_t restarts() const { return restarts_; }
 
@@ -48,6 +56,8 @@ class WorkerSupervisor {
     Clock::time_point started_at_{};
     std::chrono::milliseconds backoff_{500};
     std::uint64_t restarts_ = 0;
+    int inherited_fd_ = -1;
+    std::function<void()> on_exit_;
 };
 
 }  // namespace smtpfence

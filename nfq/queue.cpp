@@ -1,10 +1,12 @@
 #include "nfq/queue.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <libnetfilter_queue/libnetfilter_queue.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nfnetlink_queue.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <array>
 #include <cerrno>
@@ -34,7 +36,7 @@ PendingVerdict::~PendingVerdict() {
         queue_->add_verdict(id_);
 }
 
-Result<Queue> Queue::open(std::uint16_t queue_num) {
+Result<Queue> Queue::open(std::uint16_t queue_num, std::uint32_t initial_length) {
     nft::MnlSocketPtr sock(mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (!sock)
         return fail(errno, "open NFQUEUE netlink socket");
@@ -58,7 +60,7 @@ Result<Queue> Queue::open(std::uint16_t queue_num) {
 
     nlh = nfq_nlmsg_put(buf.data(), NFQNL_MSG_CONFIG, queue_num);
     nfq_nlmsg_cfg_put_params(nlh, NFQNL_COPY_PACKET, static_cast<int>(kCopyBytes));
-    nfq_nlmsg_cfg_put_qmaxlen(nlh, kMaxQueueLength);
+    nfq_nlmsg_cfg_put_qmaxlen(nlh, initial_length);
     const std::uint32_t flags = NFQA_CFG_F_UID_GID | NFQA_CFG_F_FAIL_OPEN;
     mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(flags));
     mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(flags));
@@ -67,15 +69,56 @@ Result<Queue> Queue::open(std::uint16_t queue_num) {
     return Queue(std::move(sock), queue_num);
 }
 
-Result<void> Queue::stop_accepting() {
+Result<Queue> Queue::adopt(int fd, std::uint16_t queue_num) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+        return fail(EBADF, "NFQUEUE socket descriptor " + std::to_string(fd), "not an open socket");
+    nft::MnlSocketPtr sock(mnl_socket_fdopen(fd));
+    if (!sock)
+        return fail(errno, "NFQUEUE socket descriptor " + std::to_string(fd));
+    // Inherited across exec: keep it from our own children, and never block on it.
+    (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+    const int flags = fcntl(fd, F_GETFL);
+    if (flags >= 0)
+        (void)fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+    return Queue(std::move(sock), queue_num);
+}
+
+Result<void> Queue::set_length(std::uint32_t length) {
     std::array<char, 256> buf{};
     nlmsghdr* nlh = nfq_nlmsg_put(buf.data(), NFQNL_MSG_CONFIG, queue_num_);
-    nfq_nlmsg_cfg_put_qmaxlen(nlh, 0);
+    nfq_nlmsg_cfg_put_qmaxlen(nlh, length);
     // Sent without waiting for the ACK: the socket is non-blocking and shared with
-    // queued packets; the ACK is read (and ignored) by the drain that follows.
+    // queued packets; the ACK is read (and ignored) with them.
     if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0) {
-        return fail(errno, "set NFQUEUE " + std::to_string(queue_num_) + " length to 0");
+        return fail(errno, "set NFQUEUE " + std::to_string(queue_num_) + " length to " +
+                               std::to_string(length));
     }
+    return {};
+}
+
+Result<void> Queue::stop_accepting() {
+    return set_length(0);
+}
+
+Result<void> Queue::start_accepting() {
+    return set_length(kMaxQueueLength);
+}
+
+Result<void> Queue::release_waiting(std::uint32_t last_id) {
+    if (auto r = stop_accepting(); !r)
+        return r;
+    // The messages the dead worker did not read describe packets we are about to
+    // accept in one batch: drop them unread.
+    while (true) {
+        const ssize_t n = ::recv(fd(), buf_.data(), buf_.size(), MSG_DONTWAIT);
+        if (n > 0 || (n < 0 && (errno == EINTR || errno == ENOBUFS)))
+            continue;
+        break;
+    }
+    have_pending_ = true;
+    max_pending_id_ = last_id;
+    flush_verdicts();
     return {};
 }
 

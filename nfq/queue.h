@@ -58,7 +58,17 @@ class Queue {
   public:
     // Binds queue_num. Copies kCopyBytes of each packet (IPv6 40 + TCP 60 = 100 bytes
     // of headers is all we parse) and asks for the socket's uid/gid.
-    [[nodiscard]] static Result<Queue> open(std::uint16_t queue_num);
+    // initial_length: kMaxQueueLength for a worker that reads at once; 0 for the
+    // daemon, which holds the socket across worker restarts (see adopt()): with
+    // FAIL_OPEN and length 0 nothing waits until a worker says it is ready.
+    [[nodiscard]] static Result<Queue> open(std::uint16_t queue_num,
+                                            std::uint32_t initial_length = kMaxQueueLength);
+    // Wraps a socket that open() bound in the daemon and the worker inherited (its
+    // descriptor number passed on the command line). The queue stays bound while
+    // either process holds the socket, so a worker that dies does not make the kernel
+    // drop the SYNs waiting for it (their clients' retransmissions would be counted
+    // a second time).
+    [[nodiscard]] static Result<Queue> adopt(int fd, std::uint16_t queue_num);
 
     Queue(Queue&&) noexcept = default;
     Queue& operator=(Queue&&) noexcept = default;
@@ -84,6 +94,14 @@ class Queue {
     // would make the kernel drop them (they are counted already, and each client's
     // retransmission would be counted again); after this, drain what waits and close.
     [[nodiscard]] Result<void> stop_accepting();
+    // The worker, once its start-up is done: the queue takes SYNs again.
+    [[nodiscard]] Result<void> start_accepting();
+    // The daemon, after its worker died: discards what the worker left unread in the
+    // socket and accepts every packet still waiting (ids up to last_id, the queue's
+    // id_sequence), so that none waits for the next worker past its client's
+    // retransmission timeout. They go on to the enforce chain, which refuses them;
+    // the kernel counted them already, the next worker's reconciler records them.
+    [[nodiscard]] Result<void> release_waiting(std::uint32_t last_id);
 
     [[nodiscard]] const QueueCounters& counters() const { return counters_; }
     [[nodiscard]] std::uint16_t number() const { return queue_num_; }
@@ -99,6 +117,7 @@ class Queue {
     Queue(nft::MnlSocketPtr sock, std::uint16_t queue_num)
         : sock_(std::move(sock)), queue_num_(queue_num), buf_(kDatagramBytes) {}
     Result<std::size_t> receive_raw();
+    Result<void> set_length(std::uint32_t length);
     std::size_t dispatch(std::size_t len, void (*fn)(void*, const QueuedPacket&, PendingVerdict&),
                          void* ctx);
     void add_verdict(std::uint32_t id);

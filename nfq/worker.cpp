@@ -395,13 +395,24 @@ int run_worker(const WorkerOptions& options) {
         return 1;
     }
     Worker worker(options, std::move(*nl), std::move(*attempt_log));
-    auto opened = Queue::open(options.queue_num);
+    // The daemon's socket when it passed one (it stays bound while we restart), else
+    // our own.
+    auto opened = options.queue_fd >= 0 ? Queue::adopt(options.queue_fd, options.queue_num)
+                                        : Queue::open(options.queue_num);
     if (!opened) {
         log::error(opened.error().message());
         return 1;
     }
     Queue& queue = *opened;
-    log::notice("worker bound to NFQUEUE " + std::to_string(options.queue_num) + ", attempt log " +
+    if (options.queue_fd >= 0) {
+        // The daemon keeps the queue at length 0 (fail-open) while no worker is ready.
+        if (auto r = queue.start_accepting(); !r) {
+            log::error(r.error().message());
+            return 1;
+        }
+    }
+    log::notice("worker " + std::string(options.queue_fd >= 0 ? "reading" : "bound to") +
+                " NFQUEUE " + std::to_string(options.queue_num) + ", attempt log " +
                 options.state_dir + "/attempts.jsonl");
     worker.reconcile(queue);  // records what was counted while no worker ran
 

@@ -18,6 +18,7 @@ namespace smtpfence::nfq {
 struct WorkerOptions {
     std::string table = "smtpfence";
     std::uint16_t queue_num = 2525;
+    int queue_fd = -1;  // the NFQUEUE socket inherited from the daemon, -1: bind our own
     std::string state_dir = "/var/lib/smtpfence";
     std::string passwd_path = "/etc/passwd";
     std::string group_path = "/etc/group";

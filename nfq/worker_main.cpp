@@ -13,6 +13,8 @@ int run(int argc, char** argv) {
     CLI::App app{"smtpfence-worker: explains and counts refused direct SMTP attempts"};
     app.add_option("--table", options.table, "nftables table (family inet)")->capture_default_str();
     app.add_option("--queue-num", options.queue_num, "NFQUEUE number")->capture_default_str();
+    app.add_option("--queue-fd", options.queue_fd,
+                   "an NFQUEUE socket already bound to --queue-num, inherited from smtpfenced");
     app.add_option("--state-dir", options.state_dir, "where attempts.jsonl lives")
         ->capture_default_str();
     app.add_option("--passwd", options.passwd_path, "passwd(5) file")->capture_default_str();
