@@ -25,6 +25,7 @@
 
 #include "common/fd.h"
 #include "common/file_watch.h"
+#include "common/files.h"
 #include "common/log.h"
 #include "csf-compat/csf_reader.h"
 #include "csf-compat/csf_rules.h"
@@ -35,6 +36,7 @@
 #include "nfq/da_sink.h"
 #include "nfq/proc_queue.h"
 #include "nfq/queue.h"
+#include "nfq/worker.h"
 #include "nft/engine.h"
 #include "nft/netlink.h"
 
@@ -575,8 +577,18 @@ class Controller {
                     {"csf_conf", options_.csf_conf_path},
                     {"rules_loaded", !csf_rules_.empty()},
                     {"explanation", csf_rules_}};
+        bool ready = false;
+        if (worker_.pid() > 0) {
+            auto text = read_text_file(nfq::ready_file_path(options_.state_dir), 64);
+            if (text) {
+                const std::string_view t(*text);
+                ready = csf::parse_unsigned(t.substr(0, t.find('\n')), 4194304) ==
+                        static_cast<std::uint64_t>(worker_.pid());
+            }
+        }
         j["worker"] = {
             {"running", worker_.pid() > 0},
+            {"ready", ready},
             {"pid", worker_.pid() > 0 ? worker_.pid() : 0},
             {"restarts", worker_.restarts()},
             {"wanted", !options_.no_worker && queue_ != nft::QueueMode::None && enforcing()}};

@@ -161,7 +161,8 @@ void print_status(const json& r) {
     const json& w = r["worker"];
     std::cout << "  worker: "
               << (w.value("running", false)
-                      ? "running, pid " + std::to_string(w.value("pid", 0))
+                      ? "running, pid " + std::to_string(w.value("pid", 0)) +
+                            (w.value("ready", false) ? ", ready" : ", starting")
                       : std::string(w.value("wanted", false) ? "NOT RUNNING (restart pending)"
                                                              : "not started"))
               << ", " << w.value("restarts", 0) << " restart(s)\n";

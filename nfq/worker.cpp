@@ -16,6 +16,7 @@
 #include <optional>
 
 #include "common/fd.h"
+#include "common/files.h"
 #include "common/log.h"
 #include "nfq/attempt_log.h"
 #include "nfq/da_sink.h"
@@ -414,6 +415,11 @@ int run_worker(const WorkerOptions& options) {
     log::notice("worker " + std::string(options.queue_fd >= 0 ? "reading" : "bound to") +
                 " NFQUEUE " + std::to_string(options.queue_num) + ", attempt log " +
                 options.state_dir + "/attempts.jsonl");
+    // Ready: SYNs queue for us from now on. The daemon's status (and the tests) read
+    // this; the queue being bound says nothing, as the daemon holds it while we start.
+    const std::string ready_path = ready_file_path(options.state_dir);
+    if (auto r = write_file_atomic(ready_path, std::to_string(::getpid()) + "\n", 0644); !r)
+        log::warning(r.error().message());
     worker.reconcile(queue);  // records what was counted while no worker ran
 
     std::array<pollfd, 3> fds{pollfd{queue.fd(), POLLIN, 0}, pollfd{timer.get(), POLLIN, 0},
@@ -456,6 +462,7 @@ int run_worker(const WorkerOptions& options) {
                             std::to_string(s.unidentified) + " unidentified), " +
                             std::to_string(s.counted_only) + " counted only, " +
                             std::to_string(q.enobufs) + " ENOBUFS");
+                (void)::unlink(ready_path.c_str());
                 return 0;
             }
         }

@@ -44,6 +44,12 @@ struct WorkerStats {
     std::uint64_t reconcile_retries = 0;  // rounds postponed: the queue moved while we read
 };
 
+// STATE_DIR/worker.ready: the pid of the worker that takes SYNs now (written once its
+// start-up is done, removed when it exits cleanly; a stale one names a dead pid).
+[[nodiscard]] inline std::string ready_file_path(const std::string& state_dir) {
+    return state_dir + "/worker.ready";
+}
+
 // Runs until SIGTERM/SIGINT (blocked by the caller and read from a signalfd).
 [[nodiscard]] int run_worker(const WorkerOptions& options);
 

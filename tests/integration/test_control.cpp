@@ -419,7 +419,7 @@ TEST_F(ControlTest, AttemptsAndTopShowWhoTried) {
     const bool bound = wait_until(
         [&] {
             const json s = ctl_json({"status"});
-            return s.contains("queue") && s["queue"].value("bound", false);
+            return s.contains("worker") && s["worker"].value("ready", false);
         },
         10s, 100ms);
     ASSERT_TRUE(bound) << diagnostics();

@@ -56,7 +56,7 @@ class DirectAdminTest : public FenceTest {
             ::chmod(d.c_str(), 0755);
     }
 
-    // Waits until the worker is bound, so that attempts are explained, not only counted.
+    // Waits until the worker takes SYNs, so that attempts are explained, not only counted.
     void wait_for_worker() {
         const bool bound = wait_until(
             [&] {
@@ -64,7 +64,8 @@ class DirectAdminTest : public FenceTest {
                     run(topo_->server, {smtpfencectl_path(), "--socket",
                                         dir_->path() + "/control.sock", "status", "--json"});
                 const json j = json::parse(r.out, nullptr, false);
-                return !j.is_discarded() && j.contains("queue") && j["queue"].value("bound", false);
+                return !j.is_discarded() && j.contains("worker") &&
+                       j["worker"].value("ready", false);
             },
             10s, 100ms);
         ASSERT_TRUE(bound) << diagnostics();

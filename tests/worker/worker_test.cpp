@@ -385,7 +385,11 @@ void WorkerTest::wait_for_worker(pid_t* pid, pid_t not_this, Millis timeout) {
     const bool up = itest::wait_until(
         [&] {
             found = worker_pid();
-            return found && *found != not_this && !queue_binding(topo_->server, kQueueNum).empty();
+            // Ready = it wrote its pid to worker.ready once it takes SYNs (the queue is
+            // bound by the daemon before any worker runs).
+            return found && *found != not_this &&
+                   !queue_binding(topo_->server, kQueueNum).empty() &&
+                   itest::read_file(state_dir() + "/worker.ready") == std::to_string(*found) + "\n";
         },
         timeout, 25ms);
     ASSERT_TRUE(up) << "no worker (other than pid " << not_this << ") bound to NFQUEUE "
