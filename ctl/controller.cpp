@@ -127,7 +127,8 @@ const GroupEntry* find_group(const AccountDb& db, const std::string& name) {
 
 std::time_t local_midnight(std::time_t now) {
     std::tm tm{};
-    localtime_r(&now, &tm);
+    if (localtime_r(&now, &tm) == nullptr)
+        return now - (now % 86400);  // UTC midnight: better than nothing
     tm.tm_hour = 0;
     tm.tm_min = 0;
     tm.tm_sec = 0;
@@ -490,7 +491,7 @@ class Controller {
             case Command::List:
                 return list();
             case Command::Check:
-                return check(*r.user);
+                return check(r.user.value_or(""));
             case Command::Attempts:
                 return attempts(r);
             case Command::Top:
@@ -502,7 +503,8 @@ class Controller {
                 if (auto ok = reload(); !ok)
                     return refuse(ErrorCode::Failed,
                                   ok.error().message() + "; the rules in force are unchanged");
-                return json{{"enforcing", enforcing()}, {"description", describe(*current_)}};
+                return json{{"enforcing", enforcing()},
+                            {"description", current_ ? describe(*current_) : std::string()}};
             }
             case Command::Remove: {
                 if (auto ok = engine_.remove(options_.table); !ok)
@@ -733,7 +735,7 @@ class Controller {
             return refuse(ErrorCode::Failed, "no policy loaded");
         const bool add = r.command == Command::Allow;
         const AllowKind kind = r.user ? AllowKind::User : AllowKind::Group;
-        const std::string name = r.user ? *r.user : *r.group;
+        const std::string name = r.user.value_or(r.group.value_or(""));
         const std::string what = r.user ? "user" : "group";
         // Only names that exist now are accepted: a typo must not be stored silently.
         // (A name that disappears later is re-resolved, and then simply not allowed.)
@@ -786,10 +788,12 @@ class Controller {
     std::expected<void, ProtocolError> start_test(const ctl::Request& r, int client_fd) {
         if (!current_)
             return refuse(ErrorCode::Failed, "no policy loaded");
-        const Account* found = find_user(current_->accounts, *r.user);
+        const std::string user = r.user.value_or("");
+        const std::string address = r.address.value_or("");
+        const Account* found = find_user(current_->accounts, user);
         if (found == nullptr) {
             return refuse(ErrorCode::NotFound,
-                          "no user \"" + csf::printable(*r.user) + "\" in " + options_.passwd_path);
+                          "no user \"" + csf::printable(user) + "\" in " + options_.passwd_path);
         }
         const Account account = *found;
         std::vector<gid_t> groups;
@@ -799,8 +803,8 @@ class Controller {
         if (pid < 0)
             return refuse(ErrorCode::Failed, "fork: " + errno_text(errno));
         if (pid == 0)
-            run_test_child(client_fd, account, std::move(groups), *r.address, r.port);
-        log::notice("control: test connection as " + account.name + " to " + *r.address + " port " +
+            run_test_child(client_fd, account, std::move(groups), address, r.port);
+        log::notice("control: test connection as " + account.name + " to " + address + " port " +
                     std::to_string(r.port) + " (child pid " + std::to_string(pid) + ")");
         return {};
     }

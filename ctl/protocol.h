@@ -26,7 +26,7 @@ namespace smtpfence::ctl {
 inline constexpr int kProtocolVersion = 1;
 // A request is a few hundred bytes; 64 KiB leaves room for long names and refuses a
 // client that streams garbage before it costs memory.
-inline constexpr std::size_t kMaxRequestBytes = 64U * 1024U;
+inline constexpr std::size_t kMaxRequestBytes = std::size_t{64} * 1024U;
 inline constexpr const char* kDefaultControlSocket = "/run/smtpfence/control.sock";
 
 enum class Command {

@@ -42,9 +42,10 @@ std::string safe(const json& j, const char* key, std::size_t max = 200) {
 std::string when(std::int64_t epoch) {
     const auto t = static_cast<std::time_t>(epoch);
     std::tm tm{};
-    localtime_r(&t, &tm);
     char buf[32];
-    std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+    if (localtime_r(&t, &tm) == nullptr ||
+        std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm) == 0)
+        return std::to_string(epoch);
     return buf;
 }
 
@@ -53,14 +54,16 @@ std::optional<std::int64_t> parse_since(const std::string& text) {
     const std::time_t now = std::time(nullptr);
     if (text == "today") {
         std::tm tm{};
-        localtime_r(&now, &tm);
+        if (localtime_r(&now, &tm) == nullptr)
+            return std::nullopt;
         tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
         tm.tm_isdst = -1;
         return std::mktime(&tm);
     }
     if (text.size() < 2)
         return std::nullopt;
-    const auto n = csf::parse_unsigned(text.substr(0, text.size() - 1), 100U * 365U * 86400U);
+    const auto n =
+        csf::parse_unsigned(text.substr(0, text.size() - 1), std::uint64_t{100} * 365U * 86400U);
     if (!n)
         return std::nullopt;
     std::int64_t unit = 0;
