@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/error.h"
 #include "common/fd.h"
 #include "tests/integration/fence_test.h"
 #include "tests/integration/harness.h"
@@ -69,11 +70,13 @@ class ControlTest : public FenceTest {
     // One raw request line (or any bytes) to the control socket; the answer line.
     std::string raw_request(const std::string& bytes) {
         UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        if (!fd.valid())
+            return "socket failed: " + errno_text(errno);
         sockaddr_un addr{};
         addr.sun_family = AF_UNIX;
         std::strncpy(addr.sun_path, socket_path().c_str(), sizeof addr.sun_path - 1);
         if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
-            return "connect failed: " + std::string(std::strerror(errno));
+            return "connect failed: " + errno_text(errno);
         timeval tv{5, 0};
         (void)setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         std::size_t off = 0;
@@ -334,8 +337,8 @@ TEST_F(ControlTest, MalformedAndOversizedRequestsGetAnErrorAndTheDaemonLives) {
         {R"({"v":1,"cmd":"test","user":"alice","address":"1.2.3.4","port":70000})"
          "\n",
          "invalid_argument", "port"},
-        {std::string("\0\xff\xfe garbage\n", 13), "bad_request", "not valid JSON"},
-        {std::string(200 * 1024, 'a'), "bad_request", "longer than 65536 bytes"},
+        {std::string("\0\xff\xfe garbage\n", 12), "bad_request", "not valid JSON"},
+        {std::string(std::size_t{200} * 1024, 'a'), "bad_request", "longer than 65536 bytes"},
     };
     for (const Case& c : cases) {
         const std::string answer = raw_request(c.bytes);
@@ -347,6 +350,7 @@ TEST_F(ControlTest, MalformedAndOversizedRequestsGetAnErrorAndTheDaemonLives) {
     }
     // A client that connects and never speaks does not hold up the others.
     UniqueFd silent(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    ASSERT_TRUE(silent.valid()) << errno_text(errno);
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     std::strncpy(addr.sun_path, socket_path().c_str(), sizeof addr.sun_path - 1);
