@@ -47,10 +47,14 @@ struct Options {
 };
 
 [[noreturn]] void usage(const char* why) {
-    std::fprintf(stderr,
-                 "sft-connector: %s\nusage: sft-connector [--count N] [--interval-us U] "
-                 "[--bind-port P] [--timeout-ms T] [--exit-at-once | --parallel] ADDRESS PORT\n",
-                 why);
+    (void)std::fprintf(stderr,
+                       "sft-connector: %s\nusage: sft-connector [--count N] [--interval-us U] "
+                       "[--bind-port P] [--timeout-ms T] [--exit-at-once | --parallel] ADDRESS "
+                       "PORT\n",
+                       why);
+    // exit() is unsafe while other threads run (it runs the atexit handlers and static
+    // destructors); sft-connector has one thread.
+    // NOLINTNEXTLINE(concurrency-mt-unsafe)
     std::exit(2);
 }
 
