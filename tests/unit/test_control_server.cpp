@@ -169,6 +169,7 @@ bool exists(const std::string& path) {
 // A socket file that nobody listens on, as a daemon killed with SIGKILL leaves behind.
 void make_stale_socket(const std::string& path) {
     UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    ASSERT_TRUE(fd.valid()) << errno_text(errno);
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
@@ -399,6 +400,7 @@ TEST_F(ControlServerTest, BusyWhenEveryClientSlotIsTaken) {
         return std::optional<std::string>(encode_ok(json::object()));
     });
     std::vector<UniqueFd> silent;
+    silent.reserve(ControlServer::kMaxClients);
     for (std::size_t i = 0; i < ControlServer::kMaxClients; ++i)
         silent.push_back(connect_raw(path_));
     // Accepted after the others (the backlog is a queue), so it finds every slot taken.
@@ -433,6 +435,7 @@ TEST_F(ControlServerTest, CallGetsTheBusyAnswer) {
         return std::optional<std::string>(encode_ok(json::object()));
     });
     std::vector<UniqueFd> silent;
+    silent.reserve(ControlServer::kMaxClients);
     for (std::size_t i = 0; i < ControlServer::kMaxClients; ++i)
         silent.push_back(connect_raw(path_));
     for (int i = 0; i < 20; ++i) {
@@ -571,6 +574,7 @@ TEST_F(ControlServerTest, CallTimesOutWhenNobodyAnswers) {
     // Listening, never accepting: connect and send succeed, the answer never comes.
     const std::string path = dir_.path() + "/mute.sock";
     UniqueFd mute(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    ASSERT_TRUE(mute.valid()) << errno_text(errno);
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
