@@ -21,6 +21,7 @@
 #include "nfq/attempt_log.h"
 #include "nfq/da_sink.h"
 #include "nfq/packet.h"
+#include "nfq/proc_queue.h"
 #include "nfq/process.h"
 #include "nft/engine.h"
 #include "nft/netlink.h"
@@ -96,26 +97,12 @@ class SyslogSink final : public AttemptSink {
     std::uint64_t suppressed_ = 0;
 };
 
-// The last packet id the kernel gave out on queue_num, from
-// /proc/net/netfilter/nfnetlink_queue ("queue portid total mode range dropped
-// user_dropped id_sequence 1"), which shows the queues of our network namespace.
+// The last packet id the kernel gave out on queue_num (nfq/proc_queue.h).
 std::optional<std::uint32_t> queue_id_sequence(std::uint16_t queue_num) {
-    std::ifstream in("/proc/net/netfilter/nfnetlink_queue");
-    unsigned long queue = 0;
-    unsigned long portid = 0;
-    unsigned long total = 0;
-    unsigned long mode = 0;
-    unsigned long range = 0;
-    unsigned long dropped = 0;
-    unsigned long user_dropped = 0;
-    unsigned long sequence = 0;
-    int one = 0;
-    while (in >> queue >> portid >> total >> mode >> range >> dropped >> user_dropped >> sequence >>
-           one) {
-        if (queue == queue_num)
-            return static_cast<std::uint32_t>(sequence);
-    }
-    return std::nullopt;
+    const auto stats = read_queue_proc_stats(queue_num);
+    if (!stats)
+        return std::nullopt;
+    return stats->id_sequence;
 }
 
 std::int64_t mtime_of(const std::string& path) {
