@@ -12,7 +12,6 @@
 #include <chrono>
 #include <ctime>
 #include <deque>
-#include <fstream>
 #include <optional>
 
 #include "common/fd.h"
