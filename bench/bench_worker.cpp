@@ -1203,7 +1203,7 @@ int run(const Options& opt) {
     dopt.table = kTable;
     dopt.passwd_path = files->passwd;
     dopt.group_path = files->group;
-    auto desired = compute_desired(dopt, nft::QueueMode::None);
+    auto desired = compute_desired(dopt, KernelFeatures{});
     if (!desired) {
         return fail_setup(desired.error().wrap("(c): compute the policy"));
     }

@@ -237,11 +237,12 @@ std::vector<json> read_attempt_records(const std::string& state_dir, std::int64_
 
 class Controller {
   public:
-    Controller(const DaemonOptions& options, nft::Engine& engine, nft::QueueMode queue,
+    Controller(const DaemonOptions& options, nft::Engine& engine, const KernelFeatures& kernel,
                ctl::ControlServer& server)
         : options_(options),
           engine_(engine),
-          queue_(queue),
+          kernel_(kernel),
+          queue_(kernel.queue),
           server_(server),
           accounts_watch_({options.passwd_path, options.group_path, managed_allow_path(options)}),
           config_watch_(policy_files(options)),
@@ -253,7 +254,7 @@ class Controller {
     Result<void> start() {
         accounts_watch_.rearm();
         config_watch_.rearm();
-        auto desired = load_and_apply(engine_, options_, queue_);
+        auto desired = load_and_apply(engine_, options_, kernel_);
         if (!desired)
             return std::unexpected(desired.error());
         adopt(std::move(*desired));
@@ -396,7 +397,7 @@ class Controller {
     Result<void> reload() {
         accounts_watch_.rearm();
         config_watch_.rearm();
-        auto desired = load_and_apply(engine_, options_, queue_);
+        auto desired = load_and_apply(engine_, options_, kernel_);
         if (!desired)
             return std::unexpected(desired.error());
         removed_ = false;
@@ -449,7 +450,7 @@ class Controller {
                 log::warning("allowlist change as set elements failed (" + r.error().message() +
                              "); re-applying the whole table");
                 nft::RulesetSpec spec =
-                    make_spec(current_->loaded.policy, next, options_.table, queue_);
+                    make_spec(current_->loaded.policy, next, options_.table, kernel_);
                 auto applied = engine_.apply(nft::build_ruleset(spec));
                 if (!applied)
                     return std::unexpected(applied.error());
@@ -811,6 +812,7 @@ class Controller {
 
     const DaemonOptions& options_;
     nft::Engine& engine_;
+    KernelFeatures kernel_;
     nft::QueueMode queue_;
     ctl::ControlServer& server_;
     FileWatch accounts_watch_;
@@ -838,20 +840,16 @@ int run_daemon(const DaemonOptions& options) {
         log::error(server.error().message());
         return kExitFailure;
     }
-    auto sock = nft::NetlinkSocket::open();
-    if (!sock) {
-        log::error(sock.error().message());
+    auto session = open_kernel_session(options.table);
+    if (!session) {
+        log::error(session.error().message());
         return kExitFailure;
     }
-    nft::Engine engine(*sock);
-    auto mode = engine.probe_queue_mode(probe_table_for(options.table));
-    if (!mode) {
-        log::error("probe the kernel's queue support: " + mode.error().message());
-        return kExitFailure;
-    }
-    log::info(std::string("queue support: ") + nft::to_string(*mode));
+    nft::Engine engine(session->socket);
+    log::info(std::string("queue support: ") + nft::to_string(session->features.queue) +
+              "; owned tables: " + (session->features.ownership ? "yes" : "no"));
 
-    Controller controller(options, engine, *mode, *server);
+    Controller controller(options, engine, session->features, *server);
     if (auto started = controller.start(); !started) {
         log::error(started.error().message());
         log::error(

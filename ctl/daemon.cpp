@@ -50,8 +50,8 @@ std::string managed_allow_path(const DaemonOptions& options) {
 }
 
 Result<Desired> load_and_apply(nft::Engine& engine, const DaemonOptions& options,
-                               nft::QueueMode queue) {
-    auto desired = compute_desired(options, queue);
+                               const KernelFeatures& kernel) {
+    auto desired = compute_desired(options, kernel);
     if (!desired)
         return std::unexpected(desired.error());
     for (const std::string& w : desired->warnings)
@@ -93,8 +93,35 @@ std::vector<std::string> worker_argv(const DaemonOptions& o, const Policy& polic
     return argv;
 }
 
+Result<KernelFeatures> probe_kernel(nft::Engine& engine, const std::string& table) {
+    KernelFeatures f;
+    auto mode = engine.probe_queue_mode(probe_table_for(table));
+    if (!mode)
+        return std::unexpected(mode.error().wrap("probe the kernel's queue support"));
+    f.queue = *mode;
+    auto owned = engine.probe_ownership(probe_table_for(table));
+    if (!owned)
+        return std::unexpected(owned.error().wrap("probe the kernel's table ownership"));
+    f.ownership = *owned;
+    return f;
+}
+
+Result<KernelSession> open_kernel_session(const std::string& table) {
+    auto sock = nft::NetlinkSocket::open();
+    if (!sock)
+        return std::unexpected(sock.error());
+    KernelSession session{std::move(*sock), {}};
+    nft::Engine engine(session.socket);
+    auto features = probe_kernel(engine, table);
+    if (!features)
+        return std::unexpected(features.error());
+    session.features = *features;
+    return session;
+}
+
 nft::RulesetSpec make_spec(const Policy& policy, const Allowlist& allow, const std::string& table,
-                           nft::QueueMode queue) {
+                           const KernelFeatures& kernel) {
+    const nft::QueueMode queue = kernel.queue;
     nft::RulesetSpec spec;
     spec.table = table;
     spec.ports = policy.ports;
@@ -109,15 +136,21 @@ nft::RulesetSpec make_spec(const Policy& policy, const Allowlist& allow, const s
     spec.redirect = policy.redirect;
     spec.log_blocked = policy.log_blocked;
     spec.log_uid = policy.log_uid;
+    spec.owned = kernel.ownership && policy.table_owner != TableOwner::Off;
     return spec;
 }
 
-Result<Desired> compute_desired(const DaemonOptions& options, nft::QueueMode queue) {
+Result<Desired> compute_desired(const DaemonOptions& options, const KernelFeatures& kernel) {
     Desired d;
     auto loaded = load_configured_policy(options);
     if (!loaded)
         return std::unexpected(loaded.error());
     d.loaded = std::move(*loaded);
+    if (d.loaded.policy.table_owner == TableOwner::On && !kernel.ownership) {
+        return fail(0, d.loaded.policy.source + ": TABLE_OWNER = \"1\"",
+                    "this kernel cannot keep an owned table after its owner exits (persistent "
+                    "owned tables need Linux 6.9 or later); set \"auto\" or \"0\"");
+    }
     auto accounts = AccountDb::load(options.passwd_path, options.group_path);
     if (!accounts)
         return std::unexpected(accounts.error());
@@ -129,7 +162,7 @@ Result<Desired> compute_desired(const DaemonOptions& options, nft::QueueMode que
     d.warnings = d.loaded.warnings;
     d.warnings.insert(d.warnings.end(), accounts->warnings().begin(), accounts->warnings().end());
     d.warnings.insert(d.warnings.end(), d.allow.warnings.begin(), d.allow.warnings.end());
-    d.spec = make_spec(d.loaded.policy, d.allow, options.table, queue);
+    d.spec = make_spec(d.loaded.policy, d.allow, options.table, kernel);
     d.accounts = std::move(*accounts);
     return d;
 }
@@ -156,23 +189,20 @@ std::string describe(const Desired& d) {
         d.spec.queue == nft::QueueMode::None
             ? std::string("off (this kernel has no queue support)")
             : std::string(nft::to_string(d.spec.queue)) + " queue " + std::to_string(p.queue_num);
-    out += "; table inet " + d.spec.table + "; config " + p.source;
+    out += "; table inet " + d.spec.table;
+    out += d.spec.owned ? " (owned: no other tool can change it)" : "";
+    out += "; config " + p.source;
     return out;
 }
 
 int apply_once(const DaemonOptions& options) {
-    auto sock = nft::NetlinkSocket::open();
-    if (!sock) {
-        log::error(sock.error().message());
+    auto session = open_kernel_session(options.table);
+    if (!session) {
+        log::error(session.error().message());
         return kExitFailure;
     }
-    nft::Engine engine(*sock);
-    auto mode = engine.probe_queue_mode(probe_table_for(options.table));
-    if (!mode) {
-        log::error("probe the kernel's queue support: " + mode.error().message());
-        return kExitFailure;
-    }
-    if (auto r = load_and_apply(engine, options, *mode); !r) {
+    nft::Engine engine(session->socket);
+    if (auto r = load_and_apply(engine, options, session->features); !r) {
         log::error(r.error().message());
         return r.error().code == 0 ? kExitUsage : kExitFailure;
     }

@@ -47,17 +47,36 @@ struct Desired {
     std::vector<std::string> warnings;  // config + accounts + resolution warnings
 };
 
+// What the running kernel offers, probed once when the daemon starts.
+struct KernelFeatures {
+    nft::QueueMode queue = nft::QueueMode::None;
+    bool ownership = false;  // persistent owned tables (Linux 6.9)
+};
+
+// Probes both in throwaway tables (probe_table_for(table)); nothing is left behind.
+[[nodiscard]] Result<KernelFeatures> probe_kernel(nft::Engine& engine, const std::string& table);
+
+// Opens a netfilter netlink socket and probes the kernel: what every command that
+// programs the table does first. The error says which step failed.
+struct KernelSession {
+    nft::NetlinkSocket socket;
+    KernelFeatures features;
+};
+[[nodiscard]] Result<KernelSession> open_kernel_session(const std::string& table);
+
 [[nodiscard]] nft::RulesetSpec make_spec(const Policy& policy, const Allowlist& allow,
-                                         const std::string& table, nft::QueueMode queue);
+                                         const std::string& table, const KernelFeatures& kernel);
 
 // Loads the config and the accounts and resolves them. Errors name file and line.
-[[nodiscard]] Result<Desired> compute_desired(const DaemonOptions& options, nft::QueueMode queue);
+// TABLE_OWNER = "1" on a kernel without ownership is an error naming the setting.
+[[nodiscard]] Result<Desired> compute_desired(const DaemonOptions& options,
+                                              const KernelFeatures& kernel);
 
 // Loads, resolves and applies in one transaction (or removes the table when the
 // policy says SMTP_BLOCK = "0"). On any error the rules in force are left alone.
 // Returns what is now in force.
 [[nodiscard]] Result<Desired> load_and_apply(nft::Engine& engine, const DaemonOptions& options,
-                                             nft::QueueMode queue);
+                                             const KernelFeatures& kernel);
 
 // Where the managed allowlist lives: --allow-list, else allow.list beside the config.
 [[nodiscard]] std::string managed_allow_path(const DaemonOptions& options);

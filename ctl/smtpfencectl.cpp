@@ -88,19 +88,16 @@ std::optional<std::int64_t> parse_since(const std::string& text) {
 
 // The queue notation differs between the native expression and the xtables target;
 // ask the kernel when we may (root), else assume the xtables target.
-nft::QueueMode dry_run_queue_mode(const std::string& table) {
+KernelFeatures dry_run_features(const std::string& table) {
+    const KernelFeatures assumed{nft::QueueMode::Xt, false};
     if (geteuid() != 0)
-        return nft::QueueMode::Xt;
-    auto sock = nft::NetlinkSocket::open();
-    if (!sock)
-        return nft::QueueMode::Xt;
-    nft::Engine engine(*sock);
-    auto mode = engine.probe_queue_mode(probe_table_for(table));
-    return mode ? *mode : nft::QueueMode::Xt;
+        return assumed;
+    auto session = open_kernel_session(table);
+    return session ? session->features : assumed;
 }
 
 int dry_run(const DaemonOptions& options) {
-    auto desired = compute_desired(options, dry_run_queue_mode(options.table));
+    auto desired = compute_desired(options, dry_run_features(options.table));
     if (!desired) {
         log::error(desired.error().message());
         return desired.error().code == 0 ? kExitUsage : kExitFailure;

@@ -126,6 +126,22 @@ Result<void> try_expression(Transport& transport, const std::string& probe_table
 
 }  // namespace
 
+Result<bool> Engine::probe_ownership(const std::string& probe_table) {
+    TablePtr table = build_table(probe_table);
+    nftnl_table_set_u32(table.get(), NFTNL_TABLE_FLAGS, kTableFlagsOwned);
+    Batch batch(NFPROTO_INET);
+    batch.table(*table, Op::Create, "probe owned table inet " + probe_table);
+    batch.table(*table, Op::Delete, "delete probe table inet " + probe_table);
+    auto r = batch.commit(transport_);
+    if (r)
+        return true;
+    // Kernels before 6.9 refuse the unknown PERSIST flag (EOPNOTSUPP); before 5.12
+    // OWNER too.
+    if (r.error().code == EOPNOTSUPP || r.error().code == EINVAL)
+        return false;
+    return std::unexpected(r.error());
+}
+
 Result<QueueMode> Engine::probe_queue_mode(const std::string& probe_table) {
     ExprPtr native = make_expr("queue");
     nftnl_expr_set_u16(native.get(), NFTNL_EXPR_QUEUE_NUM, 0);
@@ -203,12 +219,14 @@ const TableInventory::SetInfo* TableInventory::set(const std::string& name) cons
 
 Result<TableInventory> Engine::inventory(const std::string& table) {
     TableInventory inv;
-    auto exists = table_exists(table);
-    if (!exists)
-        return std::unexpected(exists.error());
-    inv.exists = *exists;
+    auto header = table_header(table);
+    if (!header)
+        return std::unexpected(header.error());
+    inv.exists = header->has_value();
     if (!inv.exists)
         return inv;
+    inv.flags = (*header)->flags;
+    inv.owner = (*header)->owner;
     Result<void> parse_error;
     auto r = query(
         transport_, NFT_MSG_GETCHAIN, NLM_F_DUMP, [](nlmsghdr*) {},
@@ -280,8 +298,26 @@ Result<ApplyReport> Engine::apply(const Ruleset& rs) {
     if (!inv)
         return std::unexpected(inv.error().wrap("apply " + tname));
     report.table_existed = inv->exists;
+    if (inv->owner && *inv->owner != transport_.portid()) {
+        return fail(EPERM, "apply " + tname,
+                    "it is owned by another live process (netlink port " +
+                        std::to_string(*inv->owner) +
+                        ", usually its pid: a second smtpfenced?); only that process can "
+                        "change it");
+    }
+    // Ownership can be taken in place only from an orphaned persistent table; any
+    // other change of the ownership flags needs the table replaced whole.
+    const std::uint32_t flags_have = inv->flags & kTableFlagsOwned;
+    const std::uint32_t flags_want = rs.owned ? kTableFlagsOwned : 0;
+    const bool in_place = flags_have == flags_want ||
+                          (flags_want == kTableFlagsOwned && flags_have == kTableFlagPersist);
 
-    if (inv->exists) {
+    if (inv->exists && !in_place) {
+        report.note = rs.owned ? "took ownership of the table: replaced it whole, attempt "
+                                 "counters restart"
+                               : "gave up ownership of the table: replaced it whole, attempt "
+                                 "counters restart";
+    } else if (inv->exists) {
         // Empty every chain (rules hold references to chains and sets); keep the chains
         // that already have the wanted hook and priority, delete the others and every
         // set but a compatible `blocked`; re-create the rest. One transaction.
@@ -344,9 +380,11 @@ Result<ApplyReport> Engine::apply(const Ruleset& rs) {
 
     // "add table; delete table; add table ..." in one transaction: the delete never
     // fails (the table exists by then) and the kernel swaps old for new atomically.
+    // The first add carries no flags, so it changes nothing in a table that exists.
+    TablePtr bare = build_table(rs.table);
     Batch batch(NFPROTO_INET);
-    batch.table(*rs.table_obj, Op::Create, "create " + tname);
-    batch.table(*rs.table_obj, Op::Delete, "replace " + tname);
+    batch.table(*bare, Op::Create, "create " + tname);
+    batch.table(*bare, Op::Delete, "replace " + tname);
     batch.table(*rs.table_obj, Op::Create, "create " + tname);
     add_content(batch, rs, {});
     if (auto r = batch.commit(transport_); !r)
@@ -379,16 +417,38 @@ Result<void> Engine::remove(const std::string& table) {
 }
 
 Result<bool> Engine::table_exists(const std::string& table) {
+    auto header = table_header(table);
+    if (!header)
+        return std::unexpected(header.error());
+    return header->has_value();
+}
+
+Result<std::optional<Engine::TableHeader>> Engine::table_header(const std::string& table) {
     TablePtr t = build_table(table);
+    TableHeader header;
+    bool parsed = false;
     auto r = query(
         transport_, NFT_MSG_GETTABLE, 0,
         [&](nlmsghdr* nlh) { nftnl_table_nlmsg_build_payload(nlh, t.get()); },
-        [](const nlmsghdr*) {}, "look up table inet " + table);
-    if (r)
-        return true;
-    if (r.error().code == ENOENT)
-        return false;
-    return std::unexpected(r.error());
+        [&](const nlmsghdr* msg) {
+            TablePtr reply = make_table();
+            if (nftnl_table_nlmsg_parse(msg, reply.get()) < 0)
+                return;
+            parsed = true;
+            if (nftnl_table_is_set(reply.get(), NFTNL_TABLE_FLAGS))
+                header.flags = nftnl_table_get_u32(reply.get(), NFTNL_TABLE_FLAGS);
+            if (nftnl_table_is_set(reply.get(), NFTNL_TABLE_OWNER))
+                header.owner = nftnl_table_get_u32(reply.get(), NFTNL_TABLE_OWNER);
+        },
+        "look up table inet " + table);
+    if (!r) {
+        if (r.error().code == ENOENT)
+            return std::optional<TableHeader>();
+        return std::unexpected(r.error());
+    }
+    if (!parsed)
+        return fail(EPROTO, "look up table inet " + table, "malformed reply");
+    return std::optional<TableHeader>(header);
 }
 
 Result<std::set<std::uint32_t>> Engine::read_u32_set(const std::string& table,

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -29,6 +30,8 @@ struct ApplyReport {
 // Our table as the kernel holds it now.
 struct TableInventory {
     bool exists = false;
+    std::uint32_t flags = 0;             // NFT_TABLE_F_* (kTableFlagOwner, ...)
+    std::optional<std::uint32_t> owner;  // the owning netlink port, while one holds it
     struct ChainInfo {
         std::string name;
         bool base = false;  // hooked (then hook, priority and type below are set)
@@ -58,12 +61,20 @@ class Engine {
     // exists. probe_table must not be a table anyone uses.
     [[nodiscard]] Result<QueueMode> probe_queue_mode(const std::string& probe_table);
 
+    // Whether this kernel has owned, persistent tables (NFT_TABLE_F_OWNER and
+    // NFT_TABLE_F_PERSIST, Linux 6.9): probed like the queue mode, in a throwaway table.
+    [[nodiscard]] Result<bool> probe_ownership(const std::string& probe_table);
+
     // Replaces our table's content with ruleset in one transaction: either the old or
     // the new rules are in force at every instant; on error the old ones stay.
     // Every chain and set is replaced except the `blocked` set, which is kept (when
     // compatible) so that the kernel's per-uid attempt counters survive reloads. When
     // the table changed under us between inventory and commit, falls back to
     // replacing the whole table (counters restart; the report says so).
+    // An owned ruleset takes ownership of the table for this transport's socket: a
+    // table left orphaned by a previous daemon is adopted in the same transaction;
+    // one that was not owned is replaced whole (ownership cannot be added later). A
+    // table owned by another live socket is refused with EPERM, naming its port.
     [[nodiscard]] Result<ApplyReport> apply(const Ruleset& ruleset);
 
     // Chains and sets of our table.
@@ -76,10 +87,19 @@ class Engine {
                                                const std::set<std::uint32_t>& add,
                                                const std::set<std::uint32_t>& remove);
 
-    // Deletes the table if it exists (idempotent).
+    // Deletes the table if it exists (idempotent). EPERM when another live socket
+    // owns it.
     [[nodiscard]] Result<void> remove(const std::string& table);
 
     [[nodiscard]] Result<bool> table_exists(const std::string& table);
+    // The table's flags and owner; nullopt when it does not exist.
+    struct TableHeader {
+        std::uint32_t flags = 0;
+        std::optional<std::uint32_t> owner;
+    };
+    [[nodiscard]] Result<std::optional<TableHeader>> table_header(const std::string& table);
+
+    [[nodiscard]] std::uint32_t portid() const { return transport_.portid(); }
 
     // The elements of a uid/gid set as the kernel holds them.
     [[nodiscard]] Result<std::set<std::uint32_t>> read_u32_set(const std::string& table,

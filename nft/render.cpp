@@ -28,6 +28,11 @@ std::string join_elements(const std::vector<std::string>& elements) {
 std::string render_nft(const Ruleset& ruleset) {
     std::string out = "table inet " + ruleset.table + " {\n";
     bool first = true;
+    if (ruleset.owned) {
+        // nft 1.0.6 (Debian 12) names the owner's program and knows no "persist" flag.
+        out = "table inet " + ruleset.table + " { # progname smtpfenced\n\tflags owner\n";
+        first = false;
+    }
     auto block_start = [&] {
         if (!first)
             out += "\n";

@@ -300,7 +300,10 @@ std::vector<ElementKey> u32_keys(const std::set<std::uint32_t>& values) {
 Ruleset build_ruleset(const RulesetSpec& spec) {
     Ruleset rs;
     rs.table = spec.table;
+    rs.owned = spec.owned;
     rs.table_obj = build_table(spec.table);
+    if (spec.owned)
+        nftnl_table_set_u32(rs.table_obj.get(), NFTNL_TABLE_FLAGS, kTableFlagsOwned);
     const std::string& t = spec.table;
 
     // --- sets -------------------------------------------------------------------

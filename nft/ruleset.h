@@ -44,7 +44,18 @@ struct RulesetSpec {
     // rate limit; with log_uid (DROP_UID_LOGGING) the line carries UID= and GID=.
     bool log_blocked = false;
     bool log_uid = false;
+    // The table is owned by the netlink socket that creates it (NFT_TABLE_F_OWNER):
+    // no other process can change or delete it, `nft flush ruleset` passes it by; and
+    // it is persistent (NFT_TABLE_F_PERSIST, Linux 6.9): when that socket closes (the
+    // daemon stops or crashes) it stays in force, orphaned, until the next daemon
+    // adopts it. Only with kernels that have both (Engine::probe_ownership).
+    bool owned = false;
 };
+
+// Table flags (linux/netfilter/nf_tables.h; Debian 12's headers predate PERSIST).
+inline constexpr std::uint32_t kTableFlagOwner = 0x2;
+inline constexpr std::uint32_t kTableFlagPersist = 0x4;
+inline constexpr std::uint32_t kTableFlagsOwned = kTableFlagOwner | kTableFlagPersist;
 
 // Names of the objects in our table: part of the contract with tests, the worker
 // (which reads `blocked`) and admins reading `nft list table inet smtpfence`.
@@ -96,7 +107,8 @@ struct BuiltChain {
 
 struct Ruleset {
     std::string table;
-    TablePtr table_obj;
+    bool owned = false;
+    TablePtr table_obj;  // with the ownership flags when owned
     std::vector<BuiltSet> sets;
     std::vector<BuiltChain> chains;
     std::vector<BuiltRule> rules;  // in chain order
@@ -113,7 +125,8 @@ struct Ruleset {
 // Fills an xtables "target" expression's info with NFQUEUE v3 (queue num, bypass).
 void set_nfqueue_info(nftnl_expr* target, std::uint16_t queue_num);
 
-// The table as `nft list table inet NAME` prints it right after apply.
+// The table as `nft list table inet NAME` (nftables 1.0.6) prints it right after apply;
+// an owned table as it lists while smtpfenced owns it.
 [[nodiscard]] std::string render_nft(const Ruleset& ruleset);
 
 // libnftnl's bytecode text per rule ("[ meta load skuid => reg 1 ]" lines), the same

@@ -168,7 +168,7 @@ Result<void> assign(Result<T> parsed, U& target) {
     return {};
 }
 
-const std::array<KeyHandler, 18> kHandlers = {{
+const std::array<KeyHandler, 19> kHandlers = {{
     {"SMTP_BLOCK",
      [](const Setting& s, Policy& p, std::vector<std::string>&) {
          return assign(parse_bool(s), p.enabled);
@@ -264,6 +264,21 @@ const std::array<KeyHandler, 18> kHandlers = {{
              p.da_pipeline = DaPipeline::Off;
          } else {
              return s.bad("\"auto\" (when /etc/virtual exists), \"1\" or \"0\"");
+         }
+         return {};
+     }},
+    {"TABLE_OWNER",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) -> Result<void> {
+         const std::string v = upper(s.entry.value);
+         if (v == "AUTO") {
+             p.table_owner = TableOwner::Auto;
+         } else if (v == "1") {
+             p.table_owner = TableOwner::On;
+         } else if (v == "0") {
+             p.table_owner = TableOwner::Off;
+         } else {
+             return s.bad("\"auto\" (when the kernel has persistent owned tables), \"1\" or "
+                          "\"0\"");
          }
          return {};
      }},

@@ -26,6 +26,14 @@ enum class DaPipeline {
     Off,
 };
 
+// TABLE_OWNER: the daemon owns its table (nft/ruleset.h RulesetSpec::owned), so that
+// no other tool can flush, change or delete it while the daemon runs.
+enum class TableOwner {
+    Auto,  // when the kernel has persistent owned tables (Linux 6.9)
+    On,    // required: the daemon refuses to start without
+    Off,   // never: foreign changes are repaired from nftables' events instead
+};
+
 inline constexpr const char* kDefaultConfigPath = "/etc/smtpfence/smtpfence.conf";
 
 // MTA accounts allowed by default when they exist (MTA_USERS = "auto").
@@ -52,6 +60,7 @@ struct Policy {
     bool control_read_all = false;    // CONTROL_READ = "admin" | "all"
     // DirectAdmin's limit pipeline: attempts counted in /etc/virtual/usage like sends.
     DaPipeline da_pipeline = DaPipeline::Auto;  // DA_PIPELINE = "auto" | "1" | "0"
+    TableOwner table_owner = TableOwner::Auto;  // TABLE_OWNER = "auto" | "1" | "0"
     std::uint32_t da_attempt_weight = 1;        // DA_ATTEMPT_WEIGHT: sends per attempt, 0-1000
     bool da_block_cracking = false;             // DA_BLOCK_CRACKING
     // CSF's SMTP_REDIRECT: a blocked user's connection goes to the local MTA (same port,

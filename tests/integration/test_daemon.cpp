@@ -184,9 +184,12 @@ TEST_F(DaemonTest, DryRunPrintsExactlyWhatTheKernelLists) {
     ASSERT_TRUE(listing) << listing.error().message();
     EXPECT_EQ(r.out, *listing);
 
-    // A dry run of a different policy changes nothing in the kernel.
-    write_config(config("SMTP_ALLOWUSER = \"bob\"\n"));
-    const RunResult other = run(topo_->server, dry_run);
+    // A dry run of a different policy changes nothing in the kernel. (Another file: the
+    // daemon would reload its own config when it changes.)
+    const std::string other_conf = dir_->write("other.conf", config("SMTP_ALLOWUSER = \"bob\"\n"));
+    std::vector<std::string> other_dry_run = dry_run;
+    other_dry_run[4] = other_conf;
+    const RunResult other = run(topo_->server, other_dry_run);
     ASSERT_EQ(other.exit_code, 0) << other.describe();
     EXPECT_NE(other.out, r.out) << "the dry run ignored the config";
     auto unchanged = nft_list_table(topo_->server, table_);

@@ -107,6 +107,80 @@ TEST_F(EngineTest, ReapplyKeepsTheBlockedSetsPerUidCounters) {
     EXPECT_EQ(after->at(kBob.uid).packets, 4U);
 }
 
+// An owned, persistent table (what the daemon applies on kernels that have both
+// flags): nobody else can change, flush or delete it; it survives its owner; the next
+// owner adopts it with its counters in one transaction.
+TEST_F(EngineTest, AnOwnedTableResistsOthersSurvivesItsOwnerAndIsAdopted) {
+    auto owned = engine().probe_ownership(table_ + "_probe");
+    ASSERT_TRUE(owned) << owned.error().message();
+    if (!*owned)
+        GTEST_SKIP() << "this kernel has no persistent owned tables (Linux < 6.9)";
+    ASSERT_EQ(run(nullptr, {"ip", "-n", ns_->name(), "link", "set", "lo", "up"}).exit_code, 0);
+    RulesetSpec s = spec({0});
+    s.allow_local = false;  // so that SYNs to 127.0.0.1 are judged and counted
+    s.owned = true;
+    auto first = engine().apply(nft::build_ruleset(s));
+    ASSERT_TRUE(first) << first.error().message();
+    EXPECT_EQ(connect_as(*ns_, kBob, "127.0.0.1", 25).outcome, Outcome::Refused);
+    auto header = engine().table_header(table_);
+    ASSERT_TRUE(header && header->has_value());
+    EXPECT_EQ((*header)->flags & nft::kTableFlagsOwned, nft::kTableFlagsOwned);
+    EXPECT_EQ((*header)->owner, engine().portid());
+
+    // Others: reads work (the worker reads counters); changes are refused.
+    auto other_ns_engine = NsEngine::open(*ns_);
+    ASSERT_TRUE(other_ns_engine) << other_ns_engine.error().message();
+    nft::Engine& other = (*other_ns_engine)->engine();
+    auto counts = other.read_blocked(table_);
+    ASSERT_TRUE(counts) << counts.error().message();
+    EXPECT_EQ(counts->at(kBob.uid).packets, 1U);
+    auto refused = other.apply(nft::build_ruleset(spec({0, 2001})));
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().code, EPERM);
+    EXPECT_NE(refused.error().message().find(std::to_string(engine().portid())), std::string::npos)
+        << refused.error().message();
+    auto removed = other.remove(table_);
+    ASSERT_FALSE(removed);
+    EXPECT_EQ(removed.error().code, EPERM);
+    EXPECT_EQ(run(*ns_, {"nft", "flush", "ruleset"}).exit_code, 0);
+    EXPECT_NE(run(*ns_, {"nft", "delete", "table", "inet", table_}).exit_code, 0);
+    EXPECT_NE(run(*ns_, {"nft", "flush", "chain", "inet", table_, nft::kChainJudge}).exit_code, 0);
+    EXPECT_NE(run(*ns_, {"nft", "flush", "set", "inet", table_, nft::kSetAllowUid}).exit_code, 0);
+    EXPECT_NE(run(*ns_, {"nft", "add", "element", "inet", table_, nft::kSetAllowUid, "{ 2001 }"})
+                  .exit_code,
+              0);
+    EXPECT_EQ(connect_as(*ns_, kBob, "127.0.0.1", 25).outcome, Outcome::Refused);
+
+    // The owner goes away: the table stays in force, orphaned.
+    engine_.reset();
+    EXPECT_EQ(connect_as(*ns_, kBob, "127.0.0.1", 25).outcome, Outcome::Refused);
+    header = other.table_header(table_);
+    ASSERT_TRUE(header && header->has_value()) << "the table died with its owner";
+    EXPECT_FALSE((*header)->owner.has_value());
+
+    // A new owner adopts it in place: counters kept, the block never lifted.
+    auto adopted = other.apply(nft::build_ruleset(s));
+    ASSERT_TRUE(adopted) << adopted.error().message();
+    EXPECT_TRUE(adopted->counters_kept) << adopted->note;
+    header = other.table_header(table_);
+    ASSERT_TRUE(header && header->has_value());
+    EXPECT_EQ((*header)->owner, other.portid());
+    EXPECT_EQ(connect_as(*ns_, kBob, "127.0.0.1", 25).outcome, Outcome::Refused);
+    counts = other.read_blocked(table_);
+    ASSERT_TRUE(counts) << counts.error().message();
+    EXPECT_EQ(counts->at(kBob.uid).packets, 4U);  // every attempt, across all three owners
+
+    // Giving ownership up (TABLE_OWNER = no) replaces the table whole.
+    s.owned = false;
+    auto given_up = other.apply(nft::build_ruleset(s));
+    ASSERT_TRUE(given_up) << given_up.error().message();
+    EXPECT_FALSE(given_up->counters_kept);
+    header = other.table_header(table_);
+    ASSERT_TRUE(header && header->has_value());
+    EXPECT_EQ((*header)->flags & nft::kTableFlagsOwned, 0U);
+    EXPECT_EQ(run(*ns_, {"nft", "delete", "table", "inet", table_}).exit_code, 0);
+}
+
 TEST_F(EngineTest, ChangeElementsAddingAnExistingElementIsFine) {
     ASSERT_TRUE(engine().apply(nft::build_ruleset(spec({0, 2001}))));
     auto r = engine().change_elements(table_, nft::kSetAllowUid, {2001, 2002}, {});

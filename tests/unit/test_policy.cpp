@@ -369,6 +369,18 @@ TEST(Policy, DirectAdminPipeline) {
         EXPECT_NE(bad("DA_PIPELINE", v).find("DA_PIPELINE: bad value"), std::string::npos) << v;
 }
 
+TEST(Policy, TableOwner) {
+    EXPECT_EQ(map_ok("").table_owner, TableOwner::Auto);
+    EXPECT_EQ(map_ok("TABLE_OWNER = \"auto\"").table_owner, TableOwner::Auto);
+    EXPECT_EQ(map_ok("TABLE_OWNER = \"1\"").table_owner, TableOwner::On);
+    EXPECT_EQ(map_ok("TABLE_OWNER = \"0\"").table_owner, TableOwner::Off);
+    EXPECT_EQ(bad("TABLE_OWNER", "yes"),
+              "smtpfence.conf:1: TABLE_OWNER: bad value \"yes\": expected \"auto\" (when the "
+              "kernel has persistent owned tables), \"1\" or \"0\"");
+    for (const char* v : {"", "on", "2", "-1"})
+        EXPECT_NE(bad("TABLE_OWNER", v).find("TABLE_OWNER: bad value"), std::string::npos) << v;
+}
+
 TEST(Policy, DirectAdminAttemptWeight) {
     EXPECT_EQ(map_ok("DA_ATTEMPT_WEIGHT = \"0\"").da_attempt_weight, 0U);
     EXPECT_EQ(map_ok("DA_ATTEMPT_WEIGHT = \"3\"").da_attempt_weight, 3U);
