@@ -27,17 +27,20 @@
 #include "common/file_watch.h"
 #include "common/files.h"
 #include "common/log.h"
+#include "common/privileges.h"
 #include "csf-compat/csf_reader.h"
 #include "csf-compat/csf_rules.h"
 #include "ctl/control_server.h"
 #include "ctl/daemon.h"
 #include "ctl/protocol.h"
+#include "ctl/service_notify.h"
 #include "ctl/supervisor.h"
 #include "nfq/da_sink.h"
 #include "nfq/proc_queue.h"
 #include "nfq/queue.h"
 #include "nfq/worker.h"
 #include "nft/engine.h"
+#include "nft/monitor.h"
 #include "nft/netlink.h"
 
 #ifndef SMTPFENCE_VERSION
@@ -252,6 +255,13 @@ class Controller {
 
     // The first apply; an error here ends the daemon before it detaches.
     Result<void> start() {
+        // Events first, so that nothing done to the table after our apply goes unseen.
+        if (auto m = nft::TableMonitor::open(options_.table, engine_.portid())) {
+            monitor_ = std::move(*m);
+        } else {
+            log::warning(m.error().message() +
+                         "; a deleted or changed table is found by the check each second only");
+        }
         accounts_watch_.rearm();
         config_watch_.rearm();
         auto desired = load_and_apply(engine_, options_, kernel_);
@@ -264,11 +274,26 @@ class Controller {
 
     int run(int signal_fd) {
         sync_worker();
+        service::ready(status_line());
+        const auto watchdog = service::watchdog_interval();
+        auto next_ping = std::chrono::steady_clock::now();
         auto next_watch = std::chrono::steady_clock::now();
         while (true) {
+            if (watchdog && std::chrono::steady_clock::now() >= next_ping) {
+                service::watchdog();
+                next_ping = std::chrono::steady_clock::now() + *watchdog;
+            }
             std::vector<pollfd> fds{{signal_fd, POLLIN, 0}};
+            if (monitor_)
+                fds.push_back({monitor_->fd(), POLLIN, 0});
             server_.add_pollfds(fds);
             int timeout = 1000;  // the file watches
+            if (watchdog) {
+                const auto until_ping = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    next_ping - std::chrono::steady_clock::now());
+                timeout =
+                    std::min<int>(timeout, std::max<int>(0, static_cast<int>(until_ping.count())));
+            }
             for (const int t : {worker_.tick(), server_.next_deadline_ms()}) {
                 if (t >= 0)
                     timeout = std::min(timeout, t);
@@ -282,6 +307,8 @@ class Controller {
                 if (auto code = on_signal(signal_fd))
                     return *code;
             }
+            if (ready > 0 && monitor_ && fds[1].revents != 0)
+                on_table_events();
             if (ready > 0) {
                 server_.process(fds, [this](const ctl::Request& r, const ctl::Peer& p, int fd) {
                     return dispatch(r, p, fd);
@@ -289,6 +316,7 @@ class Controller {
             }
             if (std::chrono::steady_clock::now() >= next_watch) {
                 next_watch = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+                check_table();
                 watch_files();
             }
         }
@@ -388,6 +416,7 @@ class Controller {
             return std::nullopt;
         }
         // SIGTERM / SIGINT: the table stays; stopping the daemon never opens SMTP.
+        service::stopping();
         worker_.stop();
         log::notice("exiting on signal " + std::to_string(info.ssi_signo) + "; table inet " +
                     options_.table + " stays in force");
@@ -395,16 +424,37 @@ class Controller {
     }
 
     Result<void> reload() {
+        service::reloading();
         accounts_watch_.rearm();
         config_watch_.rearm();
         auto desired = load_and_apply(engine_, options_, kernel_);
-        if (!desired)
+        if (!desired) {
+            service::ready("reload failed, the rules in force are unchanged: " +
+                           desired.error().message());
             return std::unexpected(desired.error());
+        }
         removed_ = false;
         adopt(std::move(*desired));
         look_for_csf_rules();
         sync_worker();
+        service::ready(status_line());
         return {};
+    }
+
+    // One line for systemd's STATUS= (`systemctl status smtpfenced`).
+    [[nodiscard]] std::string status_line() const {
+        std::string line;
+        if (!current_)
+            line = "no policy loaded";
+        else if (removed_)
+            line = "NOT enforcing: the table was removed with smtpfencectl remove";
+        else if (!current_->loaded.policy.enabled)
+            line = "NOT enforcing: SMTP_BLOCK is \"0\"";
+        else
+            line = "enforcing: " + describe(*current_);
+        if (heal_.count > 0)
+            line += "; restored after foreign changes " + std::to_string(heal_.count) + " time(s)";
+        return line;
     }
 
     void watch_files() {
@@ -422,6 +472,75 @@ class Controller {
                            "; the rules in force are unchanged");
             }
         }
+    }
+
+    // Someone else changed our table (only possible when it is not owned, or while it
+    // was orphaned): put the desired state back at once.
+    void on_table_events() {
+        auto change = monitor_->read();
+        if (!change) {
+            log::error(change.error().message() + "; relying on the check each second");
+            monitor_.reset();
+            return;
+        }
+        if (!*change)
+            return;
+        std::string what;
+        for (const std::string& w : (*change)->what)
+            what += (what.empty() ? "" : ", ") + w;
+        if ((*change)->events_lost)
+            what += std::string(what.empty() ? "" : ", ") + "events lost (socket overflow)";
+        restore((*change)->who.empty() ? "unknown" : (*change)->who, what);
+    }
+
+    // The safety net under the events: is the table there, and ours?
+    void check_table() {
+        if (!enforcing())
+            return;
+        auto header = engine_.table_header(options_.table);
+        if (!header) {
+            log::warning("check table inet " + options_.table + ": " + header.error().message());
+            return;
+        }
+        if (!header->has_value()) {
+            restore("unknown (found by the check each second)", "table missing");
+        } else if (current_->spec.owned && (*header)->owner != engine_.portid()) {
+            restore("unknown (found by the check each second)", "table not owned by us");
+        }
+    }
+
+    void restore(const std::string& who, const std::string& what) {
+        if (!enforcing()) {
+            log::info("table inet " + options_.table + " changed by " + who + " (" + what +
+                      "); nothing is enforced, left alone");
+            return;
+        }
+        const auto t0 = std::chrono::steady_clock::now();
+        auto applied = engine_.apply(nft::build_ruleset(current_->spec));
+        const auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                            std::chrono::steady_clock::now() - t0)
+                            .count();
+        heal_.last_at = std::time(nullptr);
+        heal_.last_who = who;
+        heal_.last_what = what;
+        heal_.last_restore_us = us;
+        heal_.last_ok = applied.has_value();
+        if (!applied) {
+            ++heal_.failures;
+            heal_.last_error = applied.error().message();
+            log::error("table inet " + options_.table + " changed by " + who + ": " + what +
+                       "; restoring it failed: " + applied.error().message() +
+                       " (tried again each second)");
+            return;
+        }
+        ++heal_.count;
+        heal_.last_error.clear();
+        service::status(status_line());
+        log::warning("table inet " + options_.table + " changed by " + who + ": " + what +
+                     "; restored in " + std::to_string(us / 1000) + "." +
+                     std::to_string((us % 1000) / 100) + " ms" +
+                     (applied->table_existed && !applied->counters_kept ? " (" + applied->note + ")"
+                                                                        : std::string()));
     }
 
     // Accounts or the managed list changed: re-resolve the names with the policy in
@@ -547,6 +666,16 @@ class Controller {
             j["problem"] =
                 "the table is missing from the kernel (flushed by hand?); "
                 "`smtpfencectl reload` puts it back";
+        j["table"]["owned"] = current_ && current_->spec.owned;
+        j["self_heal"] = {{"events", monitor_.has_value()},
+                          {"restored", heal_.count},
+                          {"failed", heal_.failures}};
+        if (heal_.count + heal_.failures > 0) {
+            j["self_heal"]["last"] = {
+                {"at", heal_.last_at},     {"by", heal_.last_who},
+                {"what", heal_.last_what}, {"restore_us", heal_.last_restore_us},
+                {"ok", heal_.last_ok},     {"error", heal_.last_error}};
+        }
         j["queue"] = {{"mode", nft::to_string(queue_)}};
         if (current_) {
             const Policy& p = current_->loaded.policy;
@@ -823,6 +952,17 @@ class Controller {
     bool removed_ = false;
     std::time_t applied_at_ = 0;
     std::string csf_rules_;  // "" when CSF's SMTP rules are not loaded
+    std::optional<nft::TableMonitor> monitor_;
+    struct HealStats {
+        std::uint64_t count = 0;
+        std::uint64_t failures = 0;
+        std::time_t last_at = 0;
+        std::string last_who;
+        std::string last_what;
+        std::int64_t last_restore_us = 0;
+        bool last_ok = false;
+        std::string last_error;
+    } heal_;
 };
 
 }  // namespace
@@ -843,6 +983,11 @@ int run_daemon(const DaemonOptions& options) {
     auto session = open_kernel_session(options.table);
     if (!session) {
         log::error(session.error().message());
+        return kExitFailure;
+    }
+    // Least privilege (common/privileges.h): the control and netlink sockets are open.
+    if (auto dropped = drop_to(kDaemonCapabilities, kDaemonBoundingSet); !dropped) {
+        log::error(dropped.error().message());
         return kExitFailure;
     }
     nft::Engine engine(session->socket);

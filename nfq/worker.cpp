@@ -17,6 +17,7 @@
 #include "common/fd.h"
 #include "common/files.h"
 #include "common/log.h"
+#include "common/privileges.h"
 #include "nfq/attempt_log.h"
 #include "nfq/da_sink.h"
 #include "nfq/packet.h"
@@ -391,6 +392,21 @@ int run_worker(const WorkerOptions& options) {
         return 1;
     }
     Queue& queue = *opened;
+    // Least privilege (common/privileges.h): every socket is open and the queue bound.
+    // From here on the worker sends verdicts and reads counters (nfnetlink), reads other
+    // users' /proc/PID and, with the DirectAdmin pipeline, writes mail's files; it
+    // executes nothing, so nothing may ever raise its privileges again. Before the
+    // queue takes SYNs: a worker that cannot drop leaves it fail-open.
+    const CapabilitySet keep = worker_capabilities(options.da_enabled);
+    if (auto r = forbid_new_privileges(); !r) {
+        log::error(r.error().message());
+        return 1;
+    }
+    if (auto r = drop_to(keep, keep); !r) {
+        log::error(r.error().message());
+        return 1;
+    }
+    log::info("capabilities: " + keep.to_string());
     if (options.queue_fd >= 0) {
         // The daemon keeps the queue at length 0 (fail-open) while no worker is ready.
         if (auto r = queue.start_accepting(); !r) {

@@ -53,7 +53,8 @@ void FenceTest::write_config(const std::string& text) {
     (void)dir_->write("smtpfence.conf", text);
 }
 
-void FenceTest::start_daemon(const std::string& config, std::vector<std::string> extra) {
+void FenceTest::start_daemon(const std::string& config, std::vector<std::string> extra,
+                             std::vector<std::string> env) {
     write_config(config);
     DaemonArgs args;
     args.table = table_;
@@ -62,6 +63,7 @@ void FenceTest::start_daemon(const std::string& config, std::vector<std::string>
     args.group = group_path_;
     args.work_dir = dir_->path();
     args.extra = std::move(extra);
+    args.env = std::move(env);
     auto daemon = Daemon::start(topo_->server, std::move(args));
     ASSERT_TRUE(daemon) << daemon.error().message();
     daemon_ = std::make_unique<Daemon>(std::move(*daemon));

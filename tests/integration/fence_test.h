@@ -45,7 +45,8 @@ class FenceTest : public ::testing::Test {
     void write_config(const std::string& text);
     // Writes config and starts smtpfenced with the test accounts; fatal on failure
     // (call through ASSERT_NO_FATAL_FAILURE).
-    void start_daemon(const std::string& config, std::vector<std::string> extra = {});
+    void start_daemon(const std::string& config, std::vector<std::string> extra = {},
+                      std::vector<std::string> env = {});
 
     [[nodiscard]] ConnectResult connect(const Credentials& who, const std::string& address,
                                         std::uint16_t port) const;

@@ -1008,6 +1008,11 @@ Result<Daemon> Daemon::start(const Netns& ns, DaemonArgs args, Millis ready_time
         argv.insert(argv.end(), {"--group", args.group});
     argv.insert(argv.end(), args.extra.begin(), args.extra.end());
     const Argv c_argv(argv);
+    std::vector<std::string> env;
+    for (char** e = environ; *e != nullptr; ++e)
+        env.emplace_back(*e);
+    env.insert(env.end(), args.env.begin(), args.env.end());
+    const Argv c_env(env);
 
     auto ns_fd = open_netns_fd(ns);
     if (!ns_fd)
@@ -1035,7 +1040,7 @@ Result<Daemon> Daemon::start(const Netns& ns, DaemonArgs args, Millis ready_time
         // SIGTERM: the daemon's own orderly exit, which also stops its worker.
         die_with_parent(parent, SIGTERM);
         close_other_fds({STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO});
-        ::execv(c_argv.ptrs[0], c_argv.ptrs.data());
+        ::execve(c_argv.ptrs[0], c_argv.ptrs.data(), c_env.ptrs.data());
         write_text(STDERR_FILENO, "harness: exec smtpfenced failed\n");
         ::_exit(127);
     }

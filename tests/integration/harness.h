@@ -231,6 +231,7 @@ struct DaemonArgs {
     std::string group;     // --group (omitted when empty)
     std::string work_dir;  // control socket, state and virtual dirs and the log go here
     std::vector<std::string> extra;
+    std::vector<std::string> env;  // NAME=VALUE added to the daemon's environment
     // When set, the daemon is ready once its log holds this text instead of once its
     // table exists (a policy that enforces nothing creates no table).
     std::string ready_log_text;
