@@ -308,7 +308,7 @@ class Controller {
                     return *code;
             }
             if (ready > 0 && monitor_ && fds[1].revents != 0)
-                on_table_events();
+                on_table_events(*monitor_);
             if (ready > 0) {
                 server_.process(fds, [this](const ctl::Request& r, const ctl::Peer& p, int fd) {
                     return dispatch(r, p, fd);
@@ -476,41 +476,43 @@ class Controller {
 
     // Someone else changed our table (only possible when it is not owned, or while it
     // was orphaned): put the desired state back at once.
-    void on_table_events() {
-        auto change = monitor_->read();
-        if (!change) {
-            log::error(change.error().message() + "; relying on the check each second");
+    void on_table_events(nft::TableMonitor& monitor) {
+        auto read = monitor.read();
+        if (!read) {
+            log::error(read.error().message() + "; relying on the check each second");
             monitor_.reset();
             return;
         }
-        if (!*change)
+        const std::optional<nft::ForeignChange>& change = *read;
+        if (!change)
             return;
         std::string what;
-        for (const std::string& w : (*change)->what)
+        for (const std::string& w : change->what)
             what += (what.empty() ? "" : ", ") + w;
-        if ((*change)->events_lost)
+        if (change->events_lost)
             what += std::string(what.empty() ? "" : ", ") + "events lost (socket overflow)";
-        restore((*change)->who.empty() ? "unknown" : (*change)->who, what);
+        restore(change->who.empty() ? "unknown" : change->who, what);
     }
 
     // The safety net under the events: is the table there, and ours?
     void check_table() {
-        if (!enforcing())
+        if (!enforcing() || !current_)
             return;
         auto header = engine_.table_header(options_.table);
         if (!header) {
             log::warning("check table inet " + options_.table + ": " + header.error().message());
             return;
         }
-        if (!header->has_value()) {
+        const std::optional<nft::Engine::TableHeader>& found = *header;
+        if (!found) {
             restore("unknown (found by the check each second)", "table missing");
-        } else if (current_->spec.owned && (*header)->owner != engine_.portid()) {
+        } else if (current_->spec.owned && found->owner != engine_.portid()) {
             restore("unknown (found by the check each second)", "table not owned by us");
         }
     }
 
     void restore(const std::string& who, const std::string& what) {
-        if (!enforcing()) {
+        if (!enforcing() || !current_) {
             log::info("table inet " + options_.table + " changed by " + who + " (" + what +
                       "); nothing is enforced, left alone");
             return;

@@ -35,7 +35,7 @@ void ready(const std::string& status) {
 
 void reloading() {
     timespec now{};
-    ::clock_gettime(CLOCK_MONOTONIC, &now);
+    (void)::clock_gettime(CLOCK_MONOTONIC, &now);
     const auto usec = static_cast<std::uint64_t>(now.tv_sec) * 1000000U +
                       static_cast<std::uint64_t>(now.tv_nsec) / 1000U;
     notify("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(usec));

@@ -222,11 +222,12 @@ Result<TableInventory> Engine::inventory(const std::string& table) {
     auto header = table_header(table);
     if (!header)
         return std::unexpected(header.error());
-    inv.exists = header->has_value();
-    if (!inv.exists)
+    const std::optional<TableHeader>& found = *header;
+    inv.exists = found.has_value();
+    if (!found)
         return inv;
-    inv.flags = (*header)->flags;
-    inv.owner = (*header)->owner;
+    inv.flags = found->flags;
+    inv.owner = found->owner;
     Result<void> parse_error;
     auto r = query(
         transport_, NFT_MSG_GETCHAIN, NLM_F_DUMP, [](nlmsghdr*) {},
@@ -298,10 +299,10 @@ Result<ApplyReport> Engine::apply(const Ruleset& rs) {
     if (!inv)
         return std::unexpected(inv.error().wrap("apply " + tname));
     report.table_existed = inv->exists;
-    if (inv->owner && *inv->owner != transport_.portid()) {
+    if (const std::optional<std::uint32_t> owner = inv->owner;
+        owner && *owner != transport_.portid()) {
         return fail(EPERM, "apply " + tname,
-                    "it is owned by another live process (netlink port " +
-                        std::to_string(*inv->owner) +
+                    "it is owned by another live process (netlink port " + std::to_string(*owner) +
                         ", usually its pid: a second smtpfenced?); only that process can "
                         "change it");
     }
