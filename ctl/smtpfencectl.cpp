@@ -143,9 +143,24 @@ void print_status(const json& r) {
     std::cout << "  table " << t.value("family", "inet") << " " << t.value("name", "") << ": "
               << (t["present"].is_boolean() ? (t["present"].get<bool>() ? "present" : "absent")
                                             : "unknown")
-              << "\n";
+              << (t.value("owned", false) ? ", owned (no other tool can change it)" : "") << "\n";
     if (r.contains("problem"))
         std::cout << "  PROBLEM: " << r.value("problem", "") << "\n";
+    if (r.contains("self_heal")) {
+        const json& h = r["self_heal"];
+        std::cout << "  restored after foreign changes: " << h.value("restored", 0) << " time(s)";
+        if (h.value("failed", 0) > 0)
+            std::cout << ", " << h.value("failed", 0) << " failed attempt(s)";
+        std::cout << (h.value("events", false) ? " (nftables events watched)"
+                                               : " (checked each second)")
+                  << "\n";
+        if (h.contains("last")) {
+            const json& last = h["last"];
+            std::cout << "    last: by " << safe(last, "by") << ": " << safe(last, "what", 400)
+                      << (last.value("ok", false) ? "" : "; NOT restored: " + safe(last, "error"))
+                      << "\n";
+        }
+    }
     const json& q = r["queue"];
     std::cout << "  queue: " << q.value("mode", "?");
     if (q.contains("num"))

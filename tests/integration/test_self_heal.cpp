@@ -165,6 +165,12 @@ TEST_F(SelfHealTest, WithoutOwnershipEachForeignChangeIsSeenAndUndone) {
         expect_refused(kBob, Topology::kRemote4, 25);
     }
     RecordProperty("connections_through_unowned", std::to_string(through));
+    const RunResult human = run(
+        topo_->server, {smtpfencectl_path(), "--socket", dir_->path() + "/control.sock", "status"});
+    EXPECT_NE(human.out.find("restored after foreign changes: 5 time(s) (nftables events "
+                             "watched)\n    last: by pid "),
+              std::string::npos)
+        << human.out;
     EXPECT_NE(daemon_->log().find("changed by pid"), std::string::npos) << daemon_->log();
 }
 
