@@ -1,5 +1,6 @@
 #include "ctl/daemon.h"
 
+#include <cerrno>
 #include <filesystem>
 #include <string>
 
@@ -218,6 +219,11 @@ int remove_table(const DaemonOptions& options) {
     nft::Engine engine(*sock);
     if (auto r = engine.remove(options.table); !r) {
         log::error(r.error().message());
+        if (r.error().code == EPERM) {
+            log::error("table inet " + options.table +
+                       " is owned by a running smtpfenced: `smtpfencectl remove` asks it to "
+                       "remove the table (stopping the daemon does not)");
+        }
         return kExitFailure;
     }
     log::notice("table inet " + options.table + " removed: outbound SMTP is no longer guarded");

@@ -127,6 +127,13 @@ TEST_F(SelfHealTest, AnOwnedTableWithstandsFlushDeleteAndEditsUnderAFlood) {
     EXPECT_EQ(remote_smtp_->accepted(), 0U);
     const json s = status();
     EXPECT_EQ(s["self_heal"]["restored"].get<int>(), 0) << s.dump();
+
+    // Our own one-shot removal is another process too: refused, and told the way.
+    const RunResult removal =
+        run(topo_->server, {smtpfenced_path(), "--remove", "--table", table_});
+    EXPECT_EQ(removal.exit_code, 1) << removal.describe();
+    EXPECT_NE(removal.err.find("`smtpfencectl remove`"), std::string::npos) << removal.describe();
+    EXPECT_TRUE(table_intact()) << diagnostics();
 }
 
 TEST_F(SelfHealTest, WithoutOwnershipEachForeignChangeIsSeenAndUndone) {
