@@ -176,17 +176,47 @@ void ControlServer::accept_clients() {
             continue;
         }
         Client c{std::move(fd), std::move(*peer), {}, {}, false, Clock::now() + kClientDeadline};
+        // Every local user may connect, so no user may take the slots from root and the
+        // admin group: a few per uid, and a privileged client takes the slot of the
+        // oldest unprivileged one when all are in use.
+        const bool privileged = access_problem(access_, c.peer, Command::Allow).empty();
+        if (!privileged) {
+            const auto mine = std::ranges::count_if(
+                clients_, [&](const Client& o) { return o.peer.uid == c.peer.uid; });
+            if (static_cast<std::size_t>(mine) >= kMaxClientsPerUser) {
+                refuse_client(c, "too many connections from uid " + std::to_string(c.peer.uid) +
+                                     " (at most " + std::to_string(kMaxClientsPerUser) +
+                                     " at once)");
+                continue;
+            }
+        }
         if (clients_.size() >= kMaxClients) {
-            // Answer and forget: one short write into an empty socket buffer.
-            ++rejected_;
-            const std::string busy = encode_error(
-                {ErrorCode::Failed, "the daemon is busy with " + std::to_string(kMaxClients) +
-                                        " other clients; try again"});
-            (void)::send(c.fd.get(), busy.data(), busy.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-            continue;
+            auto victim = clients_.end();
+            if (privileged) {
+                victim = std::ranges::find_if(clients_, [&](const Client& o) {
+                    return !access_problem(access_, o.peer, Command::Allow).empty();
+                });
+            }
+            if (victim == clients_.end()) {
+                refuse_client(c, "the daemon is busy with " + std::to_string(kMaxClients) +
+                                     " other clients; try again");
+                continue;
+            }
+            refuse_client(*victim,
+                          "the daemon needs this connection for root or an admin; "
+                          "try again");
+            clients_.erase(victim);
         }
         clients_.push_back(std::move(c));
     }
+}
+
+void ControlServer::refuse_client(Client& c, const std::string& why) {
+    // Answer and forget: one short write into an (almost always) empty socket buffer.
+    ++rejected_;
+    const std::string busy = encode_error({ErrorCode::Failed, why});
+    (void)::send(c.fd.get(), busy.data(), busy.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    c.fd.reset();
 }
 
 void ControlServer::on_readable(Client& c, const Handler& handler) {

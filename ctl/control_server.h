@@ -69,6 +69,9 @@ class ControlServer {
     [[nodiscard]] std::uint64_t rejected() const { return rejected_; }
 
     static constexpr std::size_t kMaxClients = 32;
+    // Per uid, for every peer but root and the admin group (who never run out: they take
+    // the slot of an ordinary user's connection when all are in use).
+    static constexpr std::size_t kMaxClientsPerUser = 4;
     static constexpr std::chrono::seconds kClientDeadline{10};
 
   private:
@@ -85,6 +88,7 @@ class ControlServer {
     ControlServer(std::string path, UniqueFd fd)
         : path_(std::move(path)), listen_fd_(std::move(fd)) {}
     void accept_clients();
+    void refuse_client(Client& c, const std::string& why);
     void on_readable(Client& c, const Handler& handler);
     void answer(Client& c, const std::string& line, const Handler& handler);
     void flush(Client& c);

@@ -996,6 +996,15 @@ int run_daemon(const DaemonOptions& options) {
     log::info(std::string("queue support: ") + nft::to_string(session->features.queue) +
               "; owned tables: " + (session->features.ownership ? "yes" : "no"));
 
+    // The inputs first: a config or accounts file that cannot be read or parsed is a
+    // configuration error (exit 2, which the unit does not restart on), whatever errno
+    // came with it.
+    if (auto inputs = compute_desired(options, session->features); !inputs) {
+        log::error(inputs.error().message());
+        log::error(
+            "nothing was changed in the kernel; a table left by a previous run stays in force");
+        return kExitUsage;
+    }
     Controller controller(options, engine, session->features, *server);
     if (auto started = controller.start(); !started) {
         log::error(started.error().message());

@@ -202,6 +202,12 @@ int apply_once(const DaemonOptions& options) {
         log::error(session.error().message());
         return kExitFailure;
     }
+    // The inputs first: a config or accounts file that cannot be read or parsed is a
+    // configuration error (exit 2), whatever errno came with it.
+    if (auto inputs = compute_desired(options, session->features); !inputs) {
+        log::error(inputs.error().message());
+        return kExitUsage;
+    }
     nft::Engine engine(session->socket);
     if (auto r = load_and_apply(engine, options, session->features); !r) {
         log::error(r.error().message());
