@@ -358,9 +358,17 @@ TEST_F(ControlAbuseTest, AThousandIdleConnectionsAreShedAndCostNoMemory) {
     idle.clear();
     ASSERT_NO_FATAL_FAILURE(expect_intact("1000 idle connections"));
     const long rss_after = rss_kib(pid);
-    EXPECT_LT(rss_during - rss_before, 4096)
+    // Under AddressSanitizer freed memory waits in its quarantine (up to 256 MiB) before
+    // reuse, so the 1,000 short-lived clients show as some MiB there; a real leak per
+    // connection would still show as far more.
+#ifdef __SANITIZE_ADDRESS__
+    constexpr long kSlackKib = 32768;
+#else
+    constexpr long kSlackKib = 4096;
+#endif
+    EXPECT_LT(rss_during - rss_before, kSlackKib)
         << "VmRSS " << rss_before << " -> " << rss_during << " kB";
-    EXPECT_LT(rss_after - rss_before, 4096)
+    EXPECT_LT(rss_after - rss_before, kSlackKib)
         << "VmRSS " << rss_before << " -> " << rss_after << " kB";
     std::cout << "[ note ] root answered after " << waited.count() << " ms; daemon VmRSS "
               << rss_before << " -> " << rss_during << " -> " << rss_after << " kB\n";
