@@ -253,8 +253,18 @@ class Controller {
         worker_.set_on_exit([this] { release_waiting(); });
     }
 
-    // The first apply; an error here ends the daemon before it detaches.
-    Result<void> start() {
+    // The daemon's inputs (config, accounts, managed list), read after the file watches
+    // are armed so that no change after the read goes unseen. An error here is a
+    // configuration error.
+    Result<Desired> read_inputs() {
+        accounts_watch_.rearm();
+        config_watch_.rearm();
+        return compute_desired(options_, kernel_);
+    }
+
+    // The first apply of what read_inputs() returned; an error here ends the daemon
+    // before it detaches.
+    Result<void> start(Desired desired) {
         // Events first, so that nothing done to the table after our apply goes unseen.
         if (auto m = nft::TableMonitor::open(options_.table, engine_.portid())) {
             monitor_ = std::move(*m);
@@ -262,12 +272,9 @@ class Controller {
             log::warning(m.error().message() +
                          "; a deleted or changed table is found by the check each second only");
         }
-        accounts_watch_.rearm();
-        config_watch_.rearm();
-        auto desired = load_and_apply(engine_, options_, kernel_);
-        if (!desired)
-            return std::unexpected(desired.error());
-        adopt(std::move(*desired));
+        if (auto r = apply_desired(engine_, options_, desired); !r)
+            return r;
+        adopt(std::move(desired));
         look_for_csf_rules();
         return {};
     }
@@ -999,18 +1006,19 @@ int run_daemon(const DaemonOptions& options) {
     // The inputs first: a config or accounts file that cannot be read or parsed is a
     // configuration error (exit 2, which the unit does not restart on), whatever errno
     // came with it.
-    if (auto inputs = compute_desired(options, session->features); !inputs) {
+    Controller controller(options, engine, session->features, *server);
+    auto inputs = controller.read_inputs();
+    if (!inputs) {
         log::error(inputs.error().message());
         log::error(
             "nothing was changed in the kernel; a table left by a previous run stays in force");
         return kExitUsage;
     }
-    Controller controller(options, engine, session->features, *server);
-    if (auto started = controller.start(); !started) {
+    if (auto started = controller.start(std::move(*inputs)); !started) {
         log::error(started.error().message());
         log::error(
             "nothing was changed in the kernel; a table left by a previous run stays in force");
-        return started.error().code == 0 ? kExitUsage : kExitFailure;
+        return kExitFailure;
     }
     if (!options.foreground) {
         if (auto r = detach(); !r) {

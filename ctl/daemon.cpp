@@ -50,27 +50,34 @@ std::string managed_allow_path(const DaemonOptions& options) {
     return (dir.empty() ? std::filesystem::path(".") : dir) / "allow.list";
 }
 
-Result<Desired> load_and_apply(nft::Engine& engine, const DaemonOptions& options,
-                               const KernelFeatures& kernel) {
-    auto desired = compute_desired(options, kernel);
-    if (!desired)
-        return std::unexpected(desired.error());
-    for (const std::string& w : desired->warnings)
+Result<void> apply_desired(nft::Engine& engine, const DaemonOptions& options,
+                           const Desired& desired) {
+    for (const std::string& w : desired.warnings)
         log::warning(w);
-    if (!desired->loaded.policy.enabled) {
+    if (!desired.loaded.policy.enabled) {
         if (auto r = engine.remove(options.table); !r)
-            return std::unexpected(r.error());
-        log::notice("SMTP_BLOCK is \"0\" in " + desired->loaded.policy.source +
+            return r;
+        log::notice("SMTP_BLOCK is \"0\" in " + desired.loaded.policy.source +
                     ": nothing is enforced, outbound SMTP is open to every user");
-        return desired;
+        return {};
     }
-    const nft::Ruleset ruleset = nft::build_ruleset(desired->spec);
+    const nft::Ruleset ruleset = nft::build_ruleset(desired.spec);
     auto report = engine.apply(ruleset);
     if (!report)
         return std::unexpected(report.error());
     if (report->table_existed && !report->counters_kept)
         log::warning(report->note);
-    log::notice("enforcing: " + describe(*desired));
+    log::notice("enforcing: " + describe(desired));
+    return {};
+}
+
+Result<Desired> load_and_apply(nft::Engine& engine, const DaemonOptions& options,
+                               const KernelFeatures& kernel) {
+    auto desired = compute_desired(options, kernel);
+    if (!desired)
+        return std::unexpected(desired.error());
+    if (auto r = apply_desired(engine, options, *desired); !r)
+        return std::unexpected(r.error());
     return desired;
 }
 
@@ -204,14 +211,15 @@ int apply_once(const DaemonOptions& options) {
     }
     // The inputs first: a config or accounts file that cannot be read or parsed is a
     // configuration error (exit 2), whatever errno came with it.
-    if (auto inputs = compute_desired(options, session->features); !inputs) {
+    auto inputs = compute_desired(options, session->features);
+    if (!inputs) {
         log::error(inputs.error().message());
         return kExitUsage;
     }
     nft::Engine engine(session->socket);
-    if (auto r = load_and_apply(engine, options, session->features); !r) {
+    if (auto r = apply_desired(engine, options, *inputs); !r) {
         log::error(r.error().message());
-        return r.error().code == 0 ? kExitUsage : kExitFailure;
+        return kExitFailure;
     }
     return kExitOk;
 }

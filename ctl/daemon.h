@@ -72,6 +72,11 @@ struct KernelSession {
 [[nodiscard]] Result<Desired> compute_desired(const DaemonOptions& options,
                                               const KernelFeatures& kernel);
 
+// Applies what compute_desired found, in one transaction (or removes the table when
+// the policy says SMTP_BLOCK = "0"). On any error the rules in force are left alone.
+[[nodiscard]] Result<void> apply_desired(nft::Engine& engine, const DaemonOptions& options,
+                                         const Desired& desired);
+
 // Loads, resolves and applies in one transaction (or removes the table when the
 // policy says SMTP_BLOCK = "0"). On any error the rules in force are left alone.
 // Returns what is now in force.
