@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstring>
 #include <optional>
+#include <sstream>
 #include <string>
 
 #include "common/fd.h"
@@ -87,6 +88,17 @@ std::string in_child(const Netns* ns, const std::optional<Credentials>& who, Bod
     }
     (void)child.wait_for(5s);
     return out;
+}
+
+// VmRSS of a process in KiB, from /proc/PID/status; -1 when it is gone.
+inline long rss_kib(pid_t pid) {
+    std::istringstream in(read_file("/proc/" + std::to_string(pid) + "/status"));
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.starts_with("VmRSS:"))
+            return std::stol(line.substr(6));
+    }
+    return -1;
 }
 
 // errno as its symbolic name for the common network errors, for readable outcomes.

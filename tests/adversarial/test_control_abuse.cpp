@@ -216,16 +216,6 @@ class ControlAbuseTest : public FenceTest {
         return -1;
     }
 
-    long rss_kib(pid_t pid) {
-        std::istringstream in(read_file("/proc/" + std::to_string(pid) + "/status"));
-        std::string line;
-        while (std::getline(in, line)) {
-            if (line.starts_with("VmRSS:"))
-                return std::stol(line.substr(6));
-        }
-        return -1;
-    }
-
     // Connections from this process with bob's effective uid (the daemon reads the
     // peer's credentials at connect()), held until closed.
     std::vector<UniqueFd> open_as_bob(std::size_t n) {

@@ -2,8 +2,9 @@
 // executable the worker must name (exe), run from the working directory the test
 // chose (cwd), so every field of an attempt record is known in advance.
 //
-//   sft-connector [--count N] [--interval-us U] [--bind-port P] [--timeout-ms T]
-//                 [--exit-at-once | --parallel] ADDRESS PORT
+//   sft-connector [--count N] [--duration-ms D] [--interval-us U] [--bind-port P]
+//                 [--timeout-ms T] [--exit-at-once | --parallel] [--tag TEXT]...
+//                 ADDRESS PORT
 //
 // Default: N blocking connects one after the other, each bounded by T ms
 // (SO_SNDTIMEO), then one line on stdout:
@@ -15,6 +16,9 @@
 // --parallel: the N connects at once: N non-blocking sockets all connecting before
 // any answer is awaited (so N SYNs can wait in the queue together), then each one's
 // outcome within T ms; the same summary line.
+// --duration-ms: the serial connects stop once D ms have passed (N is then a maximum);
+// the summary's counts say how many were made.
+// --tag: ignored; puts any bytes the test chooses on the command line the worker reads.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -38,6 +42,7 @@ namespace {
 struct Options {
     std::uint64_t count = 1;
     std::uint64_t interval_us = 0;
+    std::uint64_t duration_ms = 0;  // 0: no time limit
     std::uint16_t bind_port = 0;
     int timeout_ms = 5000;
     bool exit_at_once = false;
@@ -47,11 +52,12 @@ struct Options {
 };
 
 [[noreturn]] void usage(const char* why) {
-    (void)std::fprintf(stderr,
-                       "sft-connector: %s\nusage: sft-connector [--count N] [--interval-us U] "
-                       "[--bind-port P] [--timeout-ms T] [--exit-at-once | --parallel] ADDRESS "
-                       "PORT\n",
-                       why);
+    (void)std::fprintf(
+        stderr,
+        "sft-connector: %s\nusage: sft-connector [--count N] [--duration-ms D] "
+        "[--interval-us U] [--bind-port P] [--timeout-ms T] [--exit-at-once | --parallel] ADDRESS "
+        "PORT\n",
+        why);
     // exit() is unsafe while other threads run (it runs the atexit handlers and static
     // destructors); sft-connector has one thread.
     // NOLINTNEXTLINE(concurrency-mt-unsafe)
@@ -79,6 +85,8 @@ Options parse(int argc, char** argv) {
         };
         if (arg == "--count") {
             o.count = number(value(), 100000000);
+        } else if (arg == "--duration-ms") {
+            o.duration_ms = number(value(), 3600000);
         } else if (arg == "--interval-us") {
             o.interval_us = number(value(), 10000000);
         } else if (arg == "--bind-port") {
@@ -89,6 +97,8 @@ Options parse(int argc, char** argv) {
             o.exit_at_once = true;
         } else if (arg == "--parallel") {
             o.parallel = true;
+        } else if (arg == "--tag") {
+            (void)value();
         } else if (positional == 0) {
             o.address = arg;
             ++positional;
@@ -270,7 +280,10 @@ int main(int argc, char** argv) {
         return 0;
     }
     Tally tally;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(o.duration_ms);
     for (std::uint64_t i = 0; i < o.count; ++i) {
+        if (o.duration_ms > 0 && std::chrono::steady_clock::now() >= until)
+            break;
         if (i > 0 && o.interval_us > 0)
             std::this_thread::sleep_for(std::chrono::microseconds(o.interval_us));
         const int fd = socket(t.family, SOCK_STREAM | SOCK_CLOEXEC, 0);
