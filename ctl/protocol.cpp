@@ -201,9 +201,11 @@ std::expected<Request, ProtocolError> parse_request(std::string_view line) {
         auto a = string_field(j, "address");
         if (!a)
             return std::unexpected(a.error());
+        // inet_pton reads a C string: "192.0.2.25\u0000..." would pass on its prefix and
+        // the whole string, NUL and all that follows, reach the log and the reply.
         in6_addr buf{};
-        if (inet_pton(AF_INET, a->c_str(), &buf) != 1 &&
-            inet_pton(AF_INET6, a->c_str(), &buf) != 1) {
+        if (a->find('\0') != std::string::npos || (inet_pton(AF_INET, a->c_str(), &buf) != 1 &&
+                                                   inet_pton(AF_INET6, a->c_str(), &buf) != 1)) {
             return bad(ErrorCode::InvalidArgument,
                        "address " + quote_value(*a) + " is not a numeric IPv4 or IPv6 address");
         }

@@ -40,7 +40,7 @@ sf_elapsed() {
 
 # The C++ sources clang-format checks (existing folders only; new files count
 # automatically, whether or not git knows them yet).
-SF_SOURCE_DIRS=(common nft nfq ctl csf-compat policy tests bench)
+SF_SOURCE_DIRS=(common nft nfq ctl csf-compat policy tests bench fuzz)
 sf_cxx_sources() {
     local d dirs=()
     for d in "${SF_SOURCE_DIRS[@]}"; do

@@ -114,6 +114,18 @@ TEST(Protocol, TestTakesNumericAddressesAndAPort) {
     }
 }
 
+// Bug found by fuzz/fuzz_control.cpp (fuzz/corpus/control/crash-address-nul-accepted):
+// the address was checked by inet_pton on its C string, so a NUL ended the check and
+// whatever followed it (here a terminal escape) was accepted, into the log and the reply.
+TEST(Protocol, AddressWithANulIsRefusedNotCheckedUpToTheNul) {
+    expect_refused(R"({"v":1,"cmd":"test","user":"bob","address":"192.0.2.25\u0000\u001b[2J"})",
+                   ErrorCode::InvalidArgument,
+                   R"(address "192.0.2.25\x00\x1b[2J" is not a numeric IPv4 or IPv6 address)");
+    expect_refused(R"({"v":1,"cmd":"test","user":"bob","address":"::1\u0000"})",
+                   ErrorCode::InvalidArgument,
+                   R"(address "::1\x00" is not a numeric IPv4 or IPv6 address)");
+}
+
 TEST(Protocol, AttemptsTakesSinceUserAndLimit) {
     const Request r =
         parsed(R"({"v":1,"cmd":"attempts","since":1767225600,"user":"carol","limit":100000})");
