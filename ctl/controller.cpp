@@ -262,6 +262,13 @@ class Controller {
         return compute_desired(options_, kernel_);
     }
 
+    // When read_inputs() failed at start: the built-in defaults instead (fail closed:
+    // compute_fallback), and the error kept in status until a reload succeeds.
+    Result<Desired> fallback_inputs(const Error& why) {
+        input_error_ = InputError{why.message(), std::time(nullptr), true};
+        return compute_fallback(options_, kernel_);
+    }
+
     // The first apply of what read_inputs() returned; an error here ends the daemon
     // before it detaches.
     Result<void> start(Desired desired) {
@@ -436,10 +443,13 @@ class Controller {
         config_watch_.rearm();
         auto desired = load_and_apply(engine_, options_, kernel_);
         if (!desired) {
-            service::ready("reload failed, the rules in force are unchanged: " +
-                           desired.error().message());
+            // Still the defaults when a start fell back on them; else the last good load.
+            const bool fallback = input_error_ && input_error_->fallback;
+            input_error_ = InputError{desired.error().message(), std::time(nullptr), fallback};
+            service::ready(status_line());
             return std::unexpected(desired.error());
         }
+        input_error_.reset();
         removed_ = false;
         adopt(std::move(*desired));
         look_for_csf_rules();
@@ -459,6 +469,12 @@ class Controller {
             line = "NOT enforcing: SMTP_BLOCK is \"0\"";
         else
             line = "enforcing: " + describe(*current_);
+        if (input_error_) {
+            line = "CONFIGURATION ERROR: " + input_error_->message + "; " +
+                   (input_error_->fallback ? "the built-in defaults are in force"
+                                           : "the rules in force are unchanged") +
+                   "; " + line;
+        }
         if (heal_.count > 0)
             line += "; restored after foreign changes " + std::to_string(heal_.count) + " time(s)";
         return line;
@@ -667,6 +683,13 @@ class Controller {
         else
             why = describe(*current_);
         j["summary"] = why;
+        if (input_error_) {
+            j["config_error"] = {
+                {"message", input_error_->message},
+                {"since", input_error_->since},
+                {"in_force", input_error_->fallback ? "built-in defaults"
+                                                    : "the last configuration that loaded"}};
+        }
         auto present = engine_.table_exists(options_.table);
         j["table"] = {{"family", "inet"},
                       {"name", options_.table},
@@ -972,6 +995,14 @@ class Controller {
         bool last_ok = false;
         std::string last_error;
     } heal_;
+    // The config, csf.conf or managed list could not be used (at start, or on the last
+    // reload): shown in status and systemd's STATUS= until a reload succeeds.
+    struct InputError {
+        std::string message;
+        std::time_t since = 0;
+        bool fallback = false;  // the built-in defaults are in force (since the start)
+    };
+    std::optional<InputError> input_error_;
 };
 
 }  // namespace
@@ -1003,16 +1034,25 @@ int run_daemon(const DaemonOptions& options) {
     log::info(std::string("queue support: ") + nft::to_string(session->features.queue) +
               "; owned tables: " + (session->features.ownership ? "yes" : "no"));
 
-    // The inputs first: a config or accounts file that cannot be read or parsed is a
-    // configuration error (exit 2, which the unit does not restart on), whatever errno
-    // came with it.
+    // The inputs first. A config, csf.conf or managed list that cannot be used puts the
+    // built-in defaults in force instead; only accounts that cannot be read (the MTA's
+    // uid unknown) end the daemon, with exit 2, which the unit does not restart on.
     Controller controller(options, engine, session->features, *server);
     auto inputs = controller.read_inputs();
     if (!inputs) {
-        log::error(inputs.error().message());
-        log::error(
-            "nothing was changed in the kernel; a table left by a previous run stays in force");
-        return kExitUsage;
+        // Fail closed: a broken file at boot must not leave SMTP open until it is fixed.
+        const Error why = inputs.error();
+        log::error(why.message());
+        inputs = controller.fallback_inputs(why);
+        if (!inputs) {
+            log::error(inputs.error().message());
+            log::error(
+                "nothing was changed in the kernel; a table left by a previous run stays in force");
+            return kExitUsage;
+        }
+        log::warning(
+            "enforcing the built-in defaults (every uid but root and the MTA's refused on 25, "
+            "465, 587) until the configuration is fixed; it is read again when it changes");
     }
     if (auto started = controller.start(std::move(*inputs)); !started) {
         log::error(started.error().message());

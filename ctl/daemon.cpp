@@ -148,24 +148,26 @@ nft::RulesetSpec make_spec(const Policy& policy, const Allowlist& allow, const s
     return spec;
 }
 
-Result<Desired> compute_desired(const DaemonOptions& options, const KernelFeatures& kernel) {
+namespace {
+
+// The rest of a Desired once its policy is known: the accounts, the managed list (or
+// none, for the fallback, when it cannot be read), the resolution and the spec.
+Result<Desired> resolve_desired(LoadedPolicy loaded, const DaemonOptions& options,
+                                const KernelFeatures& kernel, bool tolerate_managed_error) {
     Desired d;
-    auto loaded = load_configured_policy(options);
-    if (!loaded)
-        return std::unexpected(loaded.error());
-    d.loaded = std::move(*loaded);
-    if (d.loaded.policy.table_owner == TableOwner::On && !kernel.ownership) {
-        return fail(0, d.loaded.policy.source + ": TABLE_OWNER = \"1\"",
-                    "this kernel cannot keep an owned table after its owner exits (persistent "
-                    "owned tables need Linux 6.9 or later); set \"auto\" or \"0\"");
-    }
+    d.loaded = std::move(loaded);
     auto accounts = AccountDb::load(options.passwd_path, options.group_path);
     if (!accounts)
         return std::unexpected(accounts.error());
     auto managed = load_managed_allow(managed_allow_path(options));
-    if (!managed)
+    if (managed) {
+        d.managed = std::move(*managed);
+    } else if (tolerate_managed_error) {
+        d.loaded.warnings.push_back(managed.error().message() +
+                                    "; nobody from that list is allowed until it is fixed");
+    } else {
         return std::unexpected(managed.error());
-    d.managed = std::move(*managed);
+    }
     d.allow = resolve_allowlist(d.loaded.policy, *accounts, d.managed);
     d.warnings = d.loaded.warnings;
     d.warnings.insert(d.warnings.end(), accounts->warnings().begin(), accounts->warnings().end());
@@ -173,6 +175,27 @@ Result<Desired> compute_desired(const DaemonOptions& options, const KernelFeatur
     d.spec = make_spec(d.loaded.policy, d.allow, options.table, kernel);
     d.accounts = std::move(*accounts);
     return d;
+}
+
+}  // namespace
+
+Result<Desired> compute_desired(const DaemonOptions& options, const KernelFeatures& kernel) {
+    auto loaded = load_configured_policy(options);
+    if (!loaded)
+        return std::unexpected(loaded.error());
+    if (loaded->policy.table_owner == TableOwner::On && !kernel.ownership) {
+        return fail(0, loaded->policy.source + ": TABLE_OWNER = \"1\"",
+                    "this kernel cannot keep an owned table after its owner exits (persistent "
+                    "owned tables need Linux 6.9 or later); set \"auto\" or \"0\"");
+    }
+    return resolve_desired(std::move(*loaded), options, kernel, false);
+}
+
+Result<Desired> compute_fallback(const DaemonOptions& options, const KernelFeatures& kernel) {
+    LoadedPolicy defaults;
+    defaults.policy.source =
+        "built-in defaults (" + policy_files(options).front() + " could not be used)";
+    return resolve_desired(std::move(defaults), options, kernel, true);
 }
 
 std::string describe(const Desired& d) {

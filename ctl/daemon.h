@@ -72,6 +72,14 @@ struct KernelSession {
 [[nodiscard]] Result<Desired> compute_desired(const DaemonOptions& options,
                                               const KernelFeatures& kernel);
 
+// What the daemon enforces when compute_desired fails at start, so that a broken file
+// at boot fails closed instead of leaving SMTP open: the built-in default policy (every
+// uid but root and the MTA's refused on 25, 465, 587, both families) with the accounts
+// and, when it can still be read, the managed allowlist. Fails only when the accounts
+// cannot be read (without them the MTA's uid is unknown).
+[[nodiscard]] Result<Desired> compute_fallback(const DaemonOptions& options,
+                                               const KernelFeatures& kernel);
+
 // Applies what compute_desired found, in one transaction (or removes the table when
 // the policy says SMTP_BLOCK = "0"). On any error the rules in force are left alone.
 [[nodiscard]] Result<void> apply_desired(nft::Engine& engine, const DaemonOptions& options,

@@ -146,6 +146,12 @@ void print_status(const json& r) {
               << (t.value("owned", false) ? ", owned (no other tool can change it)" : "") << "\n";
     if (r.contains("problem"))
         std::cout << "  PROBLEM: " << r.value("problem", "") << "\n";
+    if (r.contains("config_error")) {
+        const json& e = r["config_error"];
+        std::cout << "  CONFIGURATION ERROR since " << when(e.value("since", std::int64_t{0}))
+                  << ": " << safe(e, "message", 400) << "\n    in force: " << safe(e, "in_force")
+                  << " (the file is read again when it changes)\n";
+    }
     if (r.contains("self_heal")) {
         const json& h = r["self_heal"];
         std::cout << "  restored after foreign changes: " << h.value("restored", 0) << " time(s)";

@@ -492,6 +492,60 @@ TEST_F(ControlTest, ImportCsfWritesAConfigTheDaemonThenEnforces) {
     expect_connected(kBob, Topology::kRemote4, 465);  // not in SMTP_PORTS
 }
 
+// Fail closed at boot: a config that cannot be used when the daemon starts puts the
+// built-in defaults in force (every uid but root and the MTA's refused, all guarded
+// ports), status says so and where the error is, and the fixed file takes over by
+// itself. A later broken edit keeps that good policy and is reported the same way.
+TEST_F(ControlTest, ABrokenConfigAtStartEnforcesTheDefaultsUntilItIsFixed) {
+    // Line 3 lacks its quotes; line 2 would allow alice if any of the file were applied.
+    const std::string broken =
+        "SMTP_BLOCK = \"1\"\nSMTP_ALLOWUSER = \"alice\"\nSMTP_PORTS = 25,465\n";
+    ASSERT_NO_FATAL_FAILURE(start_daemon(broken));
+    const std::string where = config_path_ + ":3";
+    EXPECT_TRUE(contains(daemon_->log(), where)) << daemon_->log();
+    EXPECT_TRUE(contains(daemon_->log(), "enforcing the built-in defaults")) << daemon_->log();
+    for (const std::uint16_t port : kSmtpPorts) {
+        expect_refused(kAlice, Topology::kRemote4, port);
+        expect_refused(kBob, Topology::kRemote6, port);
+    }
+    expect_connected(kRoot, Topology::kRemote4, 25);
+    expect_connected(kExim, Topology::kRemote6, 587);
+    expect_connected(kMail, Topology::kRemote4, 465);
+
+    json status = ctl_json({"status"});
+    EXPECT_TRUE(status.value("enforcing", false)) << status.dump();
+    ASSERT_TRUE(status.contains("config_error")) << status.dump();
+    EXPECT_TRUE(contains(status["config_error"].value("message", ""), where)) << status.dump();
+    EXPECT_EQ(status["config_error"].value("in_force", ""), "built-in defaults");
+    EXPECT_EQ(status["ports"], json({25, 465, 587}));
+    RunResult r = ctl({"status"});
+    EXPECT_TRUE(contains(r.out, "CONFIGURATION ERROR")) << r.describe();
+    EXPECT_TRUE(contains(r.out, where)) << r.describe();
+
+    // Fixed: read again within about a second, no signal needed.
+    write_config("SMTP_BLOCK = \"1\"\nSMTP_ALLOWUSER = \"alice\"\nSMTP_PORTS = \"25,465\"\n");
+    ASSERT_TRUE(wait_until(
+        [&] { return connect(kAlice, Topology::kRemote4, 25).outcome == Outcome::Connected; }, 10s,
+        100ms))
+        << "the fixed config was not applied\n"
+        << diagnostics();
+    expect_refused(kBob, Topology::kRemote4, 25);
+    status = ctl_json({"status"});
+    EXPECT_FALSE(status.contains("config_error")) << status.dump();
+    EXPECT_EQ(status["ports"], json({25, 465}));
+
+    // Broken again while running: the good policy stays, and status says which is in force.
+    write_config(broken);
+    ASSERT_TRUE(
+        wait_until([&] { return ctl_json({"status"}).contains("config_error"); }, 10s, 100ms))
+        << daemon_->log();
+    status = ctl_json({"status"});
+    EXPECT_EQ(status["config_error"].value("in_force", ""), "the last configuration that loaded");
+    expect_connected(kAlice, Topology::kRemote4, 25);
+    expect_refused(kBob, Topology::kRemote4, 25);
+    EXPECT_TRUE(daemon_->running());
+}
+
 TEST_F(ControlTest, ADaemonThatIsNotRunningIsOneClearLine) {
     // No daemon started at all.
     const RunResult r = ctl({"status"});
