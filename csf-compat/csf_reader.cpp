@@ -93,8 +93,10 @@ Result<ConfFile> parse_conf(std::string_view text, const std::string& path) {
         if (line.empty() || line.front() == '#')
             continue;
         const std::size_t eq = line.find('=');
-        if (eq == std::string_view::npos)
+        if (eq == std::string_view::npos) {
+            conf.skipped.push_back(SkippedLine{std::string(line), rec.line});
             continue;
+        }
 
         std::string name;
         name.reserve(eq);

@@ -22,9 +22,18 @@ struct Entry {
     int line = 0;       // 1-based line number in the file
 };
 
+// A line CSF's loader skips although it is neither blank nor a comment: it has no "=".
+// Not an error (CSF reads such files), but worth a warning: `SMTP_BLOCK "0"` is no
+// setting at all.
+struct SkippedLine {
+    std::string text;  // the record, trimmed, as read (show it through printable())
+    int line = 0;
+};
+
 struct ConfFile {
     std::string path;  // as given, used in every message
     std::vector<Entry> entries;
+    std::vector<SkippedLine> skipped;
 
     // The entry for key, or nullptr. Keys are unique (a repeat is a parse error).
     [[nodiscard]] const Entry* find(std::string_view key) const;

@@ -1,8 +1,10 @@
 // smtpfence.conf as smtpfenced loads it: csf::parse_conf, then policy_from_conf.
 // Invariants: a failure names the file; entries hold no record separator, keys no
 // whitespace or '='; the entries written back as KEY = "value" lines (same line numbers)
-// parse to the same entries and load to the same policy or the same error; a loaded
-// policy holds values in range (fuzz_check.h check_policy).
+// parse to the same entries and load to the same policy or the same error, and the same
+// warnings but one per skipped line (no "="), which names its line; a loaded policy
+// holds values in range (fuzz_check.h check_policy).
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -91,7 +93,17 @@ void fuzz_one(std::string_view text) {
     check(loaded->policy.source == path, "source");
     check_policy(loaded->policy);
     check(same_policy(loaded->policy, reloaded->policy), "the same entries load another policy");
-    check(loaded->warnings == reloaded->warnings, "the same entries warn differently");
+    // The written-back file has no skipped lines: their warnings come last, one each.
+    check(loaded->warnings.size() == reloaded->warnings.size() + conf->skipped.size(),
+          "not one warning per skipped line");
+    check(
+        std::equal(reloaded->warnings.begin(), reloaded->warnings.end(), loaded->warnings.begin()),
+        "the same entries warn differently");
+    for (std::size_t i = 0; i < conf->skipped.size(); ++i) {
+        const std::string& w = loaded->warnings[reloaded->warnings.size() + i];
+        check(w.starts_with(path + ":" + std::to_string(conf->skipped[i].line) + ": "),
+              "a skipped line's warning without FILE:LINE");
+    }
 }
 
 }  // namespace

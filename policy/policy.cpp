@@ -347,6 +347,12 @@ Result<LoadedPolicy> policy_from_conf(const csf::ConfFile& conf) {
         if (!done)
             return std::unexpected(std::move(done.error()));
     }
+    for (const csf::SkippedLine& skipped : conf.skipped) {
+        loaded.warnings.push_back(conf.path + ":" + std::to_string(skipped.line) + ": " +
+                                  csf::printable(skipped.text) +
+                                  " is ignored: a setting needs \"=\" (KEY = \"value\"); CSF's "
+                                  "syntax skips lines without one");
+    }
     return loaded;
 }
 

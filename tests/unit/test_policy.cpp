@@ -163,6 +163,21 @@ TEST(Policy, AllowUsersRepeatsDroppedWithWarning) {
               "smtpfence.conf:1: SMTP_ALLOWUSER: \"bob\" is listed more than once");
 }
 
+// CSF's syntax skips a line without "=" (so does the reader), but `SMTP_BLOCK "0"` is
+// then no setting at all: the admin is told, naming the line, and the rest applies.
+TEST(Policy, LinesWithoutAnEqualsSignAreIgnoredWithAWarning) {
+    auto loaded = map("# comment\nSMTP_BLOCK \"0\"\n\n  \nSMTP_PORTS = \"25\"\nnonsense\x1b[2J\n");
+    ASSERT_TRUE(loaded) << loaded.error().message();
+    EXPECT_TRUE(loaded->policy.enabled);
+    EXPECT_EQ(loaded->policy.ports, (std::vector<std::uint16_t>{25}));
+    ASSERT_EQ(loaded->warnings.size(), 2U);
+    EXPECT_EQ(loaded->warnings[0],
+              "smtpfence.conf:2: SMTP_BLOCK \"0\" is ignored: a setting needs \"=\" (KEY = "
+              "\"value\"); CSF's syntax skips lines without one");
+    EXPECT_TRUE(loaded->warnings[1].starts_with("smtpfence.conf:6: nonsense\\x1b[2J is ignored"))
+        << loaded->warnings[1];
+}
+
 TEST(Policy, BadAllowUsers) {
     EXPECT_EQ(bad("SMTP_ALLOWUSER", "bob,b@d"),
               "smtpfence.conf:1: SMTP_ALLOWUSER: bad value \"bob,b@d\": expected a "
