@@ -11,11 +11,16 @@
 
 namespace smtpfence {
 
-Result<std::string> read_text_file(const std::string& path, std::size_t max_bytes) {
+Result<std::string> read_text_file(const std::string& path, std::size_t max_bytes,
+                                   Symlinks symlinks) {
     // O_NONBLOCK so that a FIFO given by mistake cannot hang the daemon in open().
-    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
-    if (!fd.valid())
-        return fail(errno, path);
+    const int nofollow = symlinks == Symlinks::Refuse ? O_NOFOLLOW : 0;
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | nofollow));
+    if (!fd.valid()) {
+        const int err = errno;
+        return fail(err, path,
+                    err == ELOOP && nofollow != 0 ? "a symlink: refusing to follow it" : "");
+    }
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0)
         return fail(errno, path);

@@ -13,10 +13,16 @@ namespace smtpfence {
 // room for huge allowlists while refusing runaway files before they eat memory.
 inline constexpr std::size_t kMaxConfigBytes = 16U << 20U;
 
-// Reads a regular file (symlinks followed, as admins expect of /etc files) of at most
-// max_bytes. Errors name the path: "/etc/smtpfence/smtpfence.conf: Is a directory".
+// Whether the last component of a path may be a symlink. Follow for the admin's files
+// in /etc (config management links them); Refuse for the files we write ourselves
+// (the attempt log): one planted there must not make us read something else.
+enum class Symlinks { Follow, Refuse };
+
+// Reads a regular file of at most max_bytes. Errors name the path:
+// "/etc/smtpfence/smtpfence.conf: Is a directory".
 [[nodiscard]] Result<std::string> read_text_file(const std::string& path,
-                                                 std::size_t max_bytes = kMaxConfigBytes);
+                                                 std::size_t max_bytes = kMaxConfigBytes,
+                                                 Symlinks symlinks = Symlinks::Follow);
 
 // Writes path atomically: a temporary file in the same directory, fsync, rename, fsync
 // of the directory. Readers see the old or the new content, never a mix.

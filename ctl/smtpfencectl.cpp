@@ -39,6 +39,40 @@ std::string safe(const json& j, const char* key, std::size_t max = 200) {
     return csf::printable(j[key].get<std::string>(), max);
 }
 
+// Text that is already the daemon's (messages, paths, warnings, which quote user input
+// through csf::printable) shown as is, but a control character that got in anyway
+// cannot reach the terminal: bytes below 0x20 (but a tab), DEL and the C1 controls
+// (U+0080-U+009F, which some terminals obey as ESC sequences) become \xHH.
+std::string terminal_safe(std::string_view text) {
+    static constexpr char kHex[] = "0123456789abcdef";
+    std::string out;
+    out.reserve(text.size());
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        const auto byte = static_cast<unsigned char>(text[i]);
+        const bool c1 = byte == 0xc2 && i + 1 < text.size() &&
+                        static_cast<unsigned char>(text[i + 1]) >= 0x80 &&
+                        static_cast<unsigned char>(text[i + 1]) <= 0x9f;
+        if ((byte < 0x20 && byte != '\t') || byte == 0x7f || c1) {
+            const std::size_t n = c1 ? 2 : 1;
+            for (std::size_t k = 0; k < n; ++k) {
+                const auto b = static_cast<unsigned char>(text[i + k]);
+                out += {'\\', 'x', kHex[b >> 4U], kHex[b & 0xfU]};
+            }
+            i += n - 1;
+        } else {
+            out.push_back(text[i]);
+        }
+    }
+    return out;
+}
+
+// j[key] as terminal-safe text ("" when missing or not a string).
+std::string text(const json& j, const char* key) {
+    if (!j.contains(key) || !j[key].is_string())
+        return "";
+    return terminal_safe(j[key].get<std::string>());
+}
+
 std::string when(std::int64_t epoch) {
     const auto t = static_cast<std::time_t>(epoch);
     std::tm tm{};
@@ -136,16 +170,17 @@ int import_csf(const std::string& csf_path, const std::string& to, bool force, b
 }
 
 void print_status(const json& r) {
-    std::cout << "smtpfence " << r.value("version", "?") << ": "
+    std::cout << "smtpfence " << (r.contains("version") ? text(r, "version") : "?") << ": "
               << (r.value("enforcing", false) ? "ENFORCING" : "NOT ENFORCING") << "\n";
-    std::cout << "  " << r.value("summary", "") << "\n";
+    std::cout << "  " << text(r, "summary") << "\n";
     const json& t = r["table"];
-    std::cout << "  table " << t.value("family", "inet") << " " << t.value("name", "") << ": "
+    std::cout << "  table " << (t.contains("family") ? text(t, "family") : "inet") << " "
+              << text(t, "name") << ": "
               << (t["present"].is_boolean() ? (t["present"].get<bool>() ? "present" : "absent")
                                             : "unknown")
               << (t.value("owned", false) ? ", owned (no other tool can change it)" : "") << "\n";
     if (r.contains("problem"))
-        std::cout << "  PROBLEM: " << r.value("problem", "") << "\n";
+        std::cout << "  PROBLEM: " << text(r, "problem") << "\n";
     if (r.contains("config_error")) {
         const json& e = r["config_error"];
         std::cout << "  CONFIGURATION ERROR since " << when(e.value("since", std::int64_t{0}))
@@ -168,7 +203,7 @@ void print_status(const json& r) {
         }
     }
     const json& q = r["queue"];
-    std::cout << "  queue: " << q.value("mode", "?");
+    std::cout << "  queue: " << (q.contains("mode") ? text(q, "mode") : "?");
     if (q.contains("num"))
         std::cout << " num " << q["num"].get<int>();
     if (q.value("bound", false)) {
@@ -195,21 +230,21 @@ void print_status(const json& r) {
     if (r.contains("directadmin")) {
         const json& da = r["directadmin"];
         std::cout << "  DirectAdmin pipeline: " << (da.value("enabled", false) ? "on" : "off")
-                  << " (" << da.value("reason", "") << ")\n";
+                  << " (" << text(da, "reason") << ")\n";
     }
     if (r.contains("config"))
-        std::cout << "  config: " << r.value("config", "")
-                  << "\n  managed allowlist: " << r.value("allow_list", "") << "\n";
+        std::cout << "  config: " << text(r, "config")
+                  << "\n  managed allowlist: " << text(r, "allow_list") << "\n";
     if (r.contains("csf")) {
         const json& c = r["csf"];
         if (c.value("mode", false))
-            std::cout << "  policy from CSF's " << c.value("csf_conf", "") << " (--csf-conf)\n";
+            std::cout << "  policy from CSF's " << text(c, "csf_conf") << " (--csf-conf)\n";
         if (c.value("rules_loaded", false))
-            std::cout << "  CSF: " << c.value("explanation", "") << "\n";
+            std::cout << "  CSF: " << text(c, "explanation") << "\n";
     }
     if (r.contains("warnings")) {
         for (const auto& w2 : r["warnings"])
-            std::cout << "  warning: " << w2.get<std::string>() << "\n";
+            std::cout << "  warning: " << terminal_safe(w2.get<std::string>()) << "\n";
     }
 }
 
@@ -218,25 +253,25 @@ void print_list(const json& r) {
         std::cout << "(nothing is enforced right now; this is the list that applies when it is)\n";
     std::cout << "allowed uids:\n";
     for (const auto& u : r["uids"]) {
-        std::cout << "  " << u.value("uid", 0U) << "\t" << u.value("name", "") << "\t"
-                  << u.value("reason", "") << "\n";
+        std::cout << "  " << u.value("uid", 0U) << "\t" << text(u, "name") << "\t"
+                  << text(u, "reason") << "\n";
     }
     std::cout << "allowed gids (the socket's primary group):\n";
     for (const auto& g : r["gids"]) {
-        std::cout << "  " << g.value("gid", 0U) << "\t" << g.value("name", "") << "\t"
-                  << g.value("reason", "") << "\n";
+        std::cout << "  " << g.value("gid", 0U) << "\t" << text(g, "name") << "\t"
+                  << text(g, "reason") << "\n";
     }
     const json& m = r["managed"];
-    std::cout << "managed by smtpfencectl (" << m.value("file", "") << "):";
+    std::cout << "managed by smtpfencectl (" << text(m, "file") << "):";
     if (m["users"].empty() && m["groups"].empty())
         std::cout << " none";
     for (const auto& u : m["users"])
-        std::cout << " user " << u.get<std::string>();
+        std::cout << " user " << terminal_safe(u.get<std::string>());
     for (const auto& g : m["groups"])
-        std::cout << " group " << g.get<std::string>();
+        std::cout << " group " << terminal_safe(g.get<std::string>());
     std::cout << "\n";
     for (const auto& w : r["warnings"])
-        std::cout << "warning: " << w.get<std::string>() << "\n";
+        std::cout << "warning: " << terminal_safe(w.get<std::string>()) << "\n";
 }
 
 void print_attempts(const json& r) {
@@ -256,7 +291,7 @@ void print_attempts(const json& r) {
         }
     }
     std::cout << r.value("shown", 0) << " of " << r.value("matched", 0)
-              << " matching record(s) from " << r.value("log", "") << "\n";
+              << " matching record(s) from " << text(r, "log") << "\n";
 }
 
 void print_top(const json& r) {
@@ -441,7 +476,7 @@ static int run(int argc, char** argv) {
     }
     if (!j.value("ok", false)) {
         const std::string code = j["error"].value("code", "failed");
-        log::error(j["error"].value("message", "failed"));
+        log::error(terminal_safe(j["error"].value("message", "failed")));
         const auto ec = ctl::error_code_from_string(code);
         if (ec == ctl::ErrorCode::PermissionDenied)
             return kExitDenied;
@@ -452,7 +487,9 @@ static int run(int argc, char** argv) {
     }
     const json& r = j["result"];
     if (as_json) {
-        std::cout << r.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+        // ensure_ascii: every byte beyond ASCII and every control character as a \u
+        // escape, so the output is safe on a terminal and still the exact text.
+        std::cout << r.dump(2, ' ', true, json::error_handler_t::replace) << "\n";
     }
     switch (req.command) {
         case ctl::Command::Status:
@@ -465,15 +502,14 @@ static int run(int argc, char** argv) {
             return kExitOk;
         case ctl::Command::Check:
             if (!as_json)
-                std::cout << r.value("user", "") << " (uid " << r.value("uid", 0U)
-                          << "): " << r.value("reason", "") << "\n";
+                std::cout << text(r, "user") << " (uid " << r.value("uid", 0U)
+                          << "): " << text(r, "reason") << "\n";
             return r.value("blocked", false) ? kExitBlocked : kExitOk;
         case ctl::Command::Test: {
             const std::string outcome = r.value("outcome", "error");
             if (!as_json) {
-                std::cout << "as " << r.value("user", "") << " (uid " << r.value("uid", 0U)
-                          << ") to " << r.value("address", "") << " port " << r.value("port", 0)
-                          << ": ";
+                std::cout << "as " << text(r, "user") << " (uid " << r.value("uid", 0U) << ") to "
+                          << text(r, "address") << " port " << r.value("port", 0) << ": ";
                 if (outcome == "connected")
                     std::cout << "connected";
                 else if (outcome == "refused")
@@ -481,7 +517,7 @@ static int run(int argc, char** argv) {
                 else if (outcome == "timed_out")
                     std::cout << "no answer within 5 s (dropped)";
                 else
-                    std::cout << "failed: " << r.value("error", "");
+                    std::cout << "failed: " << text(r, "error");
                 std::cout << " after " << r.value("elapsed_ms", 0) << " ms\n";
             }
             // Refused or unanswered: what the block does. Any other error (no route, ...)
@@ -502,16 +538,15 @@ static int run(int argc, char** argv) {
         case ctl::Command::Deny: {
             if (!as_json) {
                 const bool is_allow = req.command == ctl::Command::Allow;
-                std::cout << r.value("kind", "") << " " << r.value("name", "") << ": "
+                std::cout << text(r, "kind") << " " << text(r, "name") << ": "
                           << (r.value("changed", false)
                                   ? (is_allow ? "allowed" : "removed from the allowlist")
                                   : (is_allow ? "already in the allowlist"
                                               : "was not in the allowlist"))
-                          << " (" << r.value("file", "") << ")\n";
+                          << " (" << text(r, "file") << ")\n";
             }
             if (r.contains("still_allowed")) {
-                log::warning(r.value("name", "") +
-                             " is still allowed: " + r.value("still_allowed", "") +
+                log::warning(text(r, "name") + " is still allowed: " + text(r, "still_allowed") +
                              "; change the configuration file to block it");
                 return kExitConflict;
             }
@@ -520,11 +555,11 @@ static int run(int argc, char** argv) {
         case ctl::Command::Reload:
             if (!as_json)
                 std::cout << (r.value("enforcing", false) ? "enforcing: " : "not enforcing: ")
-                          << r.value("description", "") << "\n";
+                          << text(r, "description") << "\n";
             return kExitOk;
         case ctl::Command::Remove:
             if (!as_json)
-                std::cout << "table inet " << r.value("table", "")
+                std::cout << "table inet " << text(r, "table")
                           << " removed: outbound SMTP is NOT guarded until `smtpfencectl reload`\n";
             return kExitOk;
         case ctl::Command::Version:

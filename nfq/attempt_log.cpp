@@ -24,8 +24,35 @@ std::string dump(const json& j) {
     return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
+constexpr const char* kLogName = "attempts.jsonl";
+constexpr const char* kRotatedName = "attempts.jsonl.1";
+
 std::string log_path(const std::string& dir) {
-    return dir + "/attempts.jsonl";
+    return dir + "/" + kLogName;
+}
+
+// "a symlink: ..." when path is one (open with O_DIRECTORY|O_NOFOLLOW says ENOTDIR).
+std::string planted_hint(const std::string& path) {
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode))
+        return "a symlink: refusing to follow it";
+    return {};
+}
+
+// The log is ours alone: a regular file with one link. A hard link planted at its
+// name would make us append, as root, to whatever file it shares an inode with.
+Result<void> check_own_file(int fd, const std::string& path) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0)
+        return fail(errno, path);
+    if (!S_ISREG(st.st_mode))
+        return fail(EINVAL, path, "not a regular file: refusing to write to it");
+    if (st.st_nlink > 1) {
+        return fail(EMLINK, path,
+                    "has " + std::to_string(st.st_nlink) +
+                        " hard links: refusing to write to it (another file shares it)");
+    }
+    return {};
 }
 
 // Parses one file's lines into recovery: the last checkpoint wins and resets the
@@ -125,17 +152,27 @@ Result<AttemptLog> AttemptLog::open(const std::string& state_dir, std::uint64_t 
     if (::mkdir(state_dir.c_str(), 0750) != 0 && errno != EEXIST) {
         return fail(errno, "create state directory " + state_dir);
     }
+    // The state directory itself is never followed either: replaced by a symlink, it
+    // would make us create and append to files in whatever directory it points at.
+    UniqueFd dir(::open(state_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!dir.valid())
+        return fail(errno, "state directory " + state_dir, planted_hint(state_dir));
     const std::string path = log_path(state_dir);
     // O_NOFOLLOW: a symlink planted in the state directory is refused, not followed.
-    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640));
-    if (!fd.valid())
-        return fail(errno, "open attempt log " + path);
+    UniqueFd fd(::openat(dir.get(), kLogName,
+                         O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK,
+                         0640));
+    if (!fd.valid()) {
+        const int err = errno;
+        return fail(err, "open attempt log " + path,
+                    err == ELOOP ? "a symlink: refusing to follow it" : "");
+    }
+    if (auto ok = check_own_file(fd.get(), path); !ok)
+        return std::unexpected(std::move(ok.error()));
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0)
         return fail(errno, path);
-    if (!S_ISREG(st.st_mode))
-        return fail(EINVAL, path, "not a regular file");
-    AttemptLog log(state_dir, path, std::move(fd), max_bytes,
+    AttemptLog log(state_dir, path, std::move(dir), std::move(fd), max_bytes,
                    static_cast<std::uint64_t>(st.st_size));
     log.last_checkpoint_ = recover(state_dir).checkpoint;
     return log;
@@ -144,10 +181,12 @@ Result<AttemptLog> AttemptLog::open(const std::string& state_dir, std::uint64_t 
 LogRecovery AttemptLog::recover(const std::string& state_dir) {
     LogRecovery out;
     const std::string path = log_path(state_dir);
-    auto current = read_text_file(path, 1ULL << 30U);
+    // Never through a symlink: a file planted there could forge a checkpoint and make
+    // the reconciler skip attempts.
+    auto current = read_text_file(path, 1ULL << 30U, Symlinks::Refuse);
     // The rotated file matters only when the current one has no checkpoint yet.
     if (!current || current->find("\"type\":\"checkpoint\"") == std::string::npos) {
-        if (auto previous = read_text_file(path + ".1", 1ULL << 30U))
+        if (auto previous = read_text_file(path + ".1", 1ULL << 30U, Symlinks::Refuse))
             scan(*previous, out);
     }
     if (current)
@@ -157,30 +196,59 @@ LogRecovery AttemptLog::recover(const std::string& state_dir) {
 
 void AttemptLog::write_line(const std::string& line) {
     const ssize_t n = ::write(fd_.get(), line.data(), line.size());
+    const int err = errno;
     if (n != static_cast<ssize_t>(line.size())) {
         ++write_errors_;
+        // One warning when writes start failing, not one per record (a flood would
+        // fill the journal); another when they work again.
+        if (!write_failing_) {
+            write_failing_ = true;
+            log::warning("write " + path_ + ": " +
+                         (n < 0 ? errno_text(err) : std::string("short write (disk full?)")) +
+                         "; records are lost until it works again (the kernel still counts)");
+        }
         return;
     }
     size_ += line.size();
+    if (write_failing_) {
+        write_failing_ = false;
+        log::notice("attempt log " + path_ + " written again; " + std::to_string(write_errors_) +
+                    " record(s) lost so far");
+    }
 }
 
 void AttemptLog::rotate() {
-    const std::string old = path_ + ".1";
-    if (::rename(path_.c_str(), old.c_str()) != 0) {
-        ++write_errors_;
+    // renameat replaces whatever sits at attempts.jsonl.1 (a symlink or a hard link
+    // planted there included) without writing through it.
+    if (::renameat(dir_fd_.get(), kLogName, dir_fd_.get(), kRotatedName) != 0) {
+        const int err = errno;
+        rotation_failed("rotate " + path_ + " to " + kRotatedName + ": " + errno_text(err));
         return;
     }
-    UniqueFd fd(::open(path_.c_str(),
-                       O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_EXCL, 0640));
+    UniqueFd fd(::openat(dir_fd_.get(), kLogName,
+                         O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_EXCL, 0640));
     if (!fd.valid()) {
-        ++write_errors_;
+        const int err = errno;
+        // Something was planted in the instant between: keep writing to the rotated
+        // file, which is ours, and try again after the next checkpoint.
+        rotation_failed("create " + path_ + " after rotating it: " + errno_text(err) +
+                        "; writing on in " + kRotatedName);
         return;
     }
+    rotation_failing_ = false;
     fd_ = std::move(fd);
     size_ = 0;
     // The new file starts from where the reconciler stands.
     if (last_checkpoint_)
         write_line(to_json_line(*last_checkpoint_));
+}
+
+// Said once until a rotation works again: it is retried after every checkpoint.
+void AttemptLog::rotation_failed(const std::string& what) {
+    if (!rotation_failing_) {
+        rotation_failing_ = true;
+        log::warning(what + " (the log grows past its size limit until rotation works)");
+    }
 }
 
 void AttemptLog::explained(const Attempt& attempt) {

@@ -5,7 +5,10 @@
 //
 // Each record is written with one write() on an O_APPEND descriptor: a crash leaves
 // whole lines. Hostile strings (paths, command lines) are JSON-escaped: a newline or
-// quote in a folder name cannot end a record or forge a field.
+// quote in a folder name cannot end a record or forge a field. Nothing planted is
+// written through: the state directory and the log are opened (and read back) without
+// following a symlink, a log with more than one hard link is refused, and rotation
+// renames over whatever sits at attempts.jsonl.1.
 #pragma once
 
 #include <cstdint>
@@ -46,23 +49,28 @@ class AttemptLog final : public AttemptSink {
     static constexpr std::uint64_t kDefaultMaxBytes = 16ULL << 20U;
 
   private:
-    AttemptLog(std::string dir, std::string path, UniqueFd fd, std::uint64_t max_bytes,
-               std::uint64_t size)
+    AttemptLog(std::string dir, std::string path, UniqueFd dir_fd, UniqueFd fd,
+               std::uint64_t max_bytes, std::uint64_t size)
         : dir_(std::move(dir)),
           path_(std::move(path)),
+          dir_fd_(std::move(dir_fd)),
           fd_(std::move(fd)),
           max_bytes_(max_bytes),
           size_(size) {}
     void write_line(const std::string& line);
+    void rotation_failed(const std::string& what);
     void rotate();
 
     std::string dir_;
     std::string path_;
+    UniqueFd dir_fd_;  // the state directory, opened once without following a symlink
     UniqueFd fd_;
     std::uint64_t max_bytes_;
     std::uint64_t size_;
     std::optional<Checkpoint> last_checkpoint_;
     std::uint64_t write_errors_ = 0;
+    bool write_failing_ = false;     // the last write failed (warned once)
+    bool rotation_failing_ = false;  // the last rotation failed (warned once)
 };
 
 // JSON text of records, shared by the log and by tests.

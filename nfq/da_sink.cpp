@@ -157,6 +157,13 @@ Result<UniqueFd> open_usage_dir(int root, const std::string& root_path,
     UniqueFd fd(::openat(root, "usage", kFlags));
     if (fd.valid())
         return fd;
+    if (errno == ENOTDIR) {
+        // O_DIRECTORY|O_NOFOLLOW says ENOTDIR for a symlink, even to a directory.
+        struct stat st {};
+        if (::fstatat(root, "usage", &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
+            return file_error(ELOOP, path);
+        return fail(ENOTDIR, path);
+    }
     if (errno != ENOENT)
         return file_error(errno, path);
     const bool created = ::mkdirat(root, "usage", kUsageDirMode) == 0;
