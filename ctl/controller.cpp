@@ -414,10 +414,7 @@ class Controller {
     void release_waiting() {
         if (!held_queue_)
             return;
-        const auto stats = nfq::read_queue_proc_stats(held_queue_->number());
-        if (!stats)
-            return;
-        if (auto r = held_queue_->release_waiting(stats->id_sequence); !r)
+        if (auto r = held_queue_->release_waiting(); !r)
             log::warning("release the SYNs that waited for the worker: " + r.error().message());
     }
 

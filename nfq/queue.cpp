@@ -11,6 +11,8 @@
 #include <array>
 #include <cerrno>
 
+#include "nfq/proc_queue.h"
+
 namespace smtpfence::nfq {
 namespace {
 
@@ -105,9 +107,15 @@ Result<void> Queue::start_accepting() {
     return set_length(kMaxQueueLength);
 }
 
-Result<void> Queue::release_waiting(std::uint32_t last_id) {
+Result<void> Queue::release_waiting() {
     if (auto r = stop_accepting(); !r)
         return r;
+    // Read only now: the kernel handled the new length inside our sendto, so no SYN is
+    // queued (or given an id) after this reading. Read before, a SYN queued in between
+    // would wait for the next worker's first verdict, past its client's retransmission.
+    const auto stats = read_queue_proc_stats(queue_num_);
+    if (!stats)
+        return fail(ENOENT, "NFQUEUE " + std::to_string(queue_num_), "not bound");
     // The messages the dead worker did not read describe packets we are about to
     // accept in one batch: drop them unread.
     while (true) {
@@ -117,7 +125,7 @@ Result<void> Queue::release_waiting(std::uint32_t last_id) {
         break;
     }
     have_pending_ = true;
-    max_pending_id_ = last_id;
+    max_pending_id_ = stats->id_sequence;
     flush_verdicts();
     return {};
 }

@@ -96,12 +96,13 @@ class Queue {
     [[nodiscard]] Result<void> stop_accepting();
     // The worker, once its start-up is done: the queue takes SYNs again.
     [[nodiscard]] Result<void> start_accepting();
-    // The daemon, after its worker died: discards what the worker left unread in the
-    // socket and accepts every packet still waiting (ids up to last_id, the queue's
-    // id_sequence), so that none waits for the next worker past its client's
-    // retransmission timeout. They go on to the enforce chain, which refuses them;
-    // the kernel counted them already, the next worker's reconciler records them.
-    [[nodiscard]] Result<void> release_waiting(std::uint32_t last_id);
+    // The daemon, after its worker died: stops accepting, discards what the worker left
+    // unread in the socket and accepts every packet still waiting (ids up to the
+    // queue's id_sequence, read once no more can be queued), so that none waits for
+    // the next worker past its client's retransmission timeout. They go on to the
+    // enforce chain, which refuses them; the kernel counted them already, the next
+    // worker's reconciler records them.
+    [[nodiscard]] Result<void> release_waiting();
 
     [[nodiscard]] const QueueCounters& counters() const { return counters_; }
     [[nodiscard]] std::uint16_t number() const { return queue_num_; }

@@ -179,12 +179,18 @@ class Worker {
             }
         }
         a.account = attribute_account(a.uid, a.cwd, accounts_, options_.web_users);
-        for (AttemptSink* sink : sinks_)
-            sink->explained(a);
         explained_pending_.emplace_back(p.id, a.uid);
         ++stats_.explained;
         if (!a.identified)
             ++stats_.unidentified;
+        // Queued after the counters being reconciled were read: its record must come
+        // after that round's checkpoint, which does not hold it (see reconcile()).
+        if (holding_after_.has_value() && p.id > *holding_after_) {
+            held_.push_back(std::move(a));
+            return;
+        }
+        for (AttemptSink* sink : sinks_)
+            sink->explained(a);
     }
 
     // Turns the kernel's per-uid counters into records: what the kernel counted beyond
@@ -249,9 +255,15 @@ class Worker {
         }
         // Every packet with an id <= the sequence is in our socket (or was lost to an
         // overflow, and is counted-only): explain what is waiting, then take the
-        // explained attempts up to that id.
-        if (auto r = drain(queue); !r)
-            log::warning("reconcile: " + r.error().message());
+        // explained attempts up to that id. A SYN queued since (id > S) may be drained
+        // too: its record is held back until this round's checkpoint is written, as a
+        // worker starting after a kill takes the attempts after the last checkpoint as
+        // not in its kernel totals; written before it, it would be counted twice.
+        holding_after_ = seq_before;
+        auto drained = drain(queue);
+        holding_after_.reset();
+        if (!drained)
+            log::warning("reconcile: " + drained.error().message());
         while (!explained_pending_.empty() && explained_pending_.front().first <= *seq_before) {
             ++explained_since_[explained_pending_.front().second];
             explained_pending_.pop_front();
@@ -290,6 +302,11 @@ class Worker {
             for (AttemptSink* sink : sinks_)
                 sink->checkpoint(cp);
         }
+        for (const Attempt& a : held_) {
+            for (AttemptSink* sink : sinks_)
+                sink->explained(a);
+        }
+        held_.clear();
     }
 
     const WorkerStats& stats() const { return stats_; }
@@ -341,7 +358,9 @@ class Worker {
     std::map<std::uint32_t, std::uint64_t> baseline_;
     std::map<std::uint32_t, std::uint64_t> explained_since_;
     std::deque<std::pair<std::uint32_t, std::uint32_t>> explained_pending_;  // (packet id, uid)
-    std::uint32_t reconciled_through_ = 0;  // queue packet ids up to this are accounted for
+    std::uint32_t reconciled_through_ = 0;        // queue packet ids up to this are accounted for
+    std::optional<std::uint32_t> holding_after_;  // during reconcile(): its S
+    std::vector<Attempt> held_;  // explained with an id > S, written after the checkpoint
     std::map<pid_t, unsigned> told_per_pid_;
     WorkerStats stats_;
 };

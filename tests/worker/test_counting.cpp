@@ -62,18 +62,14 @@ TEST_F(WorkerCountTest, FloodFromSeveralUidsIsCountedExactly) {
                                     << diagnostics();
 }
 
-// KNOWN GAP, disabled until fixed (see the README, "Known gaps"): the kernel counts a
-// blocked SYN just before it queues it; when the worker is SIGKILLed, the kernel drops
-// the SYNs waiting in its queue, and each client's retransmission is counted again.
-// The totals come out 0-3 too high in about a third of runs. The fix planned: the
-// daemon holds the NFQUEUE socket and hands it to each worker it starts, so a dying
-// worker leaves its queue (and its waiting SYNs) to the next one instead of to a drop.
-// Run it with --gtest_also_run_disabled_tests.
-// Disabled: with the daemon holding the queue this passes in the plain build (every
-// run seen), but in the ASan build one of 12,000 attempts was still counted twice in
-// one run of two (2026-12-01): a SYN waiting past its 1 s retransmission while the
-// slow sanitized worker is killed and replaced. Issue 3 stays open for it.
-TEST_F(WorkerCountTest, DISABLED_WorkerKilledMidFloodLosesAndDoublesNothing) {
+// A worker SIGKILLed twice mid-flood: nothing lost, nothing counted twice. Two causes
+// of a +1 were found and fixed (README, "Every attempt counted"): the kernel dropped the
+// SYNs waiting for a dead worker, each then retransmitted and counted again (now the
+// daemon holds the queue and answers what waited, reading the last id only once no
+// more can be queued); and a record the dying worker had written just before its last
+// checkpoint, for a SYN queued after that checkpoint's counters were read, which the
+// next worker then counted again (now such a record is written after the checkpoint).
+TEST_F(WorkerCountTest, WorkerKilledMidFloodLosesAndDoublesNothing) {
     ASSERT_NO_FATAL_FAILURE(start_daemon());
     pid_t worker = 0;
     ASSERT_NO_FATAL_FAILURE(wait_for_worker(&worker));
