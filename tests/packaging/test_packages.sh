@@ -109,8 +109,11 @@ if [[ "$format" == deb ]]; then
     # (each call reads dpkg's whole file database).
     declare -A lib_of=()
     candidates=()
+    # Read once: `ldconfig -p | awk '... exit'` would have ldconfig killed by SIGPIPE now
+    # and then, which pipefail turns into a silent exit of this script.
+    ld_cache="$(ldconfig -p)"
     while read -r soname; do
-        lib="$(ldconfig -p | awk -v s="$soname" '$1 == s { print $NF; exit }')"
+        lib="$(awk -v s="$soname" '$1 == s { print $NF; exit }' <<<"$ld_cache")"
         if [[ -z "$lib" ]]; then
             fail "ldconfig does not know $soname"
             continue
@@ -250,7 +253,9 @@ for page in man5/smtpfence.conf.5 man8/smtpfenced.8 man8/smtpfencectl.8; do
 done
 for p in "${programs[@]}"; do
     # Stripped (CPACK_STRIP_FILES), and still the program that was built.
-    if readelf -S "$root/usr/sbin/$p" | grep -q '\.debug_info'; then
+    # grep reads all (no -q): an early exit would SIGPIPE readelf and, with pipefail,
+    # turn a match into "no match".
+    if readelf -S "$root/usr/sbin/$p" | grep '\.debug_info' >/dev/null; then
         fail "/usr/sbin/$p is not stripped"
     fi
     if [[ "$p" != smtpfence-worker ]]; then
