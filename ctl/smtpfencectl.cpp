@@ -184,7 +184,7 @@ void print_status(const json& r) {
     if (r.contains("config_error")) {
         const json& e = r["config_error"];
         std::cout << "  CONFIGURATION ERROR since " << when(e.value("since", std::int64_t{0}))
-                  << ": " << safe(e, "message", 400) << "\n    in force: " << safe(e, "in_force")
+                  << ": " << text(e, "message") << "\n    in force: " << text(e, "in_force")
                   << " (the file is read again when it changes)\n";
     }
     if (r.contains("self_heal")) {
