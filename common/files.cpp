@@ -11,6 +11,11 @@
 
 namespace smtpfence {
 
+bool is_symlink_at(int dirfd, const std::string& name) {
+    struct stat st {};
+    return ::fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode);
+}
+
 Result<std::string> read_text_file(const std::string& path, std::size_t max_bytes,
                                    Symlinks symlinks) {
     // O_NONBLOCK so that a FIFO given by mistake cannot hang the daemon in open().
@@ -18,8 +23,7 @@ Result<std::string> read_text_file(const std::string& path, std::size_t max_byte
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | nofollow));
     if (!fd.valid()) {
         const int err = errno;
-        return fail(err, path,
-                    err == ELOOP && nofollow != 0 ? "a symlink: refusing to follow it" : "");
+        return fail(err, path, err == ELOOP && nofollow != 0 ? kSymlinkRefused : "");
     }
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0)

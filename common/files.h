@@ -18,6 +18,14 @@ inline constexpr std::size_t kMaxConfigBytes = 16U << 20U;
 // (the attempt log): one planted there must not make us read something else.
 enum class Symlinks { Follow, Refuse };
 
+// The detail of every error for a symlink we refused to follow (O_NOFOLLOW's ELOOP).
+inline constexpr const char* kSymlinkRefused = "a symlink: refusing to follow it";
+
+// Whether name (relative to dirfd, or a path with AT_FDCWD) is itself a symlink. For
+// the error of an open() with O_DIRECTORY|O_NOFOLLOW, which says ENOTDIR for a symlink,
+// even one to a directory.
+[[nodiscard]] bool is_symlink_at(int dirfd, const std::string& name);
+
 // Reads a regular file of at most max_bytes. Errors name the path:
 // "/etc/smtpfence/smtpfence.conf: Is a directory".
 [[nodiscard]] Result<std::string> read_text_file(const std::string& path,

@@ -35,6 +35,7 @@
 #include "ctl/protocol.h"
 #include "ctl/service_notify.h"
 #include "ctl/supervisor.h"
+#include "nfq/attempt_log.h"
 #include "nfq/da_sink.h"
 #include "nfq/proc_queue.h"
 #include "nfq/queue.h"
@@ -139,18 +140,15 @@ std::time_t local_midnight(std::time_t now) {
     return std::mktime(&tm);
 }
 
-// As much as the worker reads back on start (the log rotates at 16 MiB).
-constexpr std::size_t kMaxAttemptLogRead = std::size_t{1} << 30U;
-
 // The attempt log's records (attempt, counted) in time order, from the rotated file
 // then the current one. Malformed lines (a crash mid-write cannot make one, an
 // edit by hand can) are skipped. A symlink in the log's place is not read (the worker
 // refuses it too): any user may ask for `attempts`, and it must not show another file.
 std::vector<json> read_attempt_records(const std::string& state_dir, std::int64_t since) {
     std::vector<json> out;
-    for (const std::string name : {"attempts.jsonl.1", "attempts.jsonl"}) {
-        const auto text =
-            read_text_file(state_dir + "/" + name, kMaxAttemptLogRead, Symlinks::Refuse);
+    for (const std::string name : {nfq::AttemptLog::kRotatedFileName, nfq::AttemptLog::kFileName}) {
+        const auto text = read_text_file(state_dir + "/" + name, nfq::AttemptLog::kMaxReadBytes,
+                                         Symlinks::Refuse);
         if (!text)
             continue;
         std::istringstream in(*text);

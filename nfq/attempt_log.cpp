@@ -24,19 +24,11 @@ std::string dump(const json& j) {
     return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
-constexpr const char* kLogName = "attempts.jsonl";
-constexpr const char* kRotatedName = "attempts.jsonl.1";
+constexpr const char* kLogName = AttemptLog::kFileName;
+constexpr const char* kRotatedName = AttemptLog::kRotatedFileName;
 
 std::string log_path(const std::string& dir) {
     return dir + "/" + kLogName;
-}
-
-// "a symlink: ..." when path is one (open with O_DIRECTORY|O_NOFOLLOW says ENOTDIR).
-std::string planted_hint(const std::string& path) {
-    struct stat st {};
-    if (::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode))
-        return "a symlink: refusing to follow it";
-    return {};
 }
 
 // The log is ours alone: a regular file with one link. A hard link planted at its
@@ -155,8 +147,11 @@ Result<AttemptLog> AttemptLog::open(const std::string& state_dir, std::uint64_t 
     // The state directory itself is never followed either: replaced by a symlink, it
     // would make us create and append to files in whatever directory it points at.
     UniqueFd dir(::open(state_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-    if (!dir.valid())
-        return fail(errno, "state directory " + state_dir, planted_hint(state_dir));
+    if (!dir.valid()) {
+        const int err = errno;
+        return fail(err, "state directory " + state_dir,
+                    is_symlink_at(AT_FDCWD, state_dir) ? kSymlinkRefused : "");
+    }
     const std::string path = log_path(state_dir);
     // O_NOFOLLOW: a symlink planted in the state directory is refused, not followed.
     UniqueFd fd(::openat(dir.get(), kLogName,
@@ -164,8 +159,7 @@ Result<AttemptLog> AttemptLog::open(const std::string& state_dir, std::uint64_t 
                          0640));
     if (!fd.valid()) {
         const int err = errno;
-        return fail(err, "open attempt log " + path,
-                    err == ELOOP ? "a symlink: refusing to follow it" : "");
+        return fail(err, "open attempt log " + path, err == ELOOP ? kSymlinkRefused : "");
     }
     if (auto ok = check_own_file(fd.get(), path); !ok)
         return std::unexpected(std::move(ok.error()));
@@ -183,10 +177,10 @@ LogRecovery AttemptLog::recover(const std::string& state_dir) {
     const std::string path = log_path(state_dir);
     // Never through a symlink: a file planted there could forge a checkpoint and make
     // the reconciler skip attempts.
-    auto current = read_text_file(path, 1ULL << 30U, Symlinks::Refuse);
+    auto current = read_text_file(path, kMaxReadBytes, Symlinks::Refuse);
     // The rotated file matters only when the current one has no checkpoint yet.
     if (!current || current->find("\"type\":\"checkpoint\"") == std::string::npos) {
-        if (auto previous = read_text_file(path + ".1", 1ULL << 30U, Symlinks::Refuse))
+        if (auto previous = read_text_file(path + ".1", kMaxReadBytes, Symlinks::Refuse))
             scan(*previous, out);
     }
     if (current)

@@ -11,6 +11,7 @@
 // renames over whatever sits at attempts.jsonl.1.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -47,6 +48,10 @@ class AttemptLog final : public AttemptSink {
     [[nodiscard]] const std::string& path() const { return path_; }
 
     static constexpr std::uint64_t kDefaultMaxBytes = 16ULL << 20U;
+    // The file names in the state directory, and how much of either is read back.
+    static constexpr const char* kFileName = "attempts.jsonl";
+    static constexpr const char* kRotatedFileName = "attempts.jsonl.1";
+    static constexpr std::size_t kMaxReadBytes = std::size_t{1} << 30U;
 
   private:
     AttemptLog(std::string dir, std::string path, UniqueFd dir_fd, UniqueFd fd,

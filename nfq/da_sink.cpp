@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "common/fd.h"
+#include "common/files.h"
 #include "common/log.h"
 
 namespace smtpfence::nfq {
@@ -38,7 +39,7 @@ constexpr int kReadFlags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NO
 std::unexpected<Error> file_error(int code, const std::string& path) {
     std::string detail;
     if (code == ELOOP)
-        detail = "a symlink: refusing to follow it";
+        detail = kSymlinkRefused;
     return fail(code, path, std::move(detail));
 }
 
@@ -159,8 +160,7 @@ Result<UniqueFd> open_usage_dir(int root, const std::string& root_path,
         return fd;
     if (errno == ENOTDIR) {
         // O_DIRECTORY|O_NOFOLLOW says ENOTDIR for a symlink, even to a directory.
-        struct stat st {};
-        if (::fstatat(root, "usage", &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
+        if (is_symlink_at(root, "usage"))
             return file_error(ELOOP, path);
         return fail(ENOTDIR, path);
     }

@@ -189,6 +189,10 @@ class Worker {
             held_.push_back(std::move(a));
             return;
         }
+        write_explained(a);
+    }
+
+    void write_explained(const Attempt& a) {
         for (AttemptSink* sink : sinks_)
             sink->explained(a);
     }
@@ -302,10 +306,8 @@ class Worker {
             for (AttemptSink* sink : sinks_)
                 sink->checkpoint(cp);
         }
-        for (const Attempt& a : held_) {
-            for (AttemptSink* sink : sinks_)
-                sink->explained(a);
-        }
+        for (const Attempt& a : held_)
+            write_explained(a);
         held_.clear();
     }
 
