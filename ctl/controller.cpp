@@ -285,6 +285,11 @@ class Controller {
             log::warning(m.error().message() +
                          "; a deleted or changed table is found by the check each second only");
         }
+        // The queue is bound before the rule that feeds it is in force: a SYN reaching
+        // the rule before then passes it (no queue: bypass), while one sent to a queue
+        // whose binding is under way could be dropped (see nfq::Queue::open).
+        if (wants_worker(desired.loaded.policy))
+            hold_queue(desired.loaded.policy.queue_num);
         if (auto r = apply_desired(engine_, options_, desired); !r)
             return r;
         adopt(std::move(desired));
@@ -373,8 +378,12 @@ class Controller {
             log::warning(csf_rules_);
     }
 
+    [[nodiscard]] bool wants_worker(const Policy& p) const {
+        return !options_.no_worker && queue_ != nft::QueueMode::None && p.enabled && !removed_;
+    }
+
     void sync_worker() {
-        if (!options_.no_worker && queue_ != nft::QueueMode::None && enforcing()) {
+        if (current_ && wants_worker(current_->loaded.policy)) {
             const Policy& p = current_->loaded.policy;
             hold_queue(p.queue_num);
             std::vector<std::string> argv = worker_argv(options_, p);

@@ -14,25 +14,6 @@
 #include "nfq/proc_queue.h"
 
 namespace smtpfence::nfq {
-namespace {
-
-Result<void> talk(mnl_socket* sock, nlmsghdr* nlh, const std::string& what) {
-    nlh->nlmsg_flags |= NLM_F_ACK;
-    if (mnl_socket_sendto(sock, nlh, nlh->nlmsg_len) < 0)
-        return fail(errno, what);
-    std::array<char, 8192> buf{};
-    const ssize_t n = mnl_socket_recvfrom(sock, buf.data(), buf.size());
-    if (n < 0)
-        return fail(errno, what);
-    if (mnl_cb_run(buf.data(), static_cast<std::size_t>(n), nlh->nlmsg_seq,
-                   mnl_socket_get_portid(sock), nullptr, nullptr) < 0) {
-        return fail(errno, what);
-    }
-    return {};
-}
-
-}  // namespace
-
 PendingVerdict::~PendingVerdict() {
     if (queue_ != nullptr)
         queue_->add_verdict(id_);
@@ -51,24 +32,71 @@ Result<Queue> Queue::open(std::uint16_t queue_num, std::uint32_t initial_length)
     }
     // Our netlink messages are small; NETLINK_NO_ENOBUFS stays off on purpose: an
     // overflow must be reported to us (and counted), not hidden.
-    const std::string q = "NFQUEUE " + std::to_string(queue_num);
-    std::array<char, 4096> buf{};
-    // The kernel handles a config message inside our sendto and queues its ACK
-    // before returning, so talk() can read it from the non-blocking socket at once.
+    Queue queue(std::move(sock), queue_num);
+
+    // The bind and the whole configuration in one message, which the kernel applies in
+    // one call. A queue instance starts in copy mode NONE, and the kernel drops (not
+    // bypasses) a SYN sent to such a queue: bound by one message and configured by the
+    // next, every SYN in between was lost, counted, and retransmitted a second later.
+    std::array<char, 512> buf{};
     nlmsghdr* nlh = nfq_nlmsg_put(buf.data(), NFQNL_MSG_CONFIG, queue_num);
     nfq_nlmsg_cfg_put_cmd(nlh, AF_INET, NFQNL_CFG_CMD_BIND);
-    if (auto r = talk(sock.get(), nlh, "bind " + q + " (is another worker bound to it?)"); !r)
-        return std::unexpected(r.error());
-
-    nlh = nfq_nlmsg_put(buf.data(), NFQNL_MSG_CONFIG, queue_num);
     nfq_nlmsg_cfg_put_params(nlh, NFQNL_COPY_PACKET, static_cast<int>(kCopyBytes));
     nfq_nlmsg_cfg_put_qmaxlen(nlh, initial_length);
     const std::uint32_t flags = NFQA_CFG_F_UID_GID | NFQA_CFG_F_FAIL_OPEN;
     mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(flags));
     mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(flags));
-    if (auto r = talk(sock.get(), nlh, "configure " + q); !r)
-        return std::unexpected(r.error());
-    return Queue(std::move(sock), queue_num);
+    if (auto r = queue.configure(nlh); !r) {
+        Error e = r.error().wrap("bind NFQUEUE " + std::to_string(queue_num));
+        if (e.code == EBUSY)
+            e.detail = "is another worker bound to it?";
+        return std::unexpected(std::move(e));
+    }
+    return queue;
+}
+
+Result<void> Queue::configure(nlmsghdr* nlh) {
+    nlh->nlmsg_flags |= NLM_F_ACK;
+    nlh->nlmsg_seq = kConfigSeq;
+    if (mnl_socket_sendto(sock_.get(), nlh, nlh->nlmsg_len) < 0)
+        return fail(errno, "send the configuration");
+    // The kernel handles a config message inside our sendto and queues its ACK before
+    // returning, so it is in the (non-blocking) socket now. A SYN queued between the
+    // configuration taking effect and the ACK is in front of it: it is accepted here,
+    // as nothing else will read it (the kernel counted it; the reconciler records it).
+    const std::uint32_t portid = mnl_socket_get_portid(sock_.get());
+    while (true) {
+        const ssize_t n = ::recv(fd(), buf_.data(), buf_.size(), MSG_DONTWAIT);
+        if (n < 0 && (errno == EINTR || errno == ENOBUFS))
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return fail(EPROTO, "read the acknowledgement", "the kernel sent none");
+        if (n < 0)
+            return fail(errno, "read the acknowledgement");
+        auto remaining = static_cast<int>(n);
+        for (const auto* m = reinterpret_cast<const nlmsghdr*>(buf_.data());
+             mnl_nlmsg_ok(m, remaining); m = mnl_nlmsg_next(m, &remaining)) {
+            if (m->nlmsg_type == NLMSG_ERROR && m->nlmsg_seq == kConfigSeq &&
+                m->nlmsg_pid == portid) {
+                flush_verdicts();
+                if (m->nlmsg_len < mnl_nlmsg_size(sizeof(nlmsgerr)))
+                    return fail(EPROTO, "read the acknowledgement", "truncated");
+                const auto* err = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(m));
+                if (err->error != 0)
+                    return fail(-err->error, "the kernel refused the configuration");
+                return {};
+            }
+            if (NFNL_MSG_TYPE(m->nlmsg_type) != NFQNL_MSG_PACKET)
+                continue;
+            std::array<nlattr*, NFQA_MAX + 1> attr{};
+            if (nfq_nlmsg_parse(m, attr.data()) < 0 || attr[NFQA_PACKET_HDR] == nullptr)
+                continue;
+            const auto* ph = static_cast<const nfqnl_msg_packet_hdr*>(
+                mnl_attr_get_payload(attr[NFQA_PACKET_HDR]));
+            add_verdict(ntohl(ph->packet_id));
+            ++counters_.packets;
+        }
+    }
 }
 
 Result<Queue> Queue::adopt(int fd, std::uint16_t queue_num) {

@@ -7,6 +7,8 @@
 // the explanation, and the reconciler records it as counted-only. Nothing waits on us.
 #pragma once
 
+#include <linux/netlink.h>
+
 #include <cstdint>
 #include <span>
 #include <utility>
@@ -56,8 +58,8 @@ class PendingVerdict {
 
 class Queue {
   public:
-    // Binds queue_num. Copies kCopyBytes of each packet (IPv6 40 + TCP 60 = 100 bytes
-    // of headers is all we parse) and asks for the socket's uid/gid.
+    // Binds queue_num and configures it in the same message. Copies kCopyBytes of each packet (IPv6
+    // 40 + TCP 60 = 100 bytes of headers is all we parse) and asks for the socket's uid/gid.
     // initial_length: kMaxQueueLength for a worker that reads at once; 0 for the
     // daemon, which holds the socket across worker restarts (see adopt()): with
     // FAIL_OPEN and length 0 nothing waits until a worker says it is ready.
@@ -117,6 +119,8 @@ class Queue {
     friend class PendingVerdict;
     Queue(nft::MnlSocketPtr sock, std::uint16_t queue_num)
         : sock_(std::move(sock)), queue_num_(queue_num), buf_(kDatagramBytes) {}
+    // Sends a configuration message and reads up to its ACK (see open()).
+    Result<void> configure(nlmsghdr* nlh);
     Result<std::size_t> receive_raw();
     Result<void> set_length(std::uint32_t length);
     std::size_t dispatch(std::size_t len, void (*fn)(void*, const QueuedPacket&, PendingVerdict&),
@@ -124,6 +128,7 @@ class Queue {
     void add_verdict(std::uint32_t id);
 
     static constexpr std::size_t kDatagramBytes = std::size_t{256} * 1024;
+    static constexpr std::uint32_t kConfigSeq = 1;  // packet messages carry sequence 0
 
     nft::MnlSocketPtr sock_;
     std::uint16_t queue_num_;

@@ -82,7 +82,8 @@ void FenceTest::expect_refused(const Credentials& who, const std::string& addres
                                            << diagnostics();
     if (r.outcome == Outcome::Refused) {
         EXPECT_LT(r.elapsed, 500ms) << who.name << " -> " << address << " port " << port
-                                    << ": refusal was not immediate: " << r.describe();
+                                    << ": refusal was not immediate: " << r.describe() << "\n"
+                                    << diagnostics();
     }
 }
 

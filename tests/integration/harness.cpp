@@ -1199,6 +1199,29 @@ Result<ConnectFlood::Counts> ConnectFlood::finish(Millis timeout) {
     return counts;
 }
 
+Result<std::uint64_t> tcp_ext_counter(const Netns& ns, const std::string& name) {
+    const RunResult r = run(ns, {"cat", "/proc/net/netstat"});
+    if (r.exit_code != 0)
+        return fail(0, "read /proc/net/netstat", r.describe());
+    // Pairs of lines: "TcpExt: Name1 Name2 ..." then "TcpExt: 1 2 ...".
+    std::istringstream lines(r.out);
+    std::string names;
+    std::string values;
+    while (std::getline(lines, names) && std::getline(lines, values)) {
+        if (!names.starts_with("TcpExt:"))
+            continue;
+        std::istringstream n(names);
+        std::istringstream v(values);
+        std::string key;
+        std::string value;
+        while (n >> key && v >> value) {
+            if (key == name)
+                return std::stoull(value);
+        }
+    }
+    return fail(ENOENT, "TcpExt counter " + name, "not in /proc/net/netstat");
+}
+
 // ---- nft ----------------------------------------------------------------------------
 
 Result<std::string> nft_list_table(const Netns& ns, const std::string& table) {

@@ -296,6 +296,10 @@ class ConnectFlood {
     Child child_;
 };
 
+// A TcpExt counter of ns's network stack (/proc/net/netstat), e.g. "TCPSynRetrans":
+// the SYNs its sockets sent a second time, the kernel's own word that one was lost.
+[[nodiscard]] Result<std::uint64_t> tcp_ext_counter(const Netns& ns, const std::string& name);
+
 // The text of `nft list table inet TABLE` in ns, with a leading
 // "# Warning: table ... is managed by iptables-nft" line removed.
 [[nodiscard]] Result<std::string> nft_list_table(const Netns& ns, const std::string& table);

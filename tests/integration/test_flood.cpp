@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <csignal>
+#include <filesystem>
 #include <iostream>
+#include <stdexcept>
 #include <thread>
 
 #include "nft/engine.h"
@@ -25,6 +27,25 @@ void record(const ConnectFlood::Counts& counts) {
     ::testing::Test::RecordProperty("flood_slow_refused", std::to_string(counts.slow_refused));
     ::testing::Test::RecordProperty("flood_slowest_us", std::to_string(counts.slowest_us));
 }
+
+// The SYNs the namespace's sockets had to send a second time since it was made: the
+// kernel's own count (TcpExt TCPSynRetrans) of first SYNs that went unanswered, no clock.
+class SynRetransmissions {
+  public:
+    explicit SynRetransmissions(const Netns& ns) : ns_(ns), before_(read()) {}
+    [[nodiscard]] std::uint64_t since() const { return read() - before_; }
+
+  private:
+    [[nodiscard]] std::uint64_t read() const {
+        auto n = tcp_ext_counter(ns_, "TCPSynRetrans");
+        // Thrown, not asserted: gtest turns it into a failure of the calling test.
+        if (!n)
+            throw std::runtime_error(n.error().message());
+        return *n;
+    }
+    const Netns& ns_;
+    std::uint64_t before_;
+};
 
 void expect_nothing_got_through(const ConnectFlood::Counts& counts, std::uint64_t accepted) {
     record(counts);
@@ -47,6 +68,7 @@ TEST_F(FloodTest, NoSynGetsThroughWhileTheEngineReplacesTheTable) {
     ASSERT_TRUE(first) << first.error().message();
     expect_refused(kBob, Topology::kRemote4, 25);
 
+    const SynRetransmissions resent(topo_->server);
     auto flood = ConnectFlood::start(topo_->server, kBob, Topology::kRemote4, 25, kMinAttempts);
     ASSERT_TRUE(flood) << flood.error().message();
     for (int i = 0; i < kReapplies; ++i) {
@@ -60,12 +82,13 @@ TEST_F(FloodTest, NoSynGetsThroughWhileTheEngineReplacesTheTable) {
     ASSERT_TRUE(counts) << counts.error().message();
     expect_nothing_got_through(*counts, remote_smtp_->accepted());
     // Nothing holds the SYNs here (no queue listener: bypass), so every refusal is
-    // immediate; a slow one means a SYN was lost while the table was replaced.
-    EXPECT_EQ(counts->slow_refused, 0U) << "slowest connect: " << counts->slowest_us << " us";
+    // immediate; a SYN sent again means one was lost while the table was replaced.
+    EXPECT_EQ(resent.since(), 0U) << "slowest connect: " << counts->slowest_us << " us";
 }
 
 TEST_F(FloodTest, NoSynGetsThroughWhileTheDaemonReloads) {
     ASSERT_NO_FATAL_FAILURE(start_daemon("SMTP_BLOCK = \"1\"\nSMTP_ALLOWUSER = \"alice\"\n"));
+    const SynRetransmissions resent(topo_->server);
     auto flood = ConnectFlood::start(topo_->server, kBob, Topology::kRemote4, 25, kMinAttempts);
     ASSERT_TRUE(flood) << flood.error().message();
     for (int i = 0; i < kReapplies; ++i) {
@@ -86,13 +109,55 @@ TEST_F(FloodTest, NoSynGetsThroughWhileTheDaemonReloads) {
     ASSERT_TRUE(counts) << counts.error().message();
     expect_nothing_got_through(*counts, remote_smtp_->accepted());
     EXPECT_TRUE(daemon_->running());
-    // Not asserted: SYNs sampled to the worker's queue may be dropped when a reload
-    // replaces the observe chain; their retransmission is refused a second later.
-    if (counts->slow_refused > 0) {
-        std::cout << "note: " << counts->slow_refused
-                  << " refusal(s) came only after a SYN retransmission (slowest "
+    // Not asserted (README, "Known gaps"): a reload now and then has one SYN refused
+    // only on its retransmission.
+    if (const std::uint64_t lost = resent.since(); lost > 0) {
+        std::cout << "note: " << lost << " SYN(s) sent a second time (slowest connect "
                   << counts->slowest_us / 1000 << " ms)\n";
     }
+}
+
+// SYNs arriving while the daemon starts (and binds its queue) and stops: none may be
+// lost. A queue instance starts in copy mode NONE, and the kernel drops (does not
+// bypass) a SYN sent to such a queue. Bound by one message and configured by a second,
+// the queue lost the SYNs in between: each was refused only on its retransmission a
+// second later, and counted twice (seen in CI as one refusal of five taking 1023 ms).
+// Now the daemon binds the queue before the rule that feeds it exists, in one message.
+TEST_F(FloodTest, NoSynIsLostWhileTheDaemonStartsAndStops) {
+    constexpr int kRounds = 6;
+    // To the server's own address, where nothing listens: with no table in force
+    // between rounds the server's stack refuses, with it the fence does; both at once.
+    const std::string config = "SMTP_BLOCK = \"1\"\nSMTP_ALLOWLOCAL = \"0\"\n";
+    const SynRetransmissions resent(topo_->server);
+    auto flood = ConnectFlood::start(topo_->server, kBob, Topology::kServer4, 25, 2000);
+    ASSERT_TRUE(flood) << flood.error().message();
+    for (int round = 0; round < kRounds; ++round) {
+        ASSERT_NO_FATAL_FAILURE(start_daemon(config));
+        const std::string ready = dir_->path() + "/state/worker.ready";
+        ASSERT_TRUE(wait_until([&] { return std::filesystem::exists(ready); }, 20s, 10ms))
+            << "round " << round << ": no worker became ready\n"
+            << diagnostics();
+        std::this_thread::sleep_for(100ms);  // SYNs explained by the worker
+        auto status = daemon_->stop();
+        ASSERT_TRUE(status) << status.error().message();
+        EXPECT_EQ(*status, 0) << describe_status(*status) << "\n" << diagnostics();
+        daemon_.reset();
+        // A fresh start next round: the rule feeding the queue is not there yet.
+        const RunResult del = run(topo_->server, {"nft", "delete", "table", "inet", table_});
+        ASSERT_EQ(del.exit_code, 0) << del.describe();
+    }
+    auto counts = flood->finish();
+    ASSERT_TRUE(counts) << counts.error().message();
+    const std::uint64_t lost = resent.since();
+    record(*counts);
+    EXPECT_EQ(counts->connected, 0U);
+    EXPECT_EQ(counts->other, 0U) << "last: " << errno_text(counts->last_other_errno);
+    EXPECT_GE(counts->refused, 2000U);
+    // Nothing else in this namespace connects.
+    EXPECT_EQ(lost, 0U) << lost << " SYN(s) of " << counts->refused
+                        << " connects were sent a second time: the first was lost (slowest connect "
+                        << counts->slowest_us / 1000 << " ms, " << counts->slow_refused
+                        << " took over " << ConnectFlood::kSlow.count() << " ms)";
 }
 
 }  // namespace
