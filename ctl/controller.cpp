@@ -285,11 +285,7 @@ class Controller {
             log::warning(m.error().message() +
                          "; a deleted or changed table is found by the check each second only");
         }
-        // The queue is bound before the rule that feeds it is in force: a SYN reaching
-        // the rule before then passes it (no queue: bypass), while one sent to a queue
-        // whose binding is under way could be dropped (see nfq::Queue::open).
-        if (wants_worker(desired.loaded.policy))
-            hold_queue(desired.loaded.policy.queue_num);
+        hold_queue_before_apply(desired);
         if (auto r = apply_desired(engine_, options_, desired); !r)
             return r;
         adopt(std::move(desired));
@@ -378,12 +374,24 @@ class Controller {
             log::warning(csf_rules_);
     }
 
+    // Whether this policy, when enforced, has a worker (and so a queue).
     [[nodiscard]] bool wants_worker(const Policy& p) const {
-        return !options_.no_worker && queue_ != nft::QueueMode::None && p.enabled && !removed_;
+        return !options_.no_worker && queue_ != nft::QueueMode::None && p.enabled;
+    }
+
+    // When no queue is held yet (start, or enforcing again after `remove` or
+    // SMTP_BLOCK = "0"), the queue is bound before the rule that feeds it is applied:
+    // a SYN reaching the rule before then passes it (no queue: bypass), while one sent
+    // to a queue whose binding is under way could be dropped (see nfq::Queue::open).
+    // A changed QUEUE_NUM is bound after the apply (sync_worker), as the rules in force
+    // still feed the old queue if the apply fails.
+    void hold_queue_before_apply(const Desired& desired) {
+        if (!held_queue_ && wants_worker(desired.loaded.policy))
+            hold_queue(desired.loaded.policy.queue_num);
     }
 
     void sync_worker() {
-        if (current_ && wants_worker(current_->loaded.policy)) {
+        if (current_ && enforcing() && wants_worker(current_->loaded.policy)) {
             const Policy& p = current_->loaded.policy;
             hold_queue(p.queue_num);
             std::vector<std::string> argv = worker_argv(options_, p);
@@ -453,7 +461,12 @@ class Controller {
         service::reloading();
         accounts_watch_.rearm();
         config_watch_.rearm();
-        auto desired = load_and_apply(engine_, options_, kernel_);
+        auto desired = compute_desired(options_, kernel_);
+        if (desired) {
+            hold_queue_before_apply(*desired);
+            if (auto r = apply_desired(engine_, options_, *desired); !r)
+                desired = std::unexpected(r.error());
+        }
         if (!desired) {
             // Still the defaults when a start fell back on them; else the last good load.
             const bool fallback = input_error_ && input_error_->fallback;
@@ -767,7 +780,7 @@ class Controller {
             {"ready", ready},
             {"pid", worker_.pid() > 0 ? worker_.pid() : 0},
             {"restarts", worker_.restarts()},
-            {"wanted", !options_.no_worker && queue_ != nft::QueueMode::None && enforcing()}};
+            {"wanted", current_ && enforcing() && wants_worker(current_->loaded.policy)}};
         if (present && *present) {
             if (auto blocked = engine_.read_blocked(options_.table)) {
                 std::uint64_t total = 0;

@@ -71,16 +71,6 @@ Result<void> apply_desired(nft::Engine& engine, const DaemonOptions& options,
     return {};
 }
 
-Result<Desired> load_and_apply(nft::Engine& engine, const DaemonOptions& options,
-                               const KernelFeatures& kernel) {
-    auto desired = compute_desired(options, kernel);
-    if (!desired)
-        return std::unexpected(desired.error());
-    if (auto r = apply_desired(engine, options, *desired); !r)
-        return std::unexpected(r.error());
-    return desired;
-}
-
 std::vector<std::string> worker_argv(const DaemonOptions& o, const Policy& policy) {
     std::string path = o.worker_path;
     if (path.empty()) {

@@ -85,12 +85,6 @@ struct KernelSession {
 [[nodiscard]] Result<void> apply_desired(nft::Engine& engine, const DaemonOptions& options,
                                          const Desired& desired);
 
-// Loads, resolves and applies in one transaction (or removes the table when the
-// policy says SMTP_BLOCK = "0"). On any error the rules in force are left alone.
-// Returns what is now in force.
-[[nodiscard]] Result<Desired> load_and_apply(nft::Engine& engine, const DaemonOptions& options,
-                                             const KernelFeatures& kernel);
-
 // Where the managed allowlist lives: --allow-list, else allow.list beside the config.
 [[nodiscard]] std::string managed_allow_path(const DaemonOptions& options);
 

@@ -34,24 +34,35 @@ Result<Queue> Queue::open(std::uint16_t queue_num, std::uint32_t initial_length)
     // overflow must be reported to us (and counted), not hidden.
     Queue queue(std::move(sock), queue_num);
 
-    // The bind and the whole configuration in one message, which the kernel applies in
-    // one call. A queue instance starts in copy mode NONE, and the kernel drops (not
-    // bypasses) a SYN sent to such a queue: bound by one message and configured by the
-    // next, every SYN in between was lost, counted, and retransmitted a second later.
+    // The bind and the configuration in one message, which the kernel applies in one
+    // call: the copy mode, then the flags. A queue instance starts in copy mode NONE,
+    // and the kernel drops (not bypasses) a SYN sent to such a queue: bound by one
+    // message and configured by the next, every SYN in between was lost, counted, and
+    // retransmitted a second later. The length is left at the kernel's default (1024)
+    // here and set after the ACK: set in the same call, a length of 0 would be in force
+    // a moment before FAIL_OPEN, and a SYN meeting that full queue would be dropped too.
+    const std::string what = "bind NFQUEUE " + std::to_string(queue_num);
     std::array<char, 512> buf{};
     nlmsghdr* nlh = nfq_nlmsg_put(buf.data(), NFQNL_MSG_CONFIG, queue_num);
     nfq_nlmsg_cfg_put_cmd(nlh, AF_INET, NFQNL_CFG_CMD_BIND);
     nfq_nlmsg_cfg_put_params(nlh, NFQNL_COPY_PACKET, static_cast<int>(kCopyBytes));
-    nfq_nlmsg_cfg_put_qmaxlen(nlh, initial_length);
     const std::uint32_t flags = NFQA_CFG_F_UID_GID | NFQA_CFG_F_FAIL_OPEN;
     mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(flags));
     mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(flags));
     if (auto r = queue.configure(nlh); !r) {
-        Error e = r.error().wrap("bind NFQUEUE " + std::to_string(queue_num));
-        if (e.code == EBUSY)
-            e.detail = "is another worker bound to it?";
+        Error e = r.error().wrap(what);
+        if (e.code == EPERM) {
+            e.detail =
+                "another process holds it (a second smtpfenced or worker?), or "
+                "CAP_NET_ADMIN is missing";
+        }
         return std::unexpected(std::move(e));
     }
+    // Length 0 (the daemon, until a worker is ready): what was queued since the ACK is
+    // accepted at once, as nobody reads this socket yet.
+    auto sized = initial_length == 0 ? queue.release_waiting() : queue.set_length(initial_length);
+    if (!sized)
+        return std::unexpected(sized.error().wrap(what));
     return queue;
 }
 
@@ -65,20 +76,31 @@ Result<void> Queue::configure(nlmsghdr* nlh) {
     // configuration taking effect and the ACK is in front of it: it is accepted here,
     // as nothing else will read it (the kernel counted it; the reconciler records it).
     const std::uint32_t portid = mnl_socket_get_portid(sock_.get());
+    bool overflowed = false;
     while (true) {
         const ssize_t n = ::recv(fd(), buf_.data(), buf_.size(), MSG_DONTWAIT);
-        if (n < 0 && (errno == EINTR || errno == ENOBUFS))
+        const int error = errno;
+        if (n < 0 && error == EINTR)
             continue;
-        if (n < 0 && errno == EAGAIN)
-            return fail(EPROTO, "read the acknowledgement", "the kernel sent none");
-        if (n < 0)
-            return fail(errno, "read the acknowledgement");
+        if (n < 0 && error == ENOBUFS) {
+            ++counters_.enobufs;
+            overflowed = true;
+            continue;
+        }
+        if (n < 0) {
+            flush_verdicts();  // what was seen before the failure waits for nobody
+            if (error != EAGAIN)
+                return fail(error, "read the acknowledgement");
+            return fail(
+                EPROTO, "read the acknowledgement",
+                overflowed ? "lost: the socket's buffer overflowed" : "the kernel sent none");
+        }
         auto remaining = static_cast<int>(n);
         for (const auto* m = reinterpret_cast<const nlmsghdr*>(buf_.data());
              mnl_nlmsg_ok(m, remaining); m = mnl_nlmsg_next(m, &remaining)) {
             if (m->nlmsg_type == NLMSG_ERROR && m->nlmsg_seq == kConfigSeq &&
                 m->nlmsg_pid == portid) {
-                flush_verdicts();
+                flush_verdicts();  // the SYNs in front of the ACK
                 if (m->nlmsg_len < mnl_nlmsg_size(sizeof(nlmsgerr)))
                     return fail(EPROTO, "read the acknowledgement", "truncated");
                 const auto* err = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(m));

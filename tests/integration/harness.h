@@ -297,7 +297,7 @@ class ConnectFlood {
 };
 
 // A TcpExt counter of ns's network stack (/proc/net/netstat), e.g. "TCPSynRetrans":
-// the SYNs its sockets sent a second time, the kernel's own word that one was lost.
+// the SYNs (and listeners' SYN-ACKs) its sockets sent a second time.
 [[nodiscard]] Result<std::uint64_t> tcp_ext_counter(const Netns& ns, const std::string& name);
 
 // The text of `nft list table inet TABLE` in ns, with a leading
