@@ -59,8 +59,8 @@ class PendingVerdict {
 class Queue {
   public:
     // Binds queue_num and configures it in the same message (see queue.cpp for why),
-    // then sets its length. Copies kCopyBytes of each packet (IPv6
-    // 40 + TCP 60 = 100 bytes of headers is all we parse) and asks for the socket's uid/gid.
+    // then sets its length. Copies kCopyBytes of each packet (IPv6 40 + TCP 60 = 100
+    // bytes of headers is all we parse) and asks for the socket's uid/gid.
     // initial_length: kMaxQueueLength for a worker that reads at once; 0 for the
     // daemon, which holds the socket across worker restarts (see adopt()): with
     // FAIL_OPEN and length 0 nothing waits until a worker says it is ready.

@@ -134,10 +134,10 @@ TEST_F(WorkerCountTest, FullReapplyMidFloodLosesAndDoublesNothing) {
 // The daemon stopped and started again mid-flood: the table stays in force meanwhile
 // (the kernel refuses and counts), the new worker reads the old one's log. This failed
 // now and then (once in ~23 runs on a loaded machine) with N+1 for one uid, most likely
-// so: the new daemon bound its queue with
-// one message and configured it with a second, and the kernel drops a SYN sent to a
-// queue in between (copy mode NONE), so its retransmission was counted again. Now the
-// bind carries the whole configuration (nfq::Queue::open).
+// so: the new daemon bound its queue with one message and configured it with a second,
+// and the kernel drops a SYN sent to a queue in between (copy mode NONE), so its
+// retransmission was counted again. Now one message binds and configures the queue
+// (nfq::Queue::open).
 TEST_F(WorkerCountTest, DaemonRestartMidFloodLosesAndDoublesNothing) {
     ASSERT_NO_FATAL_FAILURE(start_daemon());
     pid_t worker = 0;
