@@ -95,29 +95,28 @@ Result<void> Queue::configure(nlmsghdr* nlh) {
                 EPROTO, "read the acknowledgement",
                 overflowed ? "lost: the socket's buffer overflowed" : "the kernel sent none");
         }
+        const nlmsghdr* ack = nullptr;
         auto remaining = static_cast<int>(n);
         for (const auto* m = reinterpret_cast<const nlmsghdr*>(buf_.data());
              mnl_nlmsg_ok(m, remaining); m = mnl_nlmsg_next(m, &remaining)) {
             if (m->nlmsg_type == NLMSG_ERROR && m->nlmsg_seq == kConfigSeq &&
                 m->nlmsg_pid == portid) {
-                flush_verdicts();  // the SYNs in front of the ACK
-                if (m->nlmsg_len < mnl_nlmsg_size(sizeof(nlmsgerr)))
-                    return fail(EPROTO, "read the acknowledgement", "truncated");
-                const auto* err = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(m));
-                if (err->error != 0)
-                    return fail(-err->error, "the kernel refused the configuration");
-                return {};
+                ack = m;
             }
-            if (NFNL_MSG_TYPE(m->nlmsg_type) != NFQNL_MSG_PACKET)
-                continue;
-            std::array<nlattr*, NFQA_MAX + 1> attr{};
-            if (nfq_nlmsg_parse(m, attr.data()) < 0 || attr[NFQA_PACKET_HDR] == nullptr)
-                continue;
-            const auto* ph = static_cast<const nfqnl_msg_packet_hdr*>(
-                mnl_attr_get_payload(attr[NFQA_PACKET_HDR]));
-            add_verdict(ntohl(ph->packet_id));
-            ++counters_.packets;
         }
+        // Packet messages get their verdict like any received ones (nothing to explain).
+        (void)dispatch(
+            static_cast<std::size_t>(n), [](void*, const QueuedPacket&, PendingVerdict&) {},
+            nullptr);
+        if (ack == nullptr)
+            continue;
+        flush_verdicts();  // the SYNs in front of the ACK
+        if (ack->nlmsg_len < mnl_nlmsg_size(sizeof(nlmsgerr)))
+            return fail(EPROTO, "read the acknowledgement", "truncated");
+        const auto* err = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(ack));
+        if (err->error != 0)
+            return fail(-err->error, "the kernel refused the configuration");
+        return {};
     }
 }
 
