@@ -10,6 +10,7 @@
 #include <charconv>
 
 #include "common/files.h"
+#include "common/text.h"
 
 namespace smtpfence {
 namespace {
@@ -60,21 +61,6 @@ constexpr std::array<std::string_view, 41> kNames = {"CAP_CHOWN",
 
 // A /proc/PID/status file is about 1.5 KiB; anything near this is not one.
 constexpr std::size_t kMaxStatusBytes = 1U << 20U;
-
-std::string upper(std::string_view s) {
-    std::string out(s);
-    for (char& c : out)
-        c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    return out;
-}
-
-std::string_view trim(std::string_view s) {
-    while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-        s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
-        s.remove_suffix(1);
-    return s;
-}
 
 // The kernel prints each mask as 16 hex digits ("%016llx"); fewer are accepted, nothing
 // else is.
@@ -162,7 +148,7 @@ std::string capability_name(unsigned cap) {
 }
 
 std::optional<unsigned> capability_from_name(std::string_view name) {
-    std::string wanted = upper(name);
+    std::string wanted = text::upper(name);
     if (!wanted.starts_with("CAP_"))
         wanted = "CAP_" + wanted;
     for (unsigned cap = 0; cap < kNames.size(); ++cap) {
@@ -198,8 +184,9 @@ Result<CapabilityReport> parse_proc_status_capabilities(std::string_view text,
         const std::string at = where + ":" + std::to_string(line_no);
         const std::size_t colon = line.find(':');
         const std::string_view key = line.substr(0, colon);
-        const std::string_view value =
-            colon == std::string_view::npos ? std::string_view() : trim(line.substr(colon + 1));
+        const std::string_view value = colon == std::string_view::npos
+                                           ? std::string_view()
+                                           : text::trim(line.substr(colon + 1));
         if (key == "Threads") {
             const auto n = parse_decimal(value);
             if (!n)
@@ -219,8 +206,8 @@ Result<CapabilityReport> parse_proc_status_capabilities(std::string_view text,
                 continue;
             if (colon != f.key.size()) {
                 return fail(0, at,
-                            "\"" + std::string(trim(line)) + "\" is not a \"" + std::string(f.key) +
-                                ":\" line");
+                            "\"" + std::string(text::trim(line)) + "\" is not a \"" +
+                                std::string(f.key) + ":\" line");
             }
             if (f.seen)
                 return fail(0, at, "a second " + std::string(f.key) + " line");

@@ -6,6 +6,9 @@
 #include <optional>
 #include <set>
 
+#include "common/names.h"
+#include "common/text.h"
+
 namespace smtpfence::csf {
 namespace {
 
@@ -24,41 +27,7 @@ std::string without_spaces(std::string_view s) {
 }
 
 std::string quoted(std::string_view value) {
-    return "\"" + printable(value) + "\"";
-}
-
-std::string join(const std::vector<std::string>& items, std::string_view separator) {
-    std::string out;
-    for (const std::string& item : items) {
-        if (!out.empty())
-            out += separator;
-        out += item;
-    }
-    return out;
-}
-
-// The same name rule as smtpfence.conf (policy/policy.cpp): shadow-utils' portable
-// set, a Samba machine account's trailing '$' allowed, at most 32 characters.
-bool is_valid_name(std::string_view name) {
-    if (name.empty() || name.size() > 32)
-        return false;
-    if (name.back() == '$')
-        name.remove_suffix(1);
-    if (name.empty())
-        return false;
-    for (std::size_t i = 0; i < name.size(); ++i) {
-        const char c = name[i];
-        const bool alnum =
-            (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-        if (!alnum && c != '_' && c != '.' && (i == 0 || c != '-'))
-            return false;
-    }
-    return true;
-}
-
-bool is_all_digits(std::string_view s) {
-    return !s.empty() &&
-           std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+    return "\"" + text::printable(value) + "\"";
 }
 
 // iptables' multiport resolves service names through /etc/services; these are the
@@ -76,7 +45,7 @@ std::optional<std::uint16_t> smtp_service(std::string_view name) {
 std::optional<std::uint16_t> one_port(std::string_view text) {
     if (auto named = smtp_service(text))
         return named;
-    const auto n = parse_unsigned(text, 65535);
+    const auto n = text::parse_unsigned(text, 65535);
     if (!n || *n == 0)
         return std::nullopt;
     return static_cast<std::uint16_t>(*n);
@@ -84,13 +53,13 @@ std::optional<std::uint16_t> one_port(std::string_view text) {
 
 class Mapper {
   public:
-    Mapper(const ConfFile& conf, Policy base) : conf_(conf) {
+    Mapper(const conf::ConfFile& conf, Policy base) : conf_(conf) {
         out_.policy = std::move(base);
         out_.policy.source = conf.path;
     }
 
     Result<CsfPolicy> run() {
-        for (const Entry& e : conf_.entries) {
+        for (const conf::Entry& e : conf_.entries) {
             if (std::find(kSmtpKeys.begin(), kSmtpKeys.end(), e.key) == kSmtpKeys.end()) {
                 out_.ignored.push_back(e.key);
                 warn_if_lookalike(e);
@@ -124,25 +93,25 @@ class Mapper {
 
   private:
     // Records how key reads; returns the entry (nullptr when missing).
-    const Entry* record(std::string_view key, std::string meaning) {
-        const Entry* e = conf_.find(key);
+    const conf::Entry* record(std::string_view key, std::string meaning) {
+        const conf::Entry* e = conf_.find(key);
         out_.mapped.push_back(Mapped{std::string(key), e != nullptr ? e->value : std::string(),
                                      e != nullptr ? e->line : 0, std::move(meaning)});
         return e;
     }
 
-    std::string where(const Entry* e) const {
+    std::string where(const conf::Entry* e) const {
         return e != nullptr ? conf_.path + ":" + std::to_string(e->line) : conf_.path;
     }
 
-    void note(const Entry* e, std::string_view key, std::string text) {
+    void note(const conf::Entry* e, std::string_view key, std::string text) {
         out_.notes.push_back(Note{where(e), std::string(key), std::move(text)});
     }
 
     // A 0/1 setting read as CSF reads it; notes a missing one and values that only
     // Perl's truth test makes on or off.
     bool flag(std::string_view key, std::string on, std::string off) {
-        const Entry* e = conf_.find(key);
+        const conf::Entry* e = conf_.find(key);
         const bool value = e != nullptr && perl_true(e->value);
         record(key, value ? std::move(on) : std::move(off));
         if (e == nullptr) {
@@ -156,12 +125,12 @@ class Mapper {
     }
 
     Result<std::vector<std::uint16_t>> map_ports() {
-        const Entry* e = conf_.find("SMTP_PORTS");
+        const conf::Entry* e = conf_.find("SMTP_PORTS");
         // CSF removes every whitespace character before handing the list to iptables'
         // multiport match, which takes ports, first:last ranges and service names.
         const std::string compact = e != nullptr ? without_spaces(e->value) : std::string();
         std::set<std::uint16_t> ports;
-        for (const std::string& item : split_list(compact)) {
+        for (const std::string& item : conf::split_list(compact)) {
             const std::size_t colon = item.find(':');
             const auto first = one_port(item.substr(0, colon));
             const auto last = colon == std::string::npos ? first : one_port(item.substr(colon + 1));
@@ -178,7 +147,7 @@ class Mapper {
         shown.reserve(ports.size());
         for (const std::uint16_t port : ports)
             shown.push_back(std::to_string(port));
-        record("SMTP_PORTS", ports.empty() ? "no port" : "ports " + join(shown, ", "));
+        record("SMTP_PORTS", ports.empty() ? "no port" : "ports " + text::join(shown, ", "));
         if (ports.empty()) {
             note(e, "SMTP_PORTS",
                  e == nullptr ? "not set: CSF loads no SMTP rule without ports, so nothing is "
@@ -192,10 +161,10 @@ class Mapper {
     // SMTP_ALLOWUSER / SMTP_ALLOWGROUP: CSF splits at commas, removes whitespace from
     // each item and looks it up; what is not found is skipped without a word.
     std::vector<std::string> names(std::string_view key, std::string_view what) {
-        const Entry* e = conf_.find(key);
+        const conf::Entry* e = conf_.find(key);
         std::vector<std::string> out;
         if (e != nullptr) {
-            for (const std::string& item : split_list(e->value)) {
+            for (const std::string& item : conf::split_list(e->value)) {
                 std::string name = without_spaces(item);
                 if (name.empty())
                     continue;
@@ -204,14 +173,14 @@ class Mapper {
                          quoted(item) + " read as " + quoted(name) +
                              " (CSF removes whitespace inside names)");
                 }
-                if (!is_all_digits(name) && !is_valid_name(name)) {
+                if (!text::is_all_digits(name) && !is_valid_account_name(name)) {
                     note(e, key,
                          quoted(name) + " is not a valid " + std::string(what) +
                              " name; skipped, as CSF did");
                     continue;
                 }
-                if (is_all_digits(name)) {
-                    if (!parse_unsigned(name, 4294967294U)) {
+                if (text::is_all_digits(name)) {
+                    if (!text::parse_unsigned(name, 4294967294U)) {
                         note(e, key, quoted(name) + " is out of range; skipped");
                         continue;
                     }
@@ -230,7 +199,7 @@ class Mapper {
             }
         }
         record(key, out.empty() ? "no " + std::string(what) + " allowed"
-                                : std::string(what) + "s " + join(out, ", ") + " allowed");
+                                : std::string(what) + "s " + text::join(out, ", ") + " allowed");
         if (e == nullptr)
             note(e, key,
                  "not set; CSF reads a missing setting as \"\" (no " + std::string(what) + ")");
@@ -238,19 +207,19 @@ class Mapper {
     }
 
     void map_ipv6() {
-        const Entry* e = conf_.find("IPV6");
+        const conf::Entry* e = conf_.find("IPV6");
         const bool on = e != nullptr && perl_true(e->value);
         record("IPV6", on ? "IPv6 guarded (as CSF did)" : "IPv6 guarded all the same");
         if (!on) {
             note(e, "IPV6",
-                 std::string(e == nullptr ? "not set" : "\"" + printable(e->value) + "\"") +
+                 std::string(e == nullptr ? "not set" : "\"" + text::printable(e->value) + "\"") +
                      ": CSF loaded no IPv6 rule, which left SMTP over IPv6 open to every "
                      "user; smtpfence guards IPv6 as well");
         }
     }
 
     Result<void> map_drop_out() {
-        const Entry* e = conf_.find("DROP_OUT");
+        const conf::Entry* e = conf_.find("DROP_OUT");
         if (e == nullptr) {
             record("DROP_OUT", "refused (TCP reset)");
             note(e, "DROP_OUT", "not set; blocked connections are refused (REJECT)");
@@ -278,8 +247,8 @@ class Mapper {
     }
 
     void map_logging() {
-        const Entry* drop_logging = conf_.find("DROP_LOGGING");
-        const Entry* out_logging = conf_.find("DROP_OUT_LOGGING");
+        const conf::Entry* drop_logging = conf_.find("DROP_LOGGING");
+        const conf::Entry* out_logging = conf_.find("DROP_OUT_LOGGING");
         const bool all = drop_logging != nullptr && perl_true(drop_logging->value);
         const bool out = out_logging != nullptr && perl_true(out_logging->value);
         record("DROP_LOGGING", all ? "kernel log lines for dropped packets"
@@ -294,7 +263,7 @@ class Mapper {
                  "on, but DROP_LOGGING is off: CSF wrote no line for blocked SYNs then, and "
                  "neither does smtpfence");
         }
-        const Entry* uid = conf_.find("DROP_UID_LOGGING");
+        const conf::Entry* uid = conf_.find("DROP_UID_LOGGING");
         out_.policy.log_uid = uid != nullptr && perl_true(uid->value);
         record("DROP_UID_LOGGING",
                out_.policy.log_uid ? "log lines carry UID= and GID=" : "log lines without the uid");
@@ -316,7 +285,7 @@ class Mapper {
 
     // "smtp_block", "SMTP_BLOCK " after a byte order mark, ...: a setting that looks
     // like one of ours but is not. CSF ignored it; say so rather than be silent.
-    void warn_if_lookalike(const Entry& e) {
+    void warn_if_lookalike(const conf::Entry& e) {
         std::string normal;
         for (const char c : e.key) {
             if (c >= 'a' && c <= 'z')
@@ -327,24 +296,24 @@ class Mapper {
         const auto it = std::find(kSmtpKeys.begin(), kSmtpKeys.end(), normal);
         if (it == kSmtpKeys.end())
             return;
-        out_.notes.push_back(Note{conf_.path + ":" + std::to_string(e.line), printable(e.key),
+        out_.notes.push_back(Note{conf_.path + ":" + std::to_string(e.line), text::printable(e.key),
                                   "is not " + std::string(*it) +
                                       " (names are exact and case-sensitive); CSF ignored "
                                       "it, and so does smtpfence"});
     }
 
-    const ConfFile& conf_;
+    const conf::ConfFile& conf_;
     CsfPolicy out_;
 };
 
 }  // namespace
 
-Result<CsfPolicy> policy_from_csf(const ConfFile& conf, Policy base) {
+Result<CsfPolicy> policy_from_csf(const conf::ConfFile& conf, Policy base) {
     return Mapper(conf, std::move(base)).run();
 }
 
 Result<CsfPolicy> load_csf_policy(const std::string& path, Policy base) {
-    auto conf = read_conf_file(path);
+    auto conf = conf::read_conf_file(path);
     if (!conf)
         return std::unexpected(conf.error());
     return policy_from_csf(*conf, std::move(base));
@@ -353,14 +322,14 @@ Result<CsfPolicy> load_csf_policy(const std::string& path, Policy base) {
 Result<LoadedPolicy> load_csf_mode(const std::string& csf_path, const std::string& config_path,
                                    bool config_must_exist) {
     std::vector<std::string> warnings;
-    ConfFile own;
+    conf::ConfFile own;
     own.path = config_path;
-    if (auto read = read_conf_file(config_path)) {
+    if (auto read = conf::read_conf_file(config_path)) {
         own = std::move(*read);
     } else if (config_must_exist || read.error().code != ENOENT) {
         return std::unexpected(read.error());
     }
-    std::erase_if(own.entries, [&](const Entry& e) {
+    std::erase_if(own.entries, [&](const conf::Entry& e) {
         if (std::find(kDecidedByCsf.begin(), kDecidedByCsf.end(), e.key) == kDecidedByCsf.end())
             return false;
         warnings.push_back(own.path + ":" + std::to_string(e.line) + ": " + e.key +

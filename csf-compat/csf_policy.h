@@ -10,8 +10,8 @@
 #include <string_view>
 #include <vector>
 
+#include "common/conf_reader.h"
 #include "common/error.h"
-#include "csf-compat/csf_reader.h"
 #include "policy/policy.h"
 
 namespace smtpfence::csf {
@@ -59,7 +59,7 @@ inline constexpr std::array<std::string_view, 9> kDecidedByCsf = {
 // and "0" off, anything else on), a missing setting reads as "" as in CSF; list items lose all
 // whitespace. Errors (naming file and line) only where CSF itself failed to load its rules:
 // SMTP_PORTS that are not ports or port ranges, DROP_OUT other than DROP or REJECT.
-[[nodiscard]] Result<CsfPolicy> policy_from_csf(const ConfFile& conf, Policy base = {});
+[[nodiscard]] Result<CsfPolicy> policy_from_csf(const conf::ConfFile& conf, Policy base = {});
 
 // Reads and maps path; read and syntax errors name file and line.
 [[nodiscard]] Result<CsfPolicy> load_csf_policy(const std::string& path, Policy base = {});

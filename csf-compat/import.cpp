@@ -6,6 +6,7 @@
 #include <cerrno>
 
 #include "common/files.h"
+#include "common/text.h"
 
 namespace smtpfence::csf {
 namespace {
@@ -24,8 +25,8 @@ const Mapped& mapped(const CsfPolicy& p, std::string_view key) {
 std::string origin(const Mapped& m) {
     if (m.line == 0)
         return m.key + " is not in csf.conf (CSF reads it as \"\")";
-    return "csf.conf line " + std::to_string(m.line) + ": " + m.key + " = \"" + printable(m.value) +
-           "\"";
+    return "csf.conf line " + std::to_string(m.line) + ": " + m.key + " = \"" +
+           text::printable(m.value) + "\"";
 }
 
 // Words wrapped into "# " comment lines; continuation lines indented by hang spaces.
@@ -49,16 +50,6 @@ std::string comment(std::string_view text, std::size_t hang = 0) {
     return out + line + "\n";
 }
 
-std::string join(const std::vector<std::string>& items, std::string_view sep) {
-    std::string out;
-    for (const std::string& item : items) {
-        if (!out.empty())
-            out += sep;
-        out += item;
-    }
-    return out;
-}
-
 std::string flag(bool on) {
     return on ? "\"1\"" : "\"0\"";
 }
@@ -67,7 +58,7 @@ std::string setting(std::string_view key, const std::string& quoted_value) {
     return std::string(key) + " = " + quoted_value + "\n";
 }
 
-std::string config_text(const ConfFile& conf, const CsfPolicy& m) {
+std::string config_text(const conf::ConfFile& conf, const CsfPolicy& m) {
     const Policy& p = m.policy;
     std::string out;
     out += comment("smtpfence.conf imported from " + conf.path +
@@ -106,19 +97,19 @@ std::string config_text(const ConfFile& conf, const CsfPolicy& m) {
                        ? "csf.conf lists no port, so CSF enforced nothing: smtpfence's default "
                          "ports are written, for when SMTP_BLOCK is switched on."
                        : "From SMTP_PORTS, ranges expanded.") +
-           setting("SMTP_PORTS", "\"" + join(ports, ",") + "\"");
-    block({"SMTP_ALLOWUSER"}, "SMTP_ALLOWUSER", "\"" + join(p.allow_users, ",") + "\"",
+           setting("SMTP_PORTS", "\"" + text::join(ports, ",") + "\"");
+    block({"SMTP_ALLOWUSER"}, "SMTP_ALLOWUSER", "\"" + text::join(p.allow_users, ",") + "\"",
           "root is always allowed.");
-    block({"SMTP_ALLOWGROUP"}, "SMTP_ALLOWGROUP", "\"" + join(p.allow_groups, ",") + "\"",
+    block({"SMTP_ALLOWGROUP"}, "SMTP_ALLOWGROUP", "\"" + text::join(p.allow_groups, ",") + "\"",
           "Members through their primary or a supplementary group are allowed (CSF matched "
           "the primary group only).");
-    out +=
-        "\n" +
-        comment(
-            "Not a CSF setting: the MTA's own users (mail, Debian-exim, mailnull, exim, "
-            "postfix, where they exist) are allowed by uid, so mail keeps flowing "
-            "whatever the groups above say.") +
-        setting("MTA_USERS", p.mta_users_auto ? "\"auto\"" : "\"" + join(p.mta_users, ",") + "\"");
+    out += "\n" +
+           comment(
+               "Not a CSF setting: the MTA's own users (mail, Debian-exim, mailnull, exim, "
+               "postfix, where they exist) are allowed by uid, so mail keeps flowing "
+               "whatever the groups above say.") +
+           setting("MTA_USERS",
+                   p.mta_users_auto ? "\"auto\"" : "\"" + text::join(p.mta_users, ",") + "\"");
     block({"SMTP_ALLOWLOCAL"}, "SMTP_ALLOWLOCAL", flag(p.allow_local));
     block({"SMTP_REDIRECT"}, "SMTP_REDIRECT", flag(p.redirect));
     block({"IPV6"}, "", "", "Not a setting of smtpfence: IPv6 is always guarded as IPv4 is.");
@@ -134,7 +125,7 @@ std::string wrapped_names(const std::vector<std::string>& names) {
     std::string out;
     std::string line = "   ";
     for (std::size_t i = 0; i < names.size(); ++i) {
-        const std::string item = printable(names[i]) + (i + 1 < names.size() ? "," : "");
+        const std::string item = text::printable(names[i]) + (i + 1 < names.size() ? "," : "");
         if (line.size() > 3 && line.size() + 1 + item.size() > kCommentWidth) {
             out += line + "\n";
             line = "   ";
@@ -144,11 +135,11 @@ std::string wrapped_names(const std::vector<std::string>& names) {
     return out + line + "\n";
 }
 
-std::string report_text(const ConfFile& conf, const CsfPolicy& m) {
+std::string report_text(const conf::ConfFile& conf, const CsfPolicy& m) {
     std::string out = "Imported " + conf.path + " (" + std::to_string(conf.entries.size()) +
                       " settings).\n\nMapped:\n";
     for (const Mapped& mk : m.mapped) {
-        out += "  " + mk.key + " = \"" + printable(mk.value) + "\"" +
+        out += "  " + mk.key + " = \"" + text::printable(mk.value) + "\"" +
                (mk.line == 0 ? " (not in the file)" : " (line " + std::to_string(mk.line) + ")") +
                ": " + mk.meaning + "\n";
     }
@@ -166,7 +157,7 @@ std::string report_text(const ConfFile& conf, const CsfPolicy& m) {
 
 }  // namespace
 
-Result<ImportResult> import_csf(const ConfFile& conf) {
+Result<ImportResult> import_csf(const conf::ConfFile& conf) {
     auto mapping = policy_from_csf(conf);
     if (!mapping)
         return std::unexpected(mapping.error());
@@ -178,7 +169,7 @@ Result<ImportResult> import_csf(const ConfFile& conf) {
 }
 
 Result<ImportResult> import_csf_file(const std::string& path) {
-    auto conf = read_conf_file(path);
+    auto conf = conf::read_conf_file(path);
     if (!conf)
         return std::unexpected(conf.error());
     return import_csf(*conf);

@@ -7,9 +7,9 @@
 #include <string>
 #include <string_view>
 
+#include "common/conf_reader.h"
 #include "common/error.h"
 #include "csf-compat/csf_policy.h"
-#include "csf-compat/csf_reader.h"
 
 namespace smtpfence::csf {
 
@@ -26,7 +26,7 @@ struct ImportResult {
 };
 
 // Imports a parsed csf.conf. Fails only where the mapping does (see policy_from_csf).
-[[nodiscard]] Result<ImportResult> import_csf(const ConfFile& conf);
+[[nodiscard]] Result<ImportResult> import_csf(const conf::ConfFile& conf);
 
 // Reads, parses and imports path; errors name file and line.
 [[nodiscard]] Result<ImportResult> import_csf_file(const std::string& path);

@@ -23,12 +23,13 @@
 #include <string>
 #include <vector>
 
+#include "common/conf_reader.h"
 #include "common/fd.h"
 #include "common/file_watch.h"
 #include "common/files.h"
 #include "common/log.h"
 #include "common/privileges.h"
-#include "csf-compat/csf_reader.h"
+#include "common/text.h"
 #include "csf-compat/csf_rules.h"
 #include "ctl/control_server.h"
 #include "ctl/daemon.h"
@@ -116,7 +117,7 @@ std::string join(const std::set<std::uint32_t>& ids) {
 const Account* find_user(const AccountDb& db, const std::string& name) {
     if (const Account* a = db.user(name))
         return a;
-    if (const auto uid = csf::parse_unsigned(name, 4294967294U))
+    if (const auto uid = text::parse_unsigned(name, 4294967294U))
         return db.user_by_uid(static_cast<std::uint32_t>(*uid));
     return nullptr;
 }
@@ -124,7 +125,7 @@ const Account* find_user(const AccountDb& db, const std::string& name) {
 const GroupEntry* find_group(const AccountDb& db, const std::string& name) {
     if (const GroupEntry* g = db.group(name))
         return g;
-    if (const auto gid = csf::parse_unsigned(name, 4294967294U))
+    if (const auto gid = text::parse_unsigned(name, 4294967294U))
         return db.group_by_gid(static_cast<std::uint32_t>(*gid));
     return nullptr;
 }
@@ -358,7 +359,7 @@ class Controller {
             if (const GroupEntry* g = find_group(current_->accounts, admin)) {
                 access.admin_gid = g->gid;
             } else {
-                log::warning("CONTROL_ADMIN_GROUP: unknown group \"" + csf::printable(admin) +
+                log::warning("CONTROL_ADMIN_GROUP: unknown group \"" + text::printable(admin) +
                              "\"; only root may change the allowlist");
             }
         }
@@ -771,7 +772,7 @@ class Controller {
             auto text = read_text_file(nfq::ready_file_path(options_.state_dir), 64);
             if (text) {
                 const std::string_view t(*text);
-                ready = csf::parse_unsigned(t.substr(0, t.find('\n')), 4194304) ==
+                ready = text::parse_unsigned(t.substr(0, t.find('\n')), 4194304) ==
                         static_cast<std::uint64_t>(worker_.pid());
             }
         }
@@ -828,7 +829,7 @@ class Controller {
         const Account* a = find_user(current_->accounts, name);
         if (a == nullptr)
             return refuse(ErrorCode::NotFound,
-                          "no user \"" + csf::printable(name) + "\" in " + options_.passwd_path);
+                          "no user \"" + text::printable(name) + "\" in " + options_.passwd_path);
         const Policy& p = current_->loaded.policy;
         json j = {{"user", a->name}, {"uid", a->uid}, {"gid", a->gid}, {"ports", p.ports}};
         bool blocked = false;
@@ -980,7 +981,7 @@ class Controller {
         const Account* found = find_user(current_->accounts, user);
         if (found == nullptr) {
             return refuse(ErrorCode::NotFound,
-                          "no user \"" + csf::printable(user) + "\" in " + options_.passwd_path);
+                          "no user \"" + text::printable(user) + "\" in " + options_.passwd_path);
         }
         const Account account = *found;
         std::vector<gid_t> groups;

@@ -88,9 +88,8 @@ struct ProtocolError {
 [[nodiscard]] std::string encode_ok(const nlohmann::json& result);
 [[nodiscard]] std::string encode_error(const ProtocolError& error);
 
-// A user or group name as useradd(8)/groupadd(8) accept them (or a numeric id):
-// letters, digits, '.', '_', '-', an optional trailing '$', at most 64 bytes, not
-// starting with '-'. Returns what is wrong, or "" when valid.
+// What is wrong with a user or group name in a request, "" when valid: the one rule
+// of common/names.h (account_name_problem).
 [[nodiscard]] std::string name_problem(std::string_view name);
 
 }  // namespace smtpfence::ctl

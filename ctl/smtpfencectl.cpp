@@ -12,8 +12,9 @@
 #include <optional>
 #include <string>
 
+#include "common/conf_reader.h"
 #include "common/log.h"
-#include "csf-compat/csf_reader.h"
+#include "common/text.h"
 #include "csf-compat/import.h"
 #include "ctl/control_server.h"
 #include "ctl/daemon.h"
@@ -36,11 +37,11 @@ constexpr int kExitConflict = 6;     // deny: still allowed by the config or a g
 std::string safe(const json& j, const char* key, std::size_t max = 200) {
     if (!j.contains(key) || !j[key].is_string())
         return "";
-    return csf::printable(j[key].get<std::string>(), max);
+    return text::printable(j[key].get<std::string>(), max);
 }
 
 // Text that is already the daemon's (messages, paths, warnings, which quote user input
-// through csf::printable) shown as is, but a control character that got in anyway
+// through text::printable) shown as is, but a control character that got in anyway
 // cannot reach the terminal: bytes below 0x20 (but a tab), DEL and the C1 controls
 // (U+0080-U+009F, which some terminals obey as ESC sequences) become \xHH.
 std::string terminal_safe(std::string_view text) {
@@ -67,7 +68,7 @@ std::string terminal_safe(std::string_view text) {
 }
 
 // j[key] as terminal-safe text ("" when missing or not a string).
-std::string text(const json& j, const char* key) {
+std::string field(const json& j, const char* key) {
     if (!j.contains(key) || !j[key].is_string())
         return "";
     return terminal_safe(j[key].get<std::string>());
@@ -97,7 +98,7 @@ std::optional<std::int64_t> parse_since(const std::string& text) {
     if (text.size() < 2)
         return std::nullopt;
     const auto n =
-        csf::parse_unsigned(text.substr(0, text.size() - 1), std::uint64_t{100} * 365U * 86400U);
+        text::parse_unsigned(text.substr(0, text.size() - 1), std::uint64_t{100} * 365U * 86400U);
     if (!n)
         return std::nullopt;
     std::int64_t unit = 0;
@@ -170,21 +171,21 @@ int import_csf(const std::string& csf_path, const std::string& to, bool force, b
 }
 
 void print_status(const json& r) {
-    std::cout << "smtpfence " << (r.contains("version") ? text(r, "version") : "?") << ": "
+    std::cout << "smtpfence " << (r.contains("version") ? field(r, "version") : "?") << ": "
               << (r.value("enforcing", false) ? "ENFORCING" : "NOT ENFORCING") << "\n";
-    std::cout << "  " << text(r, "summary") << "\n";
+    std::cout << "  " << field(r, "summary") << "\n";
     const json& t = r["table"];
-    std::cout << "  table " << (t.contains("family") ? text(t, "family") : "inet") << " "
-              << text(t, "name") << ": "
+    std::cout << "  table " << (t.contains("family") ? field(t, "family") : "inet") << " "
+              << field(t, "name") << ": "
               << (t["present"].is_boolean() ? (t["present"].get<bool>() ? "present" : "absent")
                                             : "unknown")
               << (t.value("owned", false) ? ", owned (no other tool can change it)" : "") << "\n";
     if (r.contains("problem"))
-        std::cout << "  PROBLEM: " << text(r, "problem") << "\n";
+        std::cout << "  PROBLEM: " << field(r, "problem") << "\n";
     if (r.contains("config_error")) {
         const json& e = r["config_error"];
         std::cout << "  CONFIGURATION ERROR since " << when(e.value("since", std::int64_t{0}))
-                  << ": " << text(e, "message") << "\n    in force: " << text(e, "in_force")
+                  << ": " << field(e, "message") << "\n    in force: " << field(e, "in_force")
                   << " (the file is read again when it changes)\n";
     }
     if (r.contains("self_heal")) {
@@ -203,7 +204,7 @@ void print_status(const json& r) {
         }
     }
     const json& q = r["queue"];
-    std::cout << "  queue: " << (q.contains("mode") ? text(q, "mode") : "?");
+    std::cout << "  queue: " << (q.contains("mode") ? field(q, "mode") : "?");
     if (q.contains("num"))
         std::cout << " num " << q["num"].get<int>();
     if (q.value("bound", false)) {
@@ -230,17 +231,17 @@ void print_status(const json& r) {
     if (r.contains("directadmin")) {
         const json& da = r["directadmin"];
         std::cout << "  DirectAdmin pipeline: " << (da.value("enabled", false) ? "on" : "off")
-                  << " (" << text(da, "reason") << ")\n";
+                  << " (" << field(da, "reason") << ")\n";
     }
     if (r.contains("config"))
-        std::cout << "  config: " << text(r, "config")
-                  << "\n  managed allowlist: " << text(r, "allow_list") << "\n";
+        std::cout << "  config: " << field(r, "config")
+                  << "\n  managed allowlist: " << field(r, "allow_list") << "\n";
     if (r.contains("csf")) {
         const json& c = r["csf"];
         if (c.value("mode", false))
-            std::cout << "  policy from CSF's " << text(c, "csf_conf") << " (--csf-conf)\n";
+            std::cout << "  policy from CSF's " << field(c, "csf_conf") << " (--csf-conf)\n";
         if (c.value("rules_loaded", false))
-            std::cout << "  CSF: " << text(c, "explanation") << "\n";
+            std::cout << "  CSF: " << field(c, "explanation") << "\n";
     }
     if (r.contains("warnings")) {
         for (const auto& w2 : r["warnings"])
@@ -253,16 +254,16 @@ void print_list(const json& r) {
         std::cout << "(nothing is enforced right now; this is the list that applies when it is)\n";
     std::cout << "allowed uids:\n";
     for (const auto& u : r["uids"]) {
-        std::cout << "  " << u.value("uid", 0U) << "\t" << text(u, "name") << "\t"
-                  << text(u, "reason") << "\n";
+        std::cout << "  " << u.value("uid", 0U) << "\t" << field(u, "name") << "\t"
+                  << field(u, "reason") << "\n";
     }
     std::cout << "allowed gids (the socket's primary group):\n";
     for (const auto& g : r["gids"]) {
-        std::cout << "  " << g.value("gid", 0U) << "\t" << text(g, "name") << "\t"
-                  << text(g, "reason") << "\n";
+        std::cout << "  " << g.value("gid", 0U) << "\t" << field(g, "name") << "\t"
+                  << field(g, "reason") << "\n";
     }
     const json& m = r["managed"];
-    std::cout << "managed by smtpfencectl (" << text(m, "file") << "):";
+    std::cout << "managed by smtpfencectl (" << field(m, "file") << "):";
     if (m["users"].empty() && m["groups"].empty())
         std::cout << " none";
     for (const auto& u : m["users"])
@@ -291,7 +292,7 @@ void print_attempts(const json& r) {
         }
     }
     std::cout << r.value("shown", 0) << " of " << r.value("matched", 0)
-              << " matching record(s) from " << text(r, "log") << "\n";
+              << " matching record(s) from " << field(r, "log") << "\n";
 }
 
 void print_top(const json& r) {
@@ -437,7 +438,7 @@ static int run(int argc, char** argv) {
         if (!since.empty()) {
             req.since = parse_since(since);
             if (!req.since) {
-                log::error("--since \"" + csf::printable(since) +
+                log::error("--since \"" + text::printable(since) +
                            "\": expected a duration such as 90s, 30m, 1h, 2d, or \"today\"");
                 return kExitUsage;
             }
@@ -456,7 +457,7 @@ static int run(int argc, char** argv) {
     for (const auto* name : {&req.user, &req.group}) {
         if (*name) {
             if (const std::string p = ctl::name_problem(**name); !p.empty()) {
-                log::error("\"" + csf::printable(**name) + "\": " + p);
+                log::error("\"" + text::printable(**name) + "\": " + p);
                 return kExitUsage;
             }
         }
@@ -471,7 +472,7 @@ static int run(int argc, char** argv) {
     const json j = json::parse(*reply, nullptr, false);
     if (j.is_discarded() || !j.is_object() || !j.contains("ok")) {
         log::error("smtpfenced sent an answer that is not a protocol-1 response: " +
-                   csf::printable(*reply));
+                   text::printable(*reply));
         return kExitFailure;
     }
     if (!j.value("ok", false)) {
@@ -502,14 +503,14 @@ static int run(int argc, char** argv) {
             return kExitOk;
         case ctl::Command::Check:
             if (!as_json)
-                std::cout << text(r, "user") << " (uid " << r.value("uid", 0U)
-                          << "): " << text(r, "reason") << "\n";
+                std::cout << field(r, "user") << " (uid " << r.value("uid", 0U)
+                          << "): " << field(r, "reason") << "\n";
             return r.value("blocked", false) ? kExitBlocked : kExitOk;
         case ctl::Command::Test: {
             const std::string outcome = r.value("outcome", "error");
             if (!as_json) {
-                std::cout << "as " << text(r, "user") << " (uid " << r.value("uid", 0U) << ") to "
-                          << text(r, "address") << " port " << r.value("port", 0) << ": ";
+                std::cout << "as " << field(r, "user") << " (uid " << r.value("uid", 0U) << ") to "
+                          << field(r, "address") << " port " << r.value("port", 0) << ": ";
                 if (outcome == "connected")
                     std::cout << "connected";
                 else if (outcome == "refused")
@@ -517,7 +518,7 @@ static int run(int argc, char** argv) {
                 else if (outcome == "timed_out")
                     std::cout << "no answer within 5 s (dropped)";
                 else
-                    std::cout << "failed: " << text(r, "error");
+                    std::cout << "failed: " << field(r, "error");
                 std::cout << " after " << r.value("elapsed_ms", 0) << " ms\n";
             }
             // Refused or unanswered: what the block does. Any other error (no route, ...)
@@ -538,15 +539,15 @@ static int run(int argc, char** argv) {
         case ctl::Command::Deny: {
             if (!as_json) {
                 const bool is_allow = req.command == ctl::Command::Allow;
-                std::cout << text(r, "kind") << " " << text(r, "name") << ": "
+                std::cout << field(r, "kind") << " " << field(r, "name") << ": "
                           << (r.value("changed", false)
                                   ? (is_allow ? "allowed" : "removed from the allowlist")
                                   : (is_allow ? "already in the allowlist"
                                               : "was not in the allowlist"))
-                          << " (" << text(r, "file") << ")\n";
+                          << " (" << field(r, "file") << ")\n";
             }
             if (r.contains("still_allowed")) {
-                log::warning(text(r, "name") + " is still allowed: " + text(r, "still_allowed") +
+                log::warning(field(r, "name") + " is still allowed: " + field(r, "still_allowed") +
                              "; change the configuration file to block it");
                 return kExitConflict;
             }
@@ -555,11 +556,11 @@ static int run(int argc, char** argv) {
         case ctl::Command::Reload:
             if (!as_json)
                 std::cout << (r.value("enforcing", false) ? "enforcing: " : "not enforcing: ")
-                          << text(r, "description") << "\n";
+                          << field(r, "description") << "\n";
             return kExitOk;
         case ctl::Command::Remove:
             if (!as_json)
-                std::cout << "table inet " << text(r, "table")
+                std::cout << "table inet " << field(r, "table")
                           << " removed: outbound SMTP is NOT guarded until `smtpfencectl reload`\n";
             return kExitOk;
         case ctl::Command::Version:

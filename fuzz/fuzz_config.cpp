@@ -1,4 +1,4 @@
-// smtpfence.conf as smtpfenced loads it: csf::parse_conf, then policy_from_conf.
+// smtpfence.conf as smtpfenced loads it: conf::parse_conf, then policy_from_conf.
 // Invariants: a failure names the file; entries hold no record separator, keys no
 // whitespace or '='; the entries written back as KEY = "value" lines (same line numbers)
 // parse to the same entries and load to the same policy or the same error, and the same
@@ -10,7 +10,8 @@
 #include <span>
 #include <string>
 
-#include "csf-compat/csf_reader.h"
+#include "common/conf_reader.h"
+#include "common/text.h"
 #include "fuzz/fuzz_check.h"
 #include "policy/policy.h"
 
@@ -27,9 +28,9 @@ bool is_separator(char c) {
     return c == '\n' || c == '\r' || c == '\v' || c == '\f';
 }
 
-void check_entries(const csf::ConfFile& conf) {
+void check_entries(const conf::ConfFile& conf) {
     int line = 1;
-    for (const csf::Entry& e : conf.entries) {
+    for (const conf::Entry& e : conf.entries) {
         check(e.line >= line, "line numbers go backwards");
         line = e.line;
         check(e.key.find('=') == std::string::npos, "'=' in a key");
@@ -43,11 +44,11 @@ void check_entries(const csf::ConfFile& conf) {
 
 // The entries as a file again: each on its own line number; VT (which ends a record
 // but not an editor's line) between entries that shared a line.
-std::string render(const csf::ConfFile& conf) {
+std::string render(const conf::ConfFile& conf) {
     std::string out;
     int line = 1;
     bool line_used = false;
-    for (const csf::Entry& e : conf.entries) {
+    for (const conf::Entry& e : conf.entries) {
         for (; line < e.line; ++line) {
             out += '\n';
             line_used = false;
@@ -60,16 +61,16 @@ std::string render(const csf::ConfFile& conf) {
     return out;
 }
 
-bool same_entries(const csf::ConfFile& a, const csf::ConfFile& b) {
+bool same_entries(const conf::ConfFile& a, const conf::ConfFile& b) {
     return std::equal(a.entries.begin(), a.entries.end(), b.entries.begin(), b.entries.end(),
-                      [](const csf::Entry& x, const csf::Entry& y) {
+                      [](const conf::Entry& x, const conf::Entry& y) {
                           return x.key == y.key && x.value == y.value && x.line == y.line;
                       });
 }
 
 void fuzz_one(std::string_view text) {
     const std::string path(kPath);
-    auto conf = csf::parse_conf(text, path);
+    auto conf = conf::parse_conf(text, path);
     if (!conf) {
         check(conf.error().what.starts_with(path + ":"), "a syntax error without FILE:LINE");
         return;
@@ -77,7 +78,7 @@ void fuzz_one(std::string_view text) {
     check(conf->path == path, "path");
     check_entries(*conf);
 
-    auto again = csf::parse_conf(render(*conf), path);
+    auto again = conf::parse_conf(render(*conf), path);
     check(again.has_value(), "the entries written back do not parse");
     check(same_entries(*conf, *again), "the entries written back parse to other entries");
 

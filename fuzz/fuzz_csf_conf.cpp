@@ -1,5 +1,5 @@
 // csf.conf as `smtpfenced --csf-conf` and `smtpfencectl import-csf` read it:
-// csf::parse_conf, policy_from_csf, import_csf.
+// conf::parse_conf, policy_from_csf, import_csf.
 // Invariants: the mapping and the import fail alike; every key of kSmtpKeys is
 // recorded in order with its line and value; every other setting is listed as ignored;
 // the policy holds values in range; and the import's promise (import.h): the written
@@ -9,8 +9,9 @@
 #include <span>
 #include <string>
 
+#include "common/conf_reader.h"
+#include "common/text.h"
 #include "csf-compat/csf_policy.h"
-#include "csf-compat/csf_reader.h"
 #include "csf-compat/import.h"
 #include "fuzz/fuzz_check.h"
 #include "policy/policy.h"
@@ -20,19 +21,19 @@ namespace {
 
 constexpr std::string_view kPath = "/etc/csf/csf.conf";
 
-void check_mapping(const csf::ConfFile& conf, const csf::CsfPolicy& m) {
+void check_mapping(const conf::ConfFile& conf, const csf::CsfPolicy& m) {
     check(m.mapped.size() == csf::kSmtpKeys.size(), "not every SMTP key recorded");
     for (std::size_t i = 0; i < m.mapped.size(); ++i) {
         const csf::Mapped& mk = m.mapped[i];
         check(mk.key == csf::kSmtpKeys[i], "SMTP keys recorded out of order");
-        const csf::Entry* e = conf.find(mk.key);
+        const conf::Entry* e = conf.find(mk.key);
         check(mk.line == (e != nullptr ? e->line : 0), "a recorded line is not the entry's");
         check(mk.value == (e != nullptr ? e->value : std::string()),
               "a recorded value is not the entry's");
         check(!mk.meaning.empty(), "a recorded key without meaning");
     }
     std::size_t smtp = 0;
-    for (const csf::Entry& e : conf.entries) {
+    for (const conf::Entry& e : conf.entries) {
         if (std::find(csf::kSmtpKeys.begin(), csf::kSmtpKeys.end(), e.key) != csf::kSmtpKeys.end())
             ++smtp;
     }
@@ -43,7 +44,7 @@ void check_mapping(const csf::ConfFile& conf, const csf::CsfPolicy& m) {
 
 void fuzz_one(std::string_view text) {
     const std::string path(kPath);
-    auto conf = csf::parse_conf(text, path);
+    auto conf = conf::parse_conf(text, path);
     if (!conf)
         return;  // the reader itself is fuzz_config's
     auto mapping = csf::policy_from_csf(*conf);
@@ -59,7 +60,7 @@ void fuzz_one(std::string_view text) {
     check(same_policy(mapping->policy, imported->mapping.policy), "the import maps differently");
 
     const std::string written = "/etc/smtpfence/smtpfence.conf";
-    auto reread = csf::parse_conf(imported->config_text, written);
+    auto reread = conf::parse_conf(imported->config_text, written);
     check(reread.has_value(), "the imported smtpfence.conf does not parse: " +
                                   (reread ? std::string() : reread.error().message()));
     auto loaded = policy_from_conf(*reread);

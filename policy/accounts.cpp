@@ -2,27 +2,20 @@
 
 #include <algorithm>
 
+#include "common/conf_reader.h"
 #include "common/files.h"
-#include "csf-compat/csf_reader.h"
+#include "common/text.h"
 
 namespace smtpfence {
 namespace {
 
-using csf::printable;
+using text::printable;
 
 // (uid_t)-1 and (gid_t)-1 mean "no id" to the kernel; no account can have them.
 constexpr std::uint64_t kMaxId = 4294967294U;
 
 bool is_space(char c) {
     return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r';
-}
-
-std::string_view trim(std::string_view s) {
-    while (!s.empty() && is_space(s.front()))
-        s.remove_prefix(1);
-    while (!s.empty() && is_space(s.back()))
-        s.remove_suffix(1);
-    return s;
 }
 
 std::vector<std::string_view> split(std::string_view s, char sep) {
@@ -98,8 +91,8 @@ void parse_passwd(std::string_view text, const std::string& path, std::vector<Ac
                                describe_fields(f, 7, "name:password:uid:gid:gecos:home:shell"));
             return;
         }
-        const auto uid = csf::parse_unsigned(f[2], kMaxId);
-        const auto gid = csf::parse_unsigned(f[3], kMaxId);
+        const auto uid = text::parse_unsigned(f[2], kMaxId);
+        const auto gid = text::parse_unsigned(f[3], kMaxId);
         if (!uid || !gid) {
             warnings.push_back(
                 where(path, number) + ": user \"" + printable(f[0]) +
@@ -126,7 +119,7 @@ void parse_group(std::string_view text, const std::string& path, std::vector<Gro
                                describe_fields(f, 4, "name:password:gid:members"));
             return;
         }
-        const auto gid = csf::parse_unsigned(f[2], kMaxId);
+        const auto gid = text::parse_unsigned(f[2], kMaxId);
         if (!gid) {
             warnings.push_back(where(path, number) + ": group \"" + printable(f[0]) + "\": gid \"" +
                                printable(f[2]) + "\" is not a number from 0 to " +
@@ -135,7 +128,7 @@ void parse_group(std::string_view text, const std::string& path, std::vector<Gro
         }
         GroupEntry group{std::string(f[0]), static_cast<std::uint32_t>(*gid), {}};
         for (const std::string_view member : split(f[3], ',')) {
-            const std::string_view m = trim(member);
+            const std::string_view m = text::trim(member);
             if (!m.empty())
                 group.members.emplace_back(m);
         }

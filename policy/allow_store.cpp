@@ -7,23 +7,16 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "common/conf_reader.h"
 #include "common/fd.h"
 #include "common/files.h"
-#include "csf-compat/csf_reader.h"
+#include "common/text.h"
 
 namespace smtpfence {
 namespace {
 
 // The managed list is short (a handful of names); 1 MiB refuses a runaway file.
 constexpr std::size_t kMaxAllowFileBytes = 1U << 20U;
-
-std::string_view trim(std::string_view s) {
-    while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-        s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
-        s.remove_suffix(1);
-    return s;
-}
 
 std::string render(const ManagedAllow& list) {
     std::string out =
@@ -40,26 +33,6 @@ std::string render(const ManagedAllow& list) {
 
 }  // namespace
 
-std::string account_name_problem(std::string_view name) {
-    if (name.empty())
-        return "empty";
-    if (name.size() > 64)
-        return "longer than 64 bytes";
-    if (name.front() == '-')
-        return "starts with '-'";
-    for (std::size_t i = 0; i < name.size(); ++i) {
-        const char c = name[i];
-        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-                        (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-' ||
-                        (c == '$' && i + 1 == name.size());
-        if (!ok) {
-            return "contains \"" + csf::printable(name.substr(i, 1)) +
-                   "\" (allowed: letters, digits, '.', '_', '-', a final '$')";
-        }
-    }
-    return {};
-}
-
 Result<ManagedAllow> parse_managed_allow(std::string_view text, const std::string& path) {
     ManagedAllow out;
     std::size_t line_no = 0;
@@ -68,7 +41,7 @@ Result<ManagedAllow> parse_managed_allow(std::string_view text, const std::strin
         const std::string_view raw = text.substr(0, nl);
         text = nl == std::string_view::npos ? std::string_view{} : text.substr(nl + 1);
         ++line_no;
-        const std::string_view line = trim(raw);
+        const std::string_view line = text::trim(raw);
         if (line.empty() || line.front() == '#')
             continue;
         const std::string where = path + ":" + std::to_string(line_no);
@@ -76,12 +49,12 @@ Result<ManagedAllow> parse_managed_allow(std::string_view text, const std::strin
         if (space == std::string_view::npos) {
             return fail(
                 0, where,
-                "expected \"user NAME\" or \"group NAME\", got \"" + csf::printable(line) + "\"");
+                "expected \"user NAME\" or \"group NAME\", got \"" + text::printable(line) + "\"");
         }
         const std::string_view kind = line.substr(0, space);
-        const std::string name(trim(line.substr(space + 1)));
+        const std::string name(text::trim(line.substr(space + 1)));
         if (const std::string problem = account_name_problem(name); !problem.empty())
-            return fail(0, where, "name \"" + csf::printable(name) + "\": " + problem);
+            return fail(0, where, "name \"" + text::printable(name) + "\": " + problem);
         std::vector<std::string>* into = nullptr;
         if (kind == "user")
             into = &out.users;
@@ -89,7 +62,7 @@ Result<ManagedAllow> parse_managed_allow(std::string_view text, const std::strin
             into = &out.groups;
         else
             return fail(0, where,
-                        "unknown entry \"" + csf::printable(kind) + "\" (expected user or group)");
+                        "unknown entry \"" + text::printable(kind) + "\" (expected user or group)");
         if (std::ranges::find(*into, name) == into->end())
             into->push_back(name);
     }
@@ -109,7 +82,7 @@ Result<ManagedAllow> load_managed_allow(const std::string& path) {
 Result<AllowChange> change_managed_allow(const std::string& path, AllowKind kind,
                                          const std::string& name, bool add) {
     if (const std::string problem = account_name_problem(name); !problem.empty())
-        return fail(0, "name \"" + csf::printable(name) + "\"", problem);
+        return fail(0, "name \"" + text::printable(name) + "\"", problem);
     // flock on a separate lock file: the list itself is replaced by rename, and a lock
     // on a file that is renamed away would not exclude the next writer.
     const std::string lock_path = path + ".lock";

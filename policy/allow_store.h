@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/names.h"
 
 namespace smtpfence {
 
@@ -23,11 +24,6 @@ struct ManagedAllow {
 };
 
 enum class AllowKind { User, Group };
-
-// A user or group name as useradd(8)/groupadd(8) accept them, or a numeric id:
-// letters, digits, '.', '_', '-', an optional final '$', at most 64 bytes, not
-// starting with '-'. Returns what is wrong, or "" when the name is valid.
-[[nodiscard]] std::string account_name_problem(std::string_view name);
 
 // Parses the file's text; errors name path and line.
 [[nodiscard]] Result<ManagedAllow> parse_managed_allow(std::string_view text,

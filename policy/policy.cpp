@@ -6,20 +6,21 @@
 #include <set>
 #include <string_view>
 
+#include "common/names.h"
+#include "common/text.h"
+
 namespace smtpfence {
 namespace {
 
-using csf::printable;
+using text::printable;
 
 // The largest uid/gid: (uid_t)-1 is the "no id" value of chown(2) and setreuid(2).
 constexpr std::uint64_t kMaxId = 4294967294U;
-// useradd's limit (LOGIN_NAME_MAX is larger, but no tool creates such names).
-constexpr std::size_t kMaxNameLength = 32;
 
 // The fields of a setting being mapped: where it is, for every message.
 struct Setting {
-    const csf::ConfFile& conf;
-    const csf::Entry& entry;
+    const conf::ConfFile& conf;
+    const conf::Entry& entry;
 
     [[nodiscard]] std::string where() const { return conf.path + ":" + std::to_string(entry.line); }
 
@@ -44,35 +45,11 @@ Result<bool> parse_bool(const Setting& s) {
 
 template <class T>
 Result<T> parse_number(const Setting& s, T min, T max) {
-    const auto n = csf::parse_unsigned(s.entry.value, max);
+    const auto n = text::parse_unsigned(s.entry.value, max);
     if (!n || *n < min) {
         return s.bad("a number from " + std::to_string(min) + " to " + std::to_string(max));
     }
     return static_cast<T>(*n);
-}
-
-// ASCII only, whatever the locale: these names end up compared byte by byte with
-// /etc/passwd.
-bool is_name_char(char c, bool first) {
-    const bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-    return alnum || c == '_' || c == '.' || (!first && c == '-');
-}
-
-// The portable user/group name set that shadow-utils accepts by default, with the
-// trailing '$' of Samba machine accounts: [A-Za-z0-9_.][A-Za-z0-9_.-]*$? (≤ 32).
-bool is_valid_name(std::string_view name) {
-    if (name.empty() || name.size() > kMaxNameLength)
-        return false;
-    if (name.back() == '$')
-        name.remove_suffix(1);
-    if (name.empty() || !is_name_char(name.front(), true))
-        return false;
-    return std::all_of(name.begin() + 1, name.end(), [](char c) { return is_name_char(c, false); });
-}
-
-bool is_all_digits(std::string_view s) {
-    return !s.empty() &&
-           std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 // A list of names or numeric ids (SMTP_ALLOWUSER, SMTP_ALLOWGROUP, MTA_USERS). Kept in the
@@ -80,9 +57,9 @@ bool is_all_digits(std::string_view s) {
 Result<std::vector<std::string>> parse_name_list(const Setting& s, std::string_view what,
                                                  std::vector<std::string>& warnings) {
     std::vector<std::string> out;
-    for (std::string& item : csf::split_list(s.entry.value)) {
-        const bool ok = is_all_digits(item) ? csf::parse_unsigned(item, kMaxId).has_value()
-                                            : is_valid_name(item);
+    for (std::string& item : conf::split_list(s.entry.value)) {
+        const bool ok = text::is_all_digits(item) ? text::parse_unsigned(item, kMaxId).has_value()
+                                                  : is_valid_account_name(item);
         if (!ok) {
             return s.bad("a comma-separated list of " + std::string(what) + " names or numeric " +
                          std::string(what == "user" ? "uids" : "gids") + " (0-" +
@@ -106,12 +83,12 @@ Result<std::vector<std::uint16_t>> parse_ports(const Setting& s,
             compact.push_back(c);
         }
     }
-    const std::vector<std::string> items = csf::split_list(compact);
+    const std::vector<std::string> items = conf::split_list(compact);
     if (items.empty())
         return s.bad("a comma-separated list of ports 1-65535, not an empty list");
     std::set<std::uint16_t> ports;
     for (const std::string& item : items) {
-        const auto port = csf::parse_unsigned(item, 65535);
+        const auto port = text::parse_unsigned(item, 65535);
         if (!port || *port == 0) {
             return s.bad("a comma-separated list of ports 1-65535; \"" + printable(item) +
                          "\" is not a port");
@@ -334,10 +311,10 @@ std::unexpected<Error> unknown_key(const Setting& s) {
 
 }  // namespace
 
-Result<LoadedPolicy> policy_from_conf(const csf::ConfFile& conf) {
+Result<LoadedPolicy> policy_from_conf(const conf::ConfFile& conf) {
     LoadedPolicy loaded;
     loaded.policy.source = conf.path;
-    for (const csf::Entry& entry : conf.entries) {
+    for (const conf::Entry& entry : conf.entries) {
         const Setting setting{conf, entry};
         const auto h = std::find_if(kHandlers.begin(), kHandlers.end(),
                                     [&](const KeyHandler& k) { return k.key == entry.key; });
@@ -347,9 +324,9 @@ Result<LoadedPolicy> policy_from_conf(const csf::ConfFile& conf) {
         if (!done)
             return std::unexpected(std::move(done.error()));
     }
-    for (const csf::SkippedLine& skipped : conf.skipped) {
+    for (const conf::SkippedLine& skipped : conf.skipped) {
         loaded.warnings.push_back(conf.path + ":" + std::to_string(skipped.line) + ": " +
-                                  csf::printable(skipped.text) +
+                                  text::printable(skipped.text) +
                                   " is ignored: a setting needs \"=\" (KEY = \"value\"); CSF's "
                                   "syntax skips lines without one");
     }
@@ -357,7 +334,7 @@ Result<LoadedPolicy> policy_from_conf(const csf::ConfFile& conf) {
 }
 
 Result<LoadedPolicy> load_policy(const std::string& path, bool missing_ok) {
-    auto conf = csf::read_conf_file(path);
+    auto conf = conf::read_conf_file(path);
     if (!conf) {
         if (missing_ok && conf.error().code == ENOENT) {
             LoadedPolicy defaults;

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "common/conf_reader.h"
 #include "common/error.h"
-#include "csf-compat/csf_reader.h"
 
 namespace smtpfence {
 
@@ -79,7 +79,7 @@ struct LoadedPolicy {
 
 // Maps a parsed smtpfence.conf onto a Policy. Keys not given keep their defaults.
 // An unknown key or a malformed value is an error naming file, line, key and value.
-[[nodiscard]] Result<LoadedPolicy> policy_from_conf(const csf::ConfFile& conf);
+[[nodiscard]] Result<LoadedPolicy> policy_from_conf(const conf::ConfFile& conf);
 
 // Reads path. When the file does not exist and missing_ok, returns the defaults
 // (with source "(built-in defaults; PATH not found)").

@@ -3,19 +3,20 @@
 #include <optional>
 #include <string_view>
 
-#include "csf-compat/csf_reader.h"
+#include "common/conf_reader.h"
+#include "common/text.h"
 
 namespace smtpfence {
 namespace {
 
-using csf::printable;
+using text::printable;
 
 constexpr std::uint64_t kMaxId = 4294967294U;
 
 // "1001" names uid 1001 (CSF's --uid-owner takes either); a name made of digits cannot
 // be looked up by name, as useradd refuses all-numeric names.
 std::optional<std::uint32_t> numeric_id(std::string_view text) {
-    const auto n = csf::parse_unsigned(text, kMaxId);
+    const auto n = text::parse_unsigned(text, kMaxId);
     if (!n)
         return std::nullopt;
     return static_cast<std::uint32_t>(*n);

@@ -77,7 +77,7 @@ void expect_terminal_safe(const std::string& text, const std::string& what) {
     }
 }
 
-// csf::printable's form, which smtpfencectl shows paths and command lines in.
+// text::printable's form, which smtpfencectl shows paths and command lines in.
 std::string escaped(const std::string& text) {
     static constexpr char kHex[] = "0123456789abcdef";
     std::string out;
@@ -521,7 +521,7 @@ TEST_F(WrittenFilesTest, HostileNamesAreNeverInjectedAndShownEscaped) {
         << queue;
     EXPECT_TRUE(queue.starts_with("action=limit&username=alice&count=2&limit=2&")) << queue;
 
-    // smtpfencectl: no raw control byte; the names in csf::printable's escaped form.
+    // smtpfencectl: no raw control byte; the names in text::printable's escaped form.
     const itest::RunResult shown = ctl({"attempts"});
     EXPECT_EQ(shown.exit_code, 0) << shown.describe();
     expect_terminal_safe(shown.output(), "smtpfencectl attempts");

@@ -12,26 +12,27 @@
 #include <string>
 #include <vector>
 
+#include "common/conf_reader.h"
 #include "common/files.h"
-#include "csf-compat/csf_reader.h"
+#include "common/text.h"
 
 namespace smtpfence::csf {
 namespace {
 
 const std::string kCsfData = std::string(SMTPFENCE_SOURCE_DIR) + "/tests/unit/data/csf";
 
-// Larger than any value in the corpus: printable() must not shorten anything here.
+// Larger than any value in the corpus: text::printable() must not shorten anything here.
 constexpr std::size_t kNoTruncation = 1U << 20U;
 
 // What a parse gives, in the .expect notation: "LINE KEY=VALUE" per setting (bytes
-// escaped as printable() does), or one "error: MESSAGE" line.
-std::string describe(const Result<ConfFile>& conf) {
+// escaped as text::printable() does), or one "error: MESSAGE" line.
+std::string describe(const Result<conf::ConfFile>& conf) {
     if (!conf)
         return "error: " + conf.error().message() + "\n";
     std::string out;
-    for (const Entry& e : conf->entries) {
-        out += std::to_string(e.line) + " " + printable(e.key, kNoTruncation) + "=" +
-               printable(e.value, kNoTruncation) + "\n";
+    for (const conf::Entry& e : conf->entries) {
+        out += std::to_string(e.line) + " " + text::printable(e.key, kNoTruncation) + "=" +
+               text::printable(e.value, kNoTruncation) + "\n";
     }
     return out;
 }
@@ -75,7 +76,7 @@ TEST(CsfCorpus, EverySyntaxEdgeReadsAsCsfReadsIt) {
         ASSERT_TRUE(text) << text.error().message();
         // Named by file name only, so the messages in .expect do not depend on where
         // the source tree is.
-        const std::string got = describe(parse_conf(*text, file.filename().string()));
+        const std::string got = describe(conf::parse_conf(*text, file.filename().string()));
         std::filesystem::path expect = file;
         expect.replace_extension(".expect");
         EXPECT_EQ(got, expected(expect.string())) << file.filename();
@@ -92,13 +93,13 @@ TEST(CsfCorpus, EveryFileHasItsExpectation) {
     EXPECT_EQ(conf, expect);
 }
 
-// The same corpus read from disk (read_conf_file) gives the same answers with the
+// The same corpus read from disk (conf::read_conf_file) gives the same answers with the
 // full path in messages.
 TEST(CsfCorpus, ReadingFromDiskNamesTheFullPath) {
-    auto bad = read_conf_file(kCsfData + "/syntax/error-repeated.conf");
+    auto bad = conf::read_conf_file(kCsfData + "/syntax/error-repeated.conf");
     ASSERT_FALSE(bad);
     EXPECT_EQ(bad.error().what, kCsfData + "/syntax/error-repeated.conf:4");
-    auto good = read_conf_file(kCsfData + "/syntax/crlf.conf");
+    auto good = conf::read_conf_file(kCsfData + "/syntax/crlf.conf");
     ASSERT_TRUE(good) << good.error().message();
     EXPECT_EQ(good->entries.size(), 3U);
 }
@@ -111,14 +112,14 @@ struct FullFile {
 const FullFile kGeneric{"csf-generic.conf", 402};
 const FullFile kDirectAdmin{"csf-directadmin.conf", 411};
 
-ConfFile read_full(const FullFile& f) {
-    auto conf = read_conf_file(kCsfData + "/" + f.name);
+conf::ConfFile read_full(const FullFile& f) {
+    auto conf = conf::read_conf_file(kCsfData + "/" + f.name);
     EXPECT_TRUE(conf) << conf.error().message();
-    return conf.value_or(ConfFile{});
+    return conf.value_or(conf::ConfFile{});
 }
 
-std::string value_of(const ConfFile& conf, std::string_view key) {
-    const Entry* e = conf.find(key);
+std::string value_of(const conf::ConfFile& conf, std::string_view key) {
+    const conf::Entry* e = conf.find(key);
     EXPECT_NE(e, nullptr) << "missing " << key;
     return e != nullptr ? e->value : "(missing)";
 }
@@ -127,7 +128,7 @@ TEST(CsfCorpus, FullSizeGenericFile) {
     auto text = read_text_file(kCsfData + "/" + kGeneric.name);
     ASSERT_TRUE(text);
     EXPECT_GT(std::count(text->begin(), text->end(), '\n'), 2000);
-    const ConfFile conf = read_full(kGeneric);
+    const conf::ConfFile conf = read_full(kGeneric);
     EXPECT_EQ(conf.entries.size(), kGeneric.settings);
     EXPECT_EQ(conf.entries.front().key, "TESTING");
     EXPECT_EQ(conf.entries.back().key, "DEBUG");
@@ -157,14 +158,14 @@ TEST(CsfCorpus, FullSizeGenericFile) {
 }
 
 TEST(CsfCorpus, FullSizeDirectAdminFileHasEveryGenericSettingAndDirectAdminsOwn) {
-    const ConfFile generic = read_full(kGeneric);
-    const ConfFile da = read_full(kDirectAdmin);
+    const conf::ConfFile generic = read_full(kGeneric);
+    const conf::ConfFile da = read_full(kDirectAdmin);
     EXPECT_EQ(da.entries.size(), kDirectAdmin.settings);
     std::set<std::string> generic_keys;
-    for (const Entry& e : generic.entries)
+    for (const conf::Entry& e : generic.entries)
         generic_keys.insert(e.key);
     std::set<std::string> extra;
-    for (const Entry& e : da.entries) {
+    for (const conf::Entry& e : da.entries) {
         if (!generic_keys.contains(e.key))
             extra.insert(e.key);
     }
@@ -187,7 +188,7 @@ TEST(CsfCorpus, FullSizeDirectAdminFileHasEveryGenericSettingAndDirectAdminsOwn)
 // same lines.
 TEST(CsfCorpus, FullSizeFilesReadTheSameWithOtherLineEnds) {
     for (const FullFile& f : {kGeneric, kDirectAdmin}) {
-        const ConfFile lf = read_full(f);
+        const conf::ConfFile lf = read_full(f);
         auto text = read_text_file(kCsfData + "/" + f.name);
         ASSERT_TRUE(text);
         for (const char* ending : {"\r\n", "\r"}) {
@@ -198,7 +199,7 @@ TEST(CsfCorpus, FullSizeFilesReadTheSameWithOtherLineEnds) {
                 else
                     converted.push_back(c);
             }
-            auto conf = parse_conf(converted, f.name);
+            auto conf = conf::parse_conf(converted, f.name);
             ASSERT_TRUE(conf) << conf.error().message();
             ASSERT_EQ(conf->entries.size(), lf.entries.size()) << f.name;
             for (std::size_t i = 0; i < lf.entries.size(); ++i) {
@@ -219,7 +220,7 @@ TEST(CsfCorpus, FullSizeFilesWithABrokenLine) {
     const std::size_t at = broken.find(from);
     ASSERT_NE(at, std::string::npos);
     broken.replace(at, from.size(), "SMTP_ALLOWUSER = bob");
-    auto conf = parse_conf(broken, "csf.conf");
+    auto conf = conf::parse_conf(broken, "csf.conf");
     ASSERT_FALSE(conf);
     EXPECT_EQ(conf.error().what,
               "csf.conf:" + std::to_string(
@@ -227,7 +228,7 @@ TEST(CsfCorpus, FullSizeFilesWithABrokenLine) {
                                            broken.begin() + static_cast<std::ptrdiff_t>(at), '\n') +
                                 1));
 
-    auto repeated = parse_conf(*text + "SMTP_BLOCK = \"0\"\n", "csf.conf");
+    auto repeated = conf::parse_conf(*text + "SMTP_BLOCK = \"0\"\n", "csf.conf");
     ASSERT_FALSE(repeated);
     EXPECT_NE(repeated.error().message().find("Setting SMTP_BLOCK is repeated (first set on line"),
               std::string::npos);

@@ -50,7 +50,7 @@ std::string with(const std::string& key, const std::string& line,
 }
 
 CsfPolicy map_ok(const std::string& text) {
-    auto conf = parse_conf(text, "csf.conf");
+    auto conf = conf::parse_conf(text, "csf.conf");
     EXPECT_TRUE(conf) << conf.error().message();
     if (!conf)
         return {};
@@ -60,7 +60,7 @@ CsfPolicy map_ok(const std::string& text) {
 }
 
 std::string map_error(const std::string& text) {
-    auto conf = parse_conf(text, "csf.conf");
+    auto conf = conf::parse_conf(text, "csf.conf");
     EXPECT_TRUE(conf) << conf.error().message();
     if (!conf)
         return {};
@@ -362,7 +362,7 @@ TEST(CsfMode, MissingOrBrokenFiles) {
 
 // smtpfence.conf knows the same three settings CSF mode maps.
 TEST(SmtpfenceConf, RedirectAndLoggingSettings) {
-    auto conf = parse_conf(
+    auto conf = conf::parse_conf(
         "SMTP_REDIRECT = \"1\"\nDROP_OUT_LOGGING = \"1\"\nDROP_UID_LOGGING = \"1\"\n", "s.conf");
     ASSERT_TRUE(conf);
     auto loaded = policy_from_conf(*conf);
@@ -374,7 +374,7 @@ TEST(SmtpfenceConf, RedirectAndLoggingSettings) {
     EXPECT_FALSE(defaults.redirect);
     EXPECT_FALSE(defaults.log_blocked);
     EXPECT_FALSE(defaults.log_uid);
-    auto bad = parse_conf("SMTP_REDIRECT = \"yes\"\n", "s.conf");
+    auto bad = conf::parse_conf("SMTP_REDIRECT = \"yes\"\n", "s.conf");
     ASSERT_TRUE(bad);
     auto refused = policy_from_conf(*bad);
     ASSERT_FALSE(refused);

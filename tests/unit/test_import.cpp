@@ -20,7 +20,7 @@ bool contains(const std::string& haystack, const std::string& needle) {
 }
 
 ImportResult import_ok(const std::string& text) {
-    auto conf = parse_conf(text, "/etc/csf/csf.conf");
+    auto conf = conf::parse_conf(text, "/etc/csf/csf.conf");
     EXPECT_TRUE(conf) << conf.error().message();
     if (!conf)
         return {};
@@ -31,7 +31,7 @@ ImportResult import_ok(const std::string& text) {
 
 // The imported smtpfence.conf read back by smtpfence's own loader.
 Policy reload(const ImportResult& imported) {
-    auto conf = parse_conf(imported.config_text, "smtpfence.conf");
+    auto conf = conf::parse_conf(imported.config_text, "smtpfence.conf");
     EXPECT_TRUE(conf) << conf.error().message() << "\n" << imported.config_text;
     if (!conf)
         return {};
@@ -137,7 +137,7 @@ TEST(ImportCsf, EdgesRoundTrip) {
 }
 
 TEST(ImportCsf, ErrorsNameFileAndLine) {
-    auto conf = parse_conf("SMTP_BLOCK = \"1\"\nDROP_OUT = \"LOG\"\n", "/etc/csf/csf.conf");
+    auto conf = conf::parse_conf("SMTP_BLOCK = \"1\"\nDROP_OUT = \"LOG\"\n", "/etc/csf/csf.conf");
     ASSERT_TRUE(conf);
     auto bad = import_csf(*conf);
     ASSERT_FALSE(bad);

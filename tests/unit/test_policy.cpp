@@ -18,7 +18,7 @@ using testing::TempDir;
 
 // Parses text as smtpfence.conf and maps it.
 Result<LoadedPolicy> map(const std::string& text) {
-    auto conf = csf::parse_conf(text, "smtpfence.conf");
+    auto conf = conf::parse_conf(text, "smtpfence.conf");
     if (!conf)
         return std::unexpected(conf.error());
     return policy_from_conf(*conf);
@@ -299,7 +299,7 @@ TEST(Policy, ValuesInMessagesAreEscapedAndShort) {
 // csf.conf has hundreds of settings smtpfence does not know; it is not an smtpfence.conf.
 TEST(Policy, FullCsfConfIsNotAnSmtpfenceConf) {
     auto conf =
-        csf::read_conf_file(std::string(SMTPFENCE_SOURCE_DIR) + "/tests/unit/data/csf.conf");
+        conf::read_conf_file(std::string(SMTPFENCE_SOURCE_DIR) + "/tests/unit/data/csf.conf");
     ASSERT_TRUE(conf) << conf.error().message();
     auto loaded = policy_from_conf(*conf);
     ASSERT_FALSE(loaded);

@@ -183,7 +183,7 @@ TEST(Resolve, NamesInWarningsAreEscaped) {
 
 // The whole path: a config file's names through a passwd/group pair.
 TEST(Resolve, FromConfigText) {
-    auto conf = csf::parse_conf(
+    auto conf = conf::parse_conf(
         "SMTP_ALLOWUSER = \"admin,4242\"\nSMTP_ALLOWGROUP = \"webmasters\"\nMTA_USERS = "
         "\"postfix\"\n",
         "smtpfence.conf");

@@ -9,14 +9,16 @@
 #include <random>
 #include <string>
 
+#include "common/conf_reader.h"
 #include "common/files.h"
-#include "csf-compat/csf_reader.h"
+#include "common/text.h"
 #include "tests/unit/temp_dir.h"
 
-namespace smtpfence::csf {
+namespace smtpfence::conf {
 namespace {
 
 using namespace std::string_literals;
+using text::printable;
 
 const std::string kDataDir = std::string(SMTPFENCE_SOURCE_DIR) + "/tests/unit/data";
 
@@ -416,35 +418,5 @@ TEST(SplitList, TrimsItemsAndDropsEmptyOnes) {
     EXPECT_EQ(split_list("a b,c"), (std::vector<std::string>{"a b", "c"}));
 }
 
-TEST(Printable, EscapesAndTruncates) {
-    EXPECT_EQ(printable("plain text"), "plain text");
-    EXPECT_EQ(printable("a\0b"s), "a\\x00b");
-    EXPECT_EQ(printable("tab\there"), "tab\\there");
-    EXPECT_EQ(printable("back\\slash"), "back\\\\slash");
-    EXPECT_EQ(printable("\xc3\xa9\x7f\n"), "\\xc3\\xa9\\x7f\\x0a");
-    EXPECT_EQ(printable(std::string(100, 'y'), 10), "yyyyyyyyyy... (100 bytes)");
-    // An escape is never cut in half.
-    EXPECT_EQ(printable("abc\x01\x02", 5), "abc... (5 bytes)");
-    EXPECT_EQ(printable(std::string(80, 'z')), std::string(80, 'z'));
-}
-
-TEST(ParseUnsigned, DigitsOnlyWithinMax) {
-    EXPECT_EQ(parse_unsigned("0", 10), 0U);
-    EXPECT_EQ(parse_unsigned("000", 10), 0U);
-    EXPECT_EQ(parse_unsigned("007", 10), 7U);
-    EXPECT_EQ(parse_unsigned("65535", 65535), 65535U);
-    EXPECT_EQ(parse_unsigned("00000000000000000000000000001", 1), 1U);
-    EXPECT_EQ(parse_unsigned("18446744073709551615", UINT64_MAX), UINT64_MAX);
-    EXPECT_FALSE(parse_unsigned("65536", 65535));
-    EXPECT_FALSE(parse_unsigned("18446744073709551616", UINT64_MAX));
-    EXPECT_FALSE(parse_unsigned("", 10));
-    EXPECT_FALSE(parse_unsigned("-1", 10));
-    EXPECT_FALSE(parse_unsigned("+1", 10));
-    EXPECT_FALSE(parse_unsigned(" 1", 10));
-    EXPECT_FALSE(parse_unsigned("1 ", 10));
-    EXPECT_FALSE(parse_unsigned("0x10", 100));
-    EXPECT_FALSE(parse_unsigned("1e3", 10000));
-}
-
 }  // namespace
-}  // namespace smtpfence::csf
+}  // namespace smtpfence::conf

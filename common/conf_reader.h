@@ -2,7 +2,7 @@
 // (ConfigServer::Config::loadconfig) does. smtpfence.conf uses the same syntax, so both
 // files go through this one reader. See ../shared/CSF.md for the rules.
 // Where a summary of the rules and CSF's code disagree (an indented setting is read, not
-// skipped: CSF trims a line before its comment test), the code wins; see csf_reader.cpp.
+// skipped: CSF trims a line before its comment test), the code wins; see conf_reader.cpp.
 #pragma once
 
 #include <cstddef>
@@ -14,7 +14,7 @@
 
 #include "common/error.h"
 
-namespace smtpfence::csf {
+namespace smtpfence::conf {
 
 struct Entry {
     std::string key;    // name with whitespace stripped
@@ -50,14 +50,4 @@ struct ConfFile {
 // Splits a comma-separated list as CSF does: items trimmed, empty items dropped.
 [[nodiscard]] std::vector<std::string> split_list(std::string_view value);
 
-// text made safe to show in a message or a terminal: printable ASCII as is, a backslash
-// doubled, every other byte as \xHH (\t for a tab). At most about max_chars characters
-// are shown; a longer text is cut and ends in "... (N bytes)", so a 10 MB line in a
-// config file still makes a one-line message.
-[[nodiscard]] std::string printable(std::string_view text, std::size_t max_chars = 80);
-
-// A decimal number of digits only (no sign, no spaces, leading zeros allowed) that is
-// at most max; nullopt otherwise. Used for ports, uids, gids and numeric settings.
-[[nodiscard]] std::optional<std::uint64_t> parse_unsigned(std::string_view text, std::uint64_t max);
-
-}  // namespace smtpfence::csf
+}  // namespace smtpfence::conf

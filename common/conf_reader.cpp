@@ -1,27 +1,14 @@
-#include "csf-compat/csf_reader.h"
+#include "common/conf_reader.h"
 
 #include <algorithm>
 #include <charconv>
 #include <unordered_map>
 
 #include "common/files.h"
+#include "common/text.h"
 
-namespace smtpfence::csf {
+namespace smtpfence::conf {
 namespace {
-
-// Perl's \s on a byte string (CSF never decodes its files): ASCII whitespace only, so a
-// NUL or a 0xA0 byte is an ordinary character, as it is for CSF.
-bool is_space(char c) {
-    return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r';
-}
-
-std::string_view trim(std::string_view s) {
-    while (!s.empty() && is_space(s.front()))
-        s.remove_prefix(1);
-    while (!s.empty() && is_space(s.back()))
-        s.remove_suffix(1);
-    return s;
-}
 
 std::string location(const std::string& path, int line) {
     return path + ":" + std::to_string(line);
@@ -89,7 +76,7 @@ Result<ConfFile> parse_conf(std::string_view text, const std::string& path) {
     while (records.next(rec)) {
         // CSF's $cleanreg strips leading and trailing whitespace before its
         // /^(\s|\#|$)/ test, so an indented setting is read, not skipped.
-        const std::string_view line = trim(rec.text);
+        const std::string_view line = text::trim(rec.text);
         if (line.empty() || line.front() == '#')
             continue;
         const std::size_t eq = line.find('=');
@@ -101,7 +88,7 @@ Result<ConfFile> parse_conf(std::string_view text, const std::string& path) {
         std::string name;
         name.reserve(eq);
         for (const char c : line.substr(0, eq)) {
-            if (!is_space(c))
+            if (!text::is_space(c))
                 name.push_back(c);
         }
         // /"(.*)"/ is greedy: the value runs from the first to the last double quote,
@@ -111,13 +98,13 @@ Result<ConfFile> parse_conf(std::string_view text, const std::string& path) {
         const std::size_t close = rhs.rfind('"');
         if (open == std::string_view::npos || close == open) {
             return fail(0, location(path, rec.line),
-                        "Invalid configuration line: " + printable(line) +
+                        "Invalid configuration line: " + text::printable(line) +
                             " (the value must be in double quotes)");
         }
         const auto [it, inserted] = first_line.try_emplace(name, rec.line);
         if (!inserted) {
             return fail(0, location(path, rec.line),
-                        "Setting " + printable(name) + " is repeated (first set on line " +
+                        "Setting " + text::printable(name) + " is repeated (first set on line " +
                             std::to_string(it->second) + ")");
         }
         conf.entries.push_back(
@@ -137,7 +124,7 @@ std::vector<std::string> split_list(std::string_view value) {
     std::vector<std::string> items;
     while (true) {
         const std::size_t comma = value.find(',');
-        const std::string_view item = trim(value.substr(0, comma));
+        const std::string_view item = text::trim(value.substr(0, comma));
         if (!item.empty())
             items.emplace_back(item);
         if (comma == std::string_view::npos)
@@ -147,46 +134,4 @@ std::vector<std::string> split_list(std::string_view value) {
     return items;
 }
 
-std::string printable(std::string_view text, std::size_t max_chars) {
-    static constexpr char kHex[] = "0123456789abcdef";
-    std::string out;
-    std::size_t shown = 0;
-    for (; shown < text.size(); ++shown) {
-        const auto byte = static_cast<unsigned char>(text[shown]);
-        std::string piece;
-        if (byte == '\\') {
-            piece = "\\\\";
-        } else if (byte == '\t') {
-            piece = "\\t";
-        } else if (byte >= 0x20 && byte < 0x7f) {
-            piece.assign(1, static_cast<char>(byte));
-        } else {
-            piece = {'\\', 'x', kHex[byte >> 4U], kHex[byte & 0xfU]};
-        }
-        if (out.size() + piece.size() > max_chars)
-            break;
-        out += piece;
-    }
-    if (shown < text.size())
-        out += "... (" + std::to_string(text.size()) + " bytes)";
-    return out;
-}
-
-std::optional<std::uint64_t> parse_unsigned(std::string_view text, std::uint64_t max) {
-    if (text.empty() ||
-        !std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-        return std::nullopt;
-    }
-    // Leading zeros are harmless; skip them so from_chars sees at most 20 digits of value.
-    const std::size_t nonzero = text.find_first_not_of('0');
-    if (nonzero == std::string_view::npos)
-        return 0;
-    text.remove_prefix(nonzero);
-    std::uint64_t value = 0;
-    const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (ec != std::errc{} || ptr != text.data() + text.size() || value > max)
-        return std::nullopt;
-    return value;
-}
-
-}  // namespace smtpfence::csf
+}  // namespace smtpfence::conf
