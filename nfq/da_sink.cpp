@@ -255,13 +255,15 @@ std::optional<std::uint64_t> parse_digits(std::string_view s) {
     return v;
 }
 
-// Did Exim write its own action=limit line for this crossing? Exim's lines carry the
-// sender (never empty, see da_sink.h), ours an empty email=; count equals limit in Exim's.
+// Did Exim write its own action=limit line for this crossing? Its line has count equal
+// to limit and a log_time since the crossing; its email= may be empty (a local user's
+// `sendmail -f '<>'`), so a line is told apart from ours only by being none of the lines
+// we wrote (own: our last notice for this account, "" when none).
 bool exim_notified(std::string_view queue, std::string_view account, std::uint64_t limit,
-                   std::time_t since) {
+                   std::time_t since, std::string_view own) {
     const std::string prefix = "action=limit&username=" + std::string(account) +
                                "&count=" + std::to_string(limit) +
-                               "&limit=" + std::to_string(limit) + "&email=";
+                               "&limit=" + std::to_string(limit) + "&";
     std::size_t pos = 0;
     while (pos < queue.size()) {
         std::size_t eol = queue.find('\n', pos);
@@ -269,10 +271,8 @@ bool exim_notified(std::string_view queue, std::string_view account, std::uint64
             eol = queue.size();
         const std::string_view line = queue.substr(pos, eol - pos);
         pos = eol + 1;
-        if (!line.starts_with(prefix) || line.size() <= prefix.size() ||
-            line[prefix.size()] == '&') {
+        if (!line.starts_with(prefix) || (!own.empty() && line == own.substr(0, own.size() - 1)))
             continue;
-        }
         const auto at = line.rfind("&log_time=");
         if (at == std::string_view::npos)
             continue;
@@ -645,9 +645,9 @@ bool DaSink::notify_limit(const std::string& account, std::uint64_t count, std::
         return false;
     }
     std::optional<Error> warning;
-    auto done =
-        append_file(root->get(), "mail_task.queue", config_.virtual_dir + "/mail_task.queue",
-                    da_limit_line(account, count, limit, time), config_.owner, warning);
+    std::string line = da_limit_line(account, count, limit, time);
+    auto done = append_file(root->get(), "mail_task.queue",
+                            config_.virtual_dir + "/mail_task.queue", line, config_.owner, warning);
     if (warning)
         report(*warning);
     if (!done) {
@@ -655,6 +655,7 @@ bool DaSink::notify_limit(const std::string& account, std::uint64_t count, std::
         return false;
     }
     ++stats_.notifications;
+    own_notices_[account] = std::move(line);
     log::notice("DirectAdmin: " + account + " reached the daily limit of " + std::to_string(limit) +
                 " (direct-out attempts counted as sends)");
     return true;
@@ -694,7 +695,9 @@ void DaSink::settle_one(const std::string& account, Watch& w) {
         return;  // still at the brink: whoever crosses next settles it
     }
     const std::string queue = read_tail(root->get(), "mail_task.queue", kMaxQueueScan);
-    if (exim_notified(queue, account, w.limit, w.since_epoch)) {
+    const auto own = own_notices_.find(account);
+    if (exim_notified(queue, account, w.limit, w.since_epoch,
+                      own == own_notices_.end() ? std::string_view() : own->second)) {
         ++stats_.exim_notified;
         w.state = CrossingState::Done;
         return;

@@ -1,62 +1,9 @@
 // The DirectAdmin sink: direct-out attempts recorded in the files DirectAdmin's Exim
-// integration (exim.pl) reads and writes under /etc/virtual (see ../shared/DIRECTADMIN.md),
-// so that an attempt counts against the user's daily send limit exactly as a send does,
-// and DirectAdmin's own notice fires when the limit is reached.
-//
-// What is written, per attempt that is not exempt (uid 0, accounts root and diradmin):
-//   usage/ACCOUNT        weight bytes '1' per attempt (explained and counted-only alike),
-//                        in one O_APPEND write: the file's size is the count Exim reads;
-//   usage/ACCOUNT.bytes  one line per explained attempt, Exim's key order, method=direct_out,
-//                        path= the process's working directory;
-//   mail_task.queue      one action=limit line when the count reaches the limit;
-//   blocked_script_paths (DA_BLOCK_CRACKING) the script's working directory, with an
-//                        action=block_cracking&type=script line in mail_task.queue.
-//
-// Values in the key=value lines. A direct-out attempt never reached an MTA, so it has no
-// envelope sender, no SMTP authentication and no submitting client: email=,
-// authenticated_id= and sender_host_address= are written empty (an invented sender would
-// point DirectAdmin's "top sender" at a mailbox that sent nothing; the destination address
-// is the remote server's, not a client to suspect). The empty email= also tells our
-// action=limit lines apart from Exim's, which always carry the sender (exim.pl writes
-// none for an empty sender). id=, local_part= and domain= are empty and message_size 0
-// (no message was transmitted). The destination and command line stay in the attempt log.
-//
-// Hostile input. Everything a user controls (the working directory, and the account
-// name where it comes from a home directory) is percent-encoded (%XX, upper-case hex)
-// wherever it is not printable ASCII or is one of '%', '&', '='. So no value can end a
-// line, add a &key=value pair or split a key from its value: a user cannot forge a
-// mail_task.queue line, which DirectAdmin acts on as root. Account names are also file
-// names here: one that is not a plain login name ([A-Za-z0-9_][A-Za-z0-9_.-]*, at most
-// 32) is refused, nothing is written, and the error is logged. The command line is never
-// written to DirectAdmin's files: their formats have no field for it.
-//
-// Files. Every file is opened for each attempt and closed again (the nightly reset deletes
-// them; a missing file is a count of 0), relative to a descriptor of the root, with
-// O_NOFOLLOW|O_CLOEXEC|O_NONBLOCK: a symlink planted at usage/ACCOUNT is refused (ELOOP,
-// logged) and nothing is written through it; a FIFO cannot hang us; anything but a
-// regular file with one link is refused. New files are mode 0660, the usage directory
-// 0750, owned mail:mail when an owner is configured. A failing write is logged with the
-// path and errno and counted; it never stops the worker.
-//
-// When the count reaches the limit. Exim computes count = size + 1 from a stat, writes
-// the action=limit line when count == limit, then appends its byte: stat and append are
-// not atomic, and nothing is locked. We learn exactly where our own bytes landed (the
-// descriptor's offset after an O_APPEND write is the end of our write): they cover the
-// counts [start+1, end]. "The first time" is the crossing of the current file (inode): a
-// new file after the nightly deletion, or a changed limit, is a new day. Exim notifies
-// iff one of its stats saw size limit-1, so:
-//   - our write jumped from below limit-1 to limit or more: size limit-1 never existed,
-//     no Exim can notify this crossing; we write the line at once;
-//   - our write started at limit-1 (an Exim may have seen that size and be about to
-//     notify) or ended at limit-1 (an Exim that saw less may append the limit-th byte
-//     without notifying): ambiguous. The crossing is kept pending and settled after
-//     settle_delay (settle(), called from checkpoint()): if the file reached the limit
-//     and mail_task.queue holds no Exim line for it (username, count = limit = L, a
-//     non-empty email, log_time since the crossing minus a minute), we write ours.
-// Two known windows remain and are accepted: an Exim process stalled between its stat and
-// its write for longer than settle_delay, and DirectAdmin consuming the queue within that
-// delay, each give a duplicate notice (never a lost one). Crossings between Exim processes
-// alone are theirs, as today.
+// integration (exim.pl) reads and writes under /etc/virtual, so that an attempt counts
+// against the user's daily send limit exactly as a send does, and DirectAdmin's notice
+// fires once when the limit is reached. What is written, how hostile input is encoded,
+// how files are opened, and how a crossing of the limit is coordinated with Exim's own
+// notice: docs/directadmin.md.
 #pragma once
 
 #include <sys/types.h>
@@ -182,6 +129,9 @@ class DaSink final : public AttemptSink {
     DaSinkConfig config_;
     DaSinkStats stats_;
     std::map<std::string, Watch, std::less<>> watches_;
+    // The last action=limit line we wrote per account: the one line in mail_task.queue
+    // that a settle must not take for Exim's (which may have an empty email= too).
+    std::map<std::string, std::string, std::less<>> own_notices_;
     // Error log rate limit: at most kErrorBurst lines per minute, the rest counted.
     std::chrono::steady_clock::time_point error_window_{};
     unsigned errors_in_window_ = 0;

@@ -391,6 +391,45 @@ TEST_F(DaSinkTest, EximsOwnNoticeForTheCrossingIsNotRepeated) {
     EXPECT_EQ(sink->stats().notifications, 0U);
 }
 
+// Issue 16: a local user's mail with an empty envelope sender (sendmail -f '<>') crosses
+// the limit; exim.pl still writes its notice, with email= empty and authenticated_id= the
+// login. Ours stood at the brink (limit-1): one notice, Exim's, whatever the sender.
+TEST_F(DaSinkTest, EximsNoticeWithAnEmptySenderIsNotRepeated) {
+    write("limit", "5");
+    auto sink = open(config());
+    for (int i = 0; i < 4; ++i)
+        sink->explained(attempt("alice"));
+    EXPECT_EQ(sink->pending(), 1U);
+    const std::string exim_line =
+        "action=limit&username=alice&count=5&limit=5&email=&"
+        "authenticated_id=alice&sender_host_address=&log_time=" +
+        std::to_string(std::time(nullptr)) + "\n";
+    exim_append(queue_path(), exim_line);  // Exim: stat 4, count 5 == limit: notice
+    exim_append(usage("alice"), "1");      // then its byte, the fifth
+    sink->settle(true);
+    EXPECT_EQ(queue(), exim_line);
+    EXPECT_EQ(sink->stats().exim_notified, 1U);
+    EXPECT_EQ(sink->stats().notifications, 0U);
+}
+
+// Our own notice of an earlier crossing (the same limit, moments before the nightly
+// reset deleted the usage file) is not taken for Exim's notice of the next one.
+TEST_F(DaSinkTest, OurOwnEarlierNoticeIsNotTakenForEximsNotice) {
+    write("limit", "1");
+    auto sink = open(config());
+    Attempt now = attempt("alice");
+    now.time = std::time(nullptr);
+    sink->explained(now);  // 0 -> 1: at the brink, pending
+    sink->settle(true);
+    ASSERT_EQ(lines_of(queue()).size(), 1U);
+    ASSERT_EQ(::unlink(usage("alice").c_str()), 0);  // the nightly reset
+    sink->explained(now);                            // a new day's crossing, same second
+    sink->settle(true);
+    EXPECT_EQ(lines_of(queue()).size(), 2U);
+    EXPECT_EQ(sink->stats().notifications, 2U);
+    EXPECT_EQ(sink->stats().exim_notified, 0U);
+}
+
 // Exim saw size 3 (count 4, no notice); our byte made it 4; Exim's byte became the
 // fifth, unannounced: we write the notice.
 TEST_F(DaSinkTest, EximByteReachingTheLimitUnannouncedIsNotified) {
