@@ -1,7 +1,7 @@
 // Least privilege inside the process: after its sockets are open, each process drops
 // (libcap-ng) to the capabilities it still needs, in one visible step, and can read back
 // what it holds. The sets are defined here, once, for the code that drops them, the
-// tests that check them and the README that documents them ("Least privilege").
+// tests that check them and docs/least-privilege.md that documents them.
 //
 // Both processes stay uid 0: the daemon writes root's files (/etc/smtpfence/allow.list,
 // the state directory) and forks the child of `smtpfencectl test USER` that becomes USER;

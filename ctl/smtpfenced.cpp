@@ -1,5 +1,5 @@
 // smtpfenced: the controller. Programs table inet smtpfence from the policy and keeps
-// it in force; see README.md and `smtpfenced --help`.
+// it in force; see docs/commands.md and `smtpfenced --help`.
 #include <CLI/CLI.hpp>
 
 #include "common/log.h"

@@ -1,6 +1,6 @@
 // The NFQUEUE side of the worker, on libnetfilter_queue's libmnl helpers.
 //
-// Overflow policy (decided, see README "Counting"): the queue is bound with
+// Overflow policy (decided, see docs/internals.md, "Overflow policy"): the queue is bound with
 // NFQA_CFG_F_FAIL_OPEN, so when our queue is full or our socket cannot take another
 // message the kernel passes the SYN on to the `enforce` chain instead of dropping it.
 // The SYN is still refused there and still counted in the `blocked` set; we only lose

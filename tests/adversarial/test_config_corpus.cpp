@@ -262,7 +262,7 @@ TEST_F(ConfigCorpusTest, UnreadableConfigPathsNameTheFileAndKeepTheRules) {
     expect_connected(kAlice, Topology::kRemote4, 25);
 }
 
-// README: exit code 2 is "bad arguments or configuration", 1 "the kernel or the system
+// docs/commands.md: exit code 2 is "bad arguments or configuration", 1 "the kernel or the system
 // refused". A config path that is a directory, a symlink loop or over the size cap is
 // a configuration mistake of the admin's, and the brief of issue 9 asks for 2.
 TEST_F(ConfigCorpusTest, UnreadableConfigPathsExitWithTheConfigurationCode) {

@@ -124,7 +124,7 @@ TEST_F(FloodTest, NoSynGetsThroughWhileTheDaemonReloads) {
 // fresh start binds the queue before the rule that feeds it exists (no window at all;
 // fails with a 300 ms gap put back into the old code), and a restart, with the rule in
 // force, binds and configures in one message (a window of the kernel's few hundred
-// nanoseconds: README, "Known gaps"). The rounds alternate between the two.
+// nanoseconds: docs/known-gaps.md). The rounds alternate between the two.
 TEST_F(FloodTest, NoSynIsLostWhileTheDaemonStartsAndStops) {
     constexpr int kRounds = 8;
     // To the server's own address, where nothing listens: with no table in force

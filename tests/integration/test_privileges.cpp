@@ -1,4 +1,4 @@
-// Least privilege (README "Least privilege", common/privileges.h): the running daemon
+// Least privilege (docs/least-privilege.md, common/privileges.h): the running daemon
 // and its worker hold exactly the documented capability sets, read from
 // /proc/PID/status, and still do all of their work with them: a reload and an allowlist
 // change (netlink), `smtpfencectl test` (setuid/setgid), an attempt of another uid

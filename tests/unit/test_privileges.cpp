@@ -95,8 +95,8 @@ TEST(CapabilitySet, ToStringNamesInNumberOrder) {
     EXPECT_EQ(CapabilitySet::from_mask(1ULL << 63).to_string(), "CAP_63");
 }
 
-// The documented sets (README "Least privilege") and what they must satisfy.
-TEST(DocumentedSets, AreWhatTheReadmeSays) {
+// The documented sets (docs/least-privilege.md) and what they must satisfy.
+TEST(DocumentedSets, AreWhatTheDocsSay) {
     EXPECT_EQ(kDaemonCapabilities.to_string(), "CAP_SETGID, CAP_SETUID, CAP_NET_ADMIN");
     EXPECT_EQ(worker_capabilities(false).to_string(),
               "CAP_DAC_READ_SEARCH, CAP_NET_ADMIN, CAP_SYS_PTRACE");

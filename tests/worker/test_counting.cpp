@@ -63,7 +63,7 @@ TEST_F(WorkerCountTest, FloodFromSeveralUidsIsCountedExactly) {
 }
 
 // A worker SIGKILLed twice mid-flood: nothing lost, nothing counted twice. Two causes
-// of a +1 were found and fixed (README, "Every attempt counted"): the kernel dropped the
+// of a +1 were found and fixed (docs/internals.md, "A dead worker's queue"): the kernel dropped the
 // SYNs waiting for a dead worker, each then retransmitted and counted again (now the
 // daemon holds the queue and answers what waited, reading the last id only once no
 // more can be queued); and a record the dying worker had written just before its last
