@@ -11,7 +11,6 @@
 #include <cerrno>
 #include <chrono>
 #include <ctime>
-#include <deque>
 #include <optional>
 
 #include "common/fd.h"
@@ -23,6 +22,7 @@
 #include "nfq/packet.h"
 #include "nfq/proc_queue.h"
 #include "nfq/process.h"
+#include "nfq/reconciler.h"
 #include "nft/engine.h"
 #include "nft/netlink.h"
 #include "policy/policy.h"
@@ -97,13 +97,65 @@ class SyslogSink final : public AttemptSink {
     std::uint64_t suppressed_ = 0;
 };
 
-// The last packet id the kernel gave out on queue_num (nfq/proc_queue.h).
-std::optional<std::uint32_t> queue_id_sequence(std::uint16_t queue_num) {
-    const auto stats = read_queue_proc_stats(queue_num);
-    if (!stats)
-        return std::nullopt;
-    return stats->id_sequence;
-}
+// Every record goes to each sink in turn: the attempt log (the worker's memory), the
+// journal, and DirectAdmin's files when that pipeline is on.
+class Sinks final : public AttemptSink {
+  public:
+    void add(AttemptSink& sink) { sinks_.push_back(&sink); }
+    void explained(const Attempt& a) override {
+        for (AttemptSink* sink : sinks_)
+            sink->explained(a);
+    }
+    void counted_only(const CountedOnly& c) override {
+        for (AttemptSink* sink : sinks_)
+            sink->counted_only(c);
+    }
+    void checkpoint(const Checkpoint& cp) override {
+        for (AttemptSink* sink : sinks_)
+            sink->checkpoint(cp);
+    }
+
+  private:
+    std::vector<AttemptSink*> sinks_;
+};
+
+// The reconciler's readings from the kernel: the blocked set of our table (nftables) and
+// the queue's id sequence (nfq/proc_queue.h).
+class NftReadings final : public KernelReadings {
+  public:
+    NftReadings(nft::Engine& engine, const WorkerOptions& options)
+        : engine_(engine), table_(options.table), queue_num_(options.queue_num) {}
+
+    Result<std::optional<std::uint64_t>> blocked_set() override {
+        const Result<nft::TableInventory> inv = engine_.inventory(table_);
+        if (!inv)
+            return std::unexpected(inv.error());
+        const nft::TableInventory::SetInfo* blocked = inv->set(nft::kSetBlocked);
+        if (blocked == nullptr)
+            return std::optional<std::uint64_t>{};
+        return blocked->handle;
+    }
+    Result<std::map<std::uint32_t, std::uint64_t>> counters() override {
+        auto counts = engine_.read_blocked(table_);
+        if (!counts)
+            return std::unexpected(counts.error());
+        std::map<std::uint32_t, std::uint64_t> packets;
+        for (const auto& [uid, count] : *counts)
+            packets.emplace_hint(packets.end(), uid, count.packets);
+        return packets;
+    }
+    std::optional<std::uint32_t> queue_id_sequence() override {
+        const auto stats = read_queue_proc_stats(queue_num_);
+        if (!stats)
+            return std::nullopt;
+        return stats->id_sequence;
+    }
+
+  private:
+    nft::Engine& engine_;
+    std::string table_;
+    std::uint16_t queue_num_;
+};
 
 std::int64_t mtime_of(const std::string& path) {
     struct stat st {};
@@ -117,18 +169,22 @@ class Worker {
     // is retransmitted by its client (and counted again). So the worker does not own
     // the queue; the caller binds it afterwards and hands it to drain and reconcile.
     Worker(WorkerOptions options, nft::NetlinkSocket nl, AttemptLog log)
-        : options_(std::move(options)), nl_(std::move(nl)), engine_(nl_), log_(std::move(log)) {
-        sinks_ = {&log_, &syslog_};
-        const LogRecovery recovered = AttemptLog::recover(options_.state_dir);
-        if (recovered.checkpoint) {
-            set_handle_ = recovered.checkpoint->set_handle;
-            baseline_ = recovered.checkpoint->kernel;
-        }
-        explained_since_ = recovered.explained_since;
+        : options_(std::move(options)),
+          nl_(std::move(nl)),
+          engine_(nl_),
+          readings_(engine_, options_),
+          log_(std::move(log)),
+          reconciler_(
+              readings_, sinks_, [this](CountedOnly& c) { describe(c); },
+              AttemptLog::recover(options_.state_dir)) {
+        sinks_.add(log_);
+        sinks_.add(syslog_);
         reload_accounts();
         if (options_.da_enabled)
             open_da_sink();
     }
+    Worker(const Worker&) = delete;
+    Worker& operator=(const Worker&) = delete;
 
     // Handles every packet waiting in our socket.
     [[nodiscard]] Result<void> drain(Queue& queue) {
@@ -142,9 +198,7 @@ class Worker {
     }
 
     void on_packet(const QueuedPacket& p) {
-        // A SYN queued before the last reconciled id is in that round's counted-only
-        // records already; explaining it now would count it twice.
-        if (reconciled_through_ != 0 && p.id <= reconciled_through_)
+        if (reconciler_.accounted_for(p.id))
             return;
         if (!p.has_uid)
             return;  // no owning socket: nothing to explain
@@ -179,34 +233,14 @@ class Worker {
             }
         }
         a.account = attribute_account(a.uid, a.cwd, accounts_, options_.web_users);
-        explained_pending_.emplace_back(p.id, a.uid);
         ++stats_.explained;
         if (!a.identified)
             ++stats_.unidentified;
-        // Queued after the counters being reconciled were read: its record must come
-        // after that round's checkpoint, which does not hold it (see reconcile()).
-        if (holding_after_.has_value() && p.id > *holding_after_) {
-            held_.push_back(std::move(a));
-            return;
-        }
-        write_explained(a);
+        reconciler_.explained(p.id, std::move(a));
     }
 
-    void write_explained(const Attempt& a) {
-        for (AttemptSink* sink : sinks_)
-            sink->explained(a);
-    }
-
-    // Turns the kernel's per-uid counters into records: what the kernel counted beyond
-    // what we explained since the last checkpoint is recorded as counted-only.
-    //
-    // The kernel counts a SYN (observe rule) just before it queues it, and gives it the
-    // queue's next packet id. So the counters read between two identical readings S
-    // of the queue's id sequence hold exactly the SYNs queued with ids <= S (all of
-    // them already in our socket, or lost to an overflow), plus those never queued.
-    // Attempts we explain with an id > S belong to the next round.
+    // One reconciler round (nfq/reconciler.h), after the upkeep that goes with it.
     void reconcile(Queue& queue) {
-        ++stats_.reconciles;
         if (da_sink_)
             da_sink_->settle();  // crossings waiting for a concurrent Exim's own notice
         if (told_per_pid_.size() > 65536)
@@ -215,105 +249,21 @@ class Worker {
             mtime_of(options_.group_path) != group_mtime_) {
             reload_accounts();
         }
-        std::optional<std::uint32_t> seq_before;
-        std::optional<std::uint32_t> seq_after;
-        // Only the counter dump sits between the two readings, to keep the window in
-        // which a queued SYN makes us retry short.
-        const Result<nft::TableInventory> inv = engine_.inventory(options_.table);
-        Result<std::map<std::uint32_t, nft::PacketCount>> counts;
-        for (int attempt = 0; attempt < 20; ++attempt) {
-            seq_before = queue_id_sequence(options_.queue_num);
-            counts = engine_.read_blocked(options_.table);
-            seq_after = queue_id_sequence(options_.queue_num);
-            if (seq_before && seq_before == seq_after)
-                break;
-        }
-        if (!seq_before || seq_before != seq_after) {
-            ++stats_.reconcile_retries;
-            return;  // a flood is queueing right now: try again next round
-        }
-        if (!inv) {
-            log::warning("reconcile: " + inv.error().message());
-            return;
-        }
-        const nft::TableInventory::SetInfo* blocked = inv->set(nft::kSetBlocked);
-        if (blocked == nullptr)
-            return;  // table not there (being restored): try again later
-        if (!counts) {
-            log::warning("reconcile: " + counts.error().message());
-            return;
-        }
-        if (blocked->handle != set_handle_) {
-            // A new blocked set (the table was deleted and re-created): its counters
-            // start from zero; what the old set counted since our last checkpoint is
-            // gone with it.
-            if (set_handle_ != 0) {
-                ++stats_.counter_resets;
-                log::warning("the blocked set was re-created (handle " +
-                             std::to_string(set_handle_) + " -> " +
-                             std::to_string(blocked->handle) +
-                             "): counting restarts from its counters");
-            }
-            set_handle_ = blocked->handle;
-            baseline_.clear();
-        }
-        // Every packet with an id <= the sequence is in our socket (or was lost to an
-        // overflow, and is counted-only): explain what is waiting, then take the
-        // explained attempts up to that id. A SYN queued since (id > S) may be drained
-        // too: its record is held back until this round's checkpoint is written, as a
-        // worker starting after a kill takes the attempts after the last checkpoint as
-        // not in its kernel totals; written before it, it would be counted twice.
-        holding_after_ = seq_before;
-        auto drained = drain(queue);
-        holding_after_.reset();
-        if (!drained)
-            log::warning("reconcile: " + drained.error().message());
-        while (!explained_pending_.empty() && explained_pending_.front().first <= *seq_before) {
-            ++explained_since_[explained_pending_.front().second];
-            explained_pending_.pop_front();
-        }
-        reconciled_through_ = *seq_before;
-        bool changed = false;
-        const std::time_t now = std::time(nullptr);
-        for (const auto& [uid, count] : *counts) {
-            std::uint64_t& base = baseline_[uid];
-            if (count.packets == base)
-                continue;
-            // A counter never goes down within one set; if it does, trust the kernel.
-            const std::uint64_t delta = count.packets > base ? count.packets - base : count.packets;
-            const std::uint64_t seen = explained_since_[uid];
-            if (delta > seen) {
-                CountedOnly c;
-                c.time = now;
-                c.uid = uid;
-                c.count = delta - seen;
-                if (const Account* acc = accounts_.user_by_uid(uid))
-                    c.user = acc->name;
-                c.account = attribute_account(uid, "", accounts_, options_.web_users);
-                for (AttemptSink* sink : sinks_)
-                    sink->counted_only(c);
-                stats_.counted_only += c.count;
-            }
-            base = count.packets;
-            changed = true;
-        }
-        explained_since_.clear();
-        if (changed) {
-            Checkpoint cp;
-            cp.time = now;
-            cp.set_handle = set_handle_;
-            cp.kernel = baseline_;
-            for (AttemptSink* sink : sinks_)
-                sink->checkpoint(cp);
-        }
-        for (const Attempt& a : held_)
-            write_explained(a);
-        held_.clear();
+        reconciler_.reconcile([&] { return drain(queue); });
     }
 
-    const WorkerStats& stats() const { return stats_; }
+    [[nodiscard]] const WorkerStats& stats() const { return stats_; }
+    [[nodiscard]] const ReconcilerStats& reconciler_stats() const { return reconciler_.stats(); }
 
   private:
+    // A counted-only record names its uid's account as an explained one does, without a
+    // working directory.
+    void describe(CountedOnly& c) const {
+        if (const Account* acc = accounts_.user_by_uid(c.uid))
+            c.user = acc->name;
+        c.account = attribute_account(c.uid, "", accounts_, options_.web_users);
+    }
+
     // The DirectAdmin sink, when enabled. A failure to open it (no /etc/virtual any
     // more, say) is logged and the worker runs on without it: the kernel and the attempt
     // log still count everything.
@@ -330,7 +280,7 @@ class Worker {
             return;
         }
         da_sink_ = std::move(*sink);
-        sinks_.push_back(da_sink_.get());
+        sinks_.add(*da_sink_);
         log::notice("DirectAdmin pipeline: attempts are counted in " + options_.virtual_dir +
                     "/usage (weight " + std::to_string(options_.da_attempt_weight) + ")");
     }
@@ -349,22 +299,17 @@ class Worker {
     WorkerOptions options_;
     nft::NetlinkSocket nl_;
     nft::Engine engine_;
+    NftReadings readings_;
     AttemptLog log_;
     SyslogSink syslog_;
     std::unique_ptr<DaSink> da_sink_;
-    std::vector<AttemptSink*> sinks_;
+    Sinks sinks_;
     AccountDb accounts_;
     std::int64_t passwd_mtime_ = 0;
     std::int64_t group_mtime_ = 0;
-    std::uint64_t set_handle_ = 0;
-    std::map<std::uint32_t, std::uint64_t> baseline_;
-    std::map<std::uint32_t, std::uint64_t> explained_since_;
-    std::deque<std::pair<std::uint32_t, std::uint32_t>> explained_pending_;  // (packet id, uid)
-    std::uint32_t reconciled_through_ = 0;        // queue packet ids up to this are accounted for
-    std::optional<std::uint32_t> holding_after_;  // during reconcile(): its S
-    std::vector<Attempt> held_;  // explained with an id > S, written after the checkpoint
     std::map<pid_t, unsigned> told_per_pid_;
     WorkerStats stats_;
+    Reconciler reconciler_;
 };
 
 }  // namespace
@@ -483,8 +428,8 @@ int run_worker(const WorkerOptions& options) {
                 const QueueCounters& q = queue.counters();
                 log::notice("worker exiting: " + std::to_string(s.explained) + " explained (" +
                             std::to_string(s.unidentified) + " unidentified), " +
-                            std::to_string(s.counted_only) + " counted only, " +
-                            std::to_string(q.enobufs) + " ENOBUFS");
+                            std::to_string(worker.reconciler_stats().counted_only) +
+                            " counted only, " + std::to_string(q.enobufs) + " ENOBUFS");
                 (void)::unlink(ready_path.c_str());
                 return 0;
             }

@@ -1,5 +1,6 @@
 // The NFQUEUE worker: explains the SYNs it is shown and reconciles its records with
-// the kernel's exact per-uid counters, so every attempt is recorded exactly once.
+// the kernel's exact per-uid counters (nfq/reconciler.h), so every attempt is recorded
+// exactly once.
 #pragma once
 
 #include <cstdint>
@@ -35,13 +36,11 @@ struct WorkerOptions {
     std::string blocked_script_paths = "/var/spool/exim/blocked_script_paths";
 };
 
+// What the worker explained; what it counted only is in ReconcilerStats
+// (nfq/reconciler.h).
 struct WorkerStats {
     std::uint64_t explained = 0;
     std::uint64_t unidentified = 0;  // explained, but the process was already gone
-    std::uint64_t counted_only = 0;
-    std::uint64_t reconciles = 0;
-    std::uint64_t counter_resets = 0;     // the blocked set was replaced under us
-    std::uint64_t reconcile_retries = 0;  // rounds postponed: the queue moved while we read
 };
 
 // STATE_DIR/worker.ready: the pid of the worker that takes SYNs now (written once its
