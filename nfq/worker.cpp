@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <ctime>
+#include <limits>
 #include <optional>
 
 #include "common/fd.h"
@@ -186,15 +187,18 @@ class Worker {
     Worker(const Worker&) = delete;
     Worker& operator=(const Worker&) = delete;
 
-    // Handles every packet waiting in our socket.
-    [[nodiscard]] Result<void> drain(Queue& queue) {
-        while (true) {
+    // Handles the packets waiting in our socket: all of them, or what max_reads reads
+    // return (so that a caller can yield to its timer and signals now and then).
+    [[nodiscard]] Result<void> drain(Queue& queue,
+                                     int max_reads = std::numeric_limits<int>::max()) {
+        for (int i = 0; i < max_reads; ++i) {
             auto n = queue.receive([&](const QueuedPacket& p, PendingVerdict&) { on_packet(p); });
             if (!n)
                 return std::unexpected(n.error());
             if (*n == 0)
                 return {};
         }
+        return {};
     }
 
     void on_packet(const QueuedPacket& p) {
@@ -312,9 +316,14 @@ class Worker {
     Reconciler reconciler_;
 };
 
-}  // namespace
+// What wakes the loop besides a packet: SIGTERM/SIGINT/SIGHUP (blocked, read from a
+// signalfd) and a timer ticking every reconcile_ms.
+struct Wakeups {
+    UniqueFd signals;
+    UniqueFd timer;
+};
 
-int run_worker(const WorkerOptions& options) {
+std::optional<Wakeups> open_wakeups(int reconcile_ms) {
     sigset_t mask;
     sigemptyset(&mask);
     sigaddset(&mask, SIGTERM);
@@ -322,22 +331,125 @@ int run_worker(const WorkerOptions& options) {
     sigaddset(&mask, SIGHUP);
     if (const int err = pthread_sigmask(SIG_BLOCK, &mask, nullptr); err != 0) {
         log::error("block signals: " + errno_text(err));
-        return 1;
+        return std::nullopt;
     }
-    UniqueFd sigfd(signalfd(-1, &mask, SFD_CLOEXEC));
-    UniqueFd timer(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
-    if (!sigfd.valid() || !timer.valid()) {
+    Wakeups w{UniqueFd(signalfd(-1, &mask, SFD_CLOEXEC)),
+              UniqueFd(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK))};
+    if (!w.signals.valid() || !w.timer.valid()) {
         log::error("signalfd/timerfd: " + errno_text(errno));
-        return 1;
+        return std::nullopt;
     }
     itimerspec period{};
-    period.it_interval.tv_sec = options.reconcile_ms / 1000;
-    period.it_interval.tv_nsec = static_cast<long>(options.reconcile_ms % 1000) * 1000000L;
+    period.it_interval.tv_sec = reconcile_ms / 1000;
+    period.it_interval.tv_nsec = static_cast<long>(reconcile_ms % 1000) * 1000000L;
     period.it_value = period.it_interval;
-    if (timerfd_settime(timer.get(), 0, &period, nullptr) != 0) {
+    if (timerfd_settime(w.timer.get(), 0, &period, nullptr) != 0) {
         log::error("timerfd_settime: " + errno_text(errno));
-        return 1;
+        return std::nullopt;
     }
+    return w;
+}
+
+// The daemon's socket when it passed one (it stays bound while we restart), else our
+// own.
+Result<Queue> open_queue(const WorkerOptions& options) {
+    return options.queue_fd >= 0 ? Queue::adopt(options.queue_fd, options.queue_num)
+                                 : Queue::open(options.queue_num);
+}
+
+// Least privilege (common/privileges.h): every socket is open and the queue bound. From
+// here on the worker sends verdicts and reads counters (nfnetlink), reads other users'
+// /proc/PID and, with the DirectAdmin pipeline, writes mail's files; it executes
+// nothing, so nothing may ever raise its privileges again. Before the queue takes SYNs:
+// a worker that cannot drop leaves it fail-open.
+bool drop_privileges(const WorkerOptions& options) {
+    const CapabilitySet keep = worker_capabilities(options.da_enabled);
+    if (auto r = forbid_new_privileges(); !r) {
+        log::error(r.error().message());
+        return false;
+    }
+    if (auto r = drop_to(keep, keep); !r) {
+        log::error(r.error().message());
+        return false;
+    }
+    log::info("capabilities: " + keep.to_string());
+    return true;
+}
+
+// Ready: SYNs queue for us from now on, and ready_path says so. The daemon's status (and
+// the tests) read it; the queue being bound says nothing, as the daemon holds it while
+// we start.
+bool announce_ready(const WorkerOptions& options, Queue& queue, const std::string& ready_path) {
+    if (options.queue_fd >= 0) {
+        // The daemon keeps the queue at length 0 (fail-open) while no worker is ready.
+        if (auto r = queue.start_accepting(); !r) {
+            log::error(r.error().message());
+            return false;
+        }
+    }
+    log::notice("worker " + std::string(options.queue_fd >= 0 ? "reading" : "bound to") +
+                " NFQUEUE " + std::to_string(options.queue_num) + ", attempt log " +
+                options.state_dir + "/attempts.jsonl");
+    if (auto r = write_file_atomic(ready_path, std::to_string(::getpid()) + "\n", 0644); !r)
+        log::warning(r.error().message());
+    return true;
+}
+
+// SIGTERM/SIGINT: no new SYN waits for us; what waits already is explained, the rest
+// reconciled, and ready_path removed.
+int stop(Worker& worker, Queue& queue, const std::string& ready_path) {
+    if (auto r = queue.stop_accepting(); !r)
+        log::warning(r.error().message());
+    worker.reconcile(queue);  // drains what waits, then reconciles
+    const WorkerStats& s = worker.stats();
+    const QueueCounters& q = queue.counters();
+    log::notice("worker exiting: " + std::to_string(s.explained) + " explained (" +
+                std::to_string(s.unidentified) + " unidentified), " +
+                std::to_string(worker.reconciler_stats().counted_only) + " counted only, " +
+                std::to_string(q.enobufs) + " ENOBUFS");
+    (void)::unlink(ready_path.c_str());
+    return 0;
+}
+
+// Explains SYNs as they come and reconciles at every tick, until SIGTERM/SIGINT.
+int serve(Worker& worker, Queue& queue, const Wakeups& wakeups, const std::string& ready_path) {
+    std::array<pollfd, 3> fds{pollfd{queue.fd(), POLLIN, 0}, pollfd{wakeups.timer.get(), POLLIN, 0},
+                              pollfd{wakeups.signals.get(), POLLIN, 0}};
+    while (true) {
+        if (::poll(fds.data(), fds.size(), -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            log::error("poll: " + errno_text(errno));
+            return 1;
+        }
+        if ((fds[0].revents & POLLIN) != 0) {
+            // Drain what is waiting, but yield to the timer and signals now and then.
+            if (auto r = worker.drain(queue, 64); !r) {
+                log::error(r.error().message());
+                return 1;
+            }
+        }
+        if ((fds[1].revents & POLLIN) != 0) {
+            std::uint64_t expirations = 0;
+            (void)!::read(wakeups.timer.get(), &expirations, sizeof expirations);
+            worker.reconcile(queue);
+        }
+        if ((fds[2].revents & POLLIN) != 0) {
+            signalfd_siginfo info{};
+            if (::read(wakeups.signals.get(), &info, sizeof info) == sizeof info &&
+                info.ssi_signo != SIGHUP) {
+                return stop(worker, queue, ready_path);
+            }
+        }
+    }
+}
+
+}  // namespace
+
+int run_worker(const WorkerOptions& options) {
+    const std::optional<Wakeups> wakeups = open_wakeups(options.reconcile_ms);
+    if (!wakeups)
+        return 1;
     auto nl = nft::NetlinkSocket::open();
     if (!nl) {
         log::error(nl.error().message());
@@ -349,92 +461,16 @@ int run_worker(const WorkerOptions& options) {
         return 1;
     }
     Worker worker(options, std::move(*nl), std::move(*attempt_log));
-    // The daemon's socket when it passed one (it stays bound while we restart), else
-    // our own.
-    auto opened = options.queue_fd >= 0 ? Queue::adopt(options.queue_fd, options.queue_num)
-                                        : Queue::open(options.queue_num);
-    if (!opened) {
-        log::error(opened.error().message());
+    auto queue = open_queue(options);
+    if (!queue) {
+        log::error(queue.error().message());
         return 1;
     }
-    Queue& queue = *opened;
-    // Least privilege (common/privileges.h): every socket is open and the queue bound.
-    // From here on the worker sends verdicts and reads counters (nfnetlink), reads other
-    // users' /proc/PID and, with the DirectAdmin pipeline, writes mail's files; it
-    // executes nothing, so nothing may ever raise its privileges again. Before the
-    // queue takes SYNs: a worker that cannot drop leaves it fail-open.
-    const CapabilitySet keep = worker_capabilities(options.da_enabled);
-    if (auto r = forbid_new_privileges(); !r) {
-        log::error(r.error().message());
-        return 1;
-    }
-    if (auto r = drop_to(keep, keep); !r) {
-        log::error(r.error().message());
-        return 1;
-    }
-    log::info("capabilities: " + keep.to_string());
-    if (options.queue_fd >= 0) {
-        // The daemon keeps the queue at length 0 (fail-open) while no worker is ready.
-        if (auto r = queue.start_accepting(); !r) {
-            log::error(r.error().message());
-            return 1;
-        }
-    }
-    log::notice("worker " + std::string(options.queue_fd >= 0 ? "reading" : "bound to") +
-                " NFQUEUE " + std::to_string(options.queue_num) + ", attempt log " +
-                options.state_dir + "/attempts.jsonl");
-    // Ready: SYNs queue for us from now on. The daemon's status (and the tests) read
-    // this; the queue being bound says nothing, as the daemon holds it while we start.
     const std::string ready_path = ready_file_path(options.state_dir);
-    if (auto r = write_file_atomic(ready_path, std::to_string(::getpid()) + "\n", 0644); !r)
-        log::warning(r.error().message());
-    worker.reconcile(queue);  // records what was counted while no worker ran
-
-    std::array<pollfd, 3> fds{pollfd{queue.fd(), POLLIN, 0}, pollfd{timer.get(), POLLIN, 0},
-                              pollfd{sigfd.get(), POLLIN, 0}};
-    while (true) {
-        if (::poll(fds.data(), fds.size(), -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            log::error("poll: " + errno_text(errno));
-            return 1;
-        }
-        if ((fds[0].revents & POLLIN) != 0) {
-            // Drain what is waiting, but yield to the timer and signals now and then.
-            for (int i = 0; i < 64; ++i) {
-                auto n = queue.receive(
-                    [&](const QueuedPacket& p, PendingVerdict&) { worker.on_packet(p); });
-                if (!n) {
-                    log::error(n.error().message());
-                    return 1;
-                }
-                if (*n == 0)
-                    break;
-            }
-        }
-        if ((fds[1].revents & POLLIN) != 0) {
-            std::uint64_t expirations = 0;
-            (void)!::read(timer.get(), &expirations, sizeof expirations);
-            worker.reconcile(queue);
-        }
-        if ((fds[2].revents & POLLIN) != 0) {
-            signalfd_siginfo info{};
-            if (::read(sigfd.get(), &info, sizeof info) == sizeof info &&
-                info.ssi_signo != SIGHUP) {
-                if (auto r = queue.stop_accepting(); !r)
-                    log::warning(r.error().message());
-                worker.reconcile(queue);  // drains what waits, then reconciles
-                const WorkerStats& s = worker.stats();
-                const QueueCounters& q = queue.counters();
-                log::notice("worker exiting: " + std::to_string(s.explained) + " explained (" +
-                            std::to_string(s.unidentified) + " unidentified), " +
-                            std::to_string(worker.reconciler_stats().counted_only) +
-                            " counted only, " + std::to_string(q.enobufs) + " ENOBUFS");
-                (void)::unlink(ready_path.c_str());
-                return 0;
-            }
-        }
-    }
+    if (!drop_privileges(options) || !announce_ready(options, *queue, ready_path))
+        return 1;
+    worker.reconcile(*queue);  // records what was counted while no worker ran
+    return serve(worker, *queue, *wakeups, ready_path);
 }
 
 }  // namespace smtpfence::nfq
