@@ -32,7 +32,9 @@ namespace smtpfence::nfq {
 namespace {
 
 // A log line must not carry a user's control characters into the journal or a
-// terminal: every byte outside printable ASCII is shown as \xNN.
+// terminal: every byte outside printable ASCII is shown as \xNN. Not text::printable,
+// which writes a backslash as \\ and a tab as \t and cuts at 80 characters: the
+// journal's lines keep their form (a command line is shown up to 200 bytes).
 std::string printable(const std::string& s) {
     static constexpr char kHex[] = "0123456789abcdef";
     std::string out;
