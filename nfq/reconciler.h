@@ -2,7 +2,7 @@
 // hold beyond the attempts the worker explained, so that every attempt is recorded
 // exactly once (explained or counted-only), across restarts and kills of the worker.
 // Why it reads the counters between two readings of the queue's id sequence, and why
-// some records come after a checkpoint: README, "Every attempt counted".
+// some records come after a checkpoint: docs/internals.md, "Exact counts".
 #pragma once
 
 #include <cstdint>
