@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <optional>
@@ -25,18 +26,10 @@ namespace smtpfence::itest {
 // Enters ns (when given) and becomes who (when given), as connect_as() does:
 // supplementary groups, then gid, then uid. Returns "" or what failed.
 inline std::string become(const Netns* ns, const std::optional<Credentials>& who) {
-    if (ns != nullptr) {
-        const int fd = ::open(ns->path().c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0 || ::setns(fd, CLONE_NEWNET) != 0)
-            return "setns: " + std::string(std::strerror(errno));
-        ::close(fd);
-    }
-    if (who) {
-        if (::setgroups(who->groups.size(), who->groups.data()) != 0 ||
-            ::setresgid(who->gid, who->gid, who->gid) != 0 ||
-            ::setresuid(who->uid, who->uid, who->uid) != 0)
-            return "credentials: " + std::string(std::strerror(errno));
-    }
+    if (ns != nullptr && !testing::enter_netns(ns->fd()))
+        return "setns: " + std::string(std::strerror(errno));
+    if (who && !testing::become(*who))
+        return "credentials: " + std::string(std::strerror(errno));
     return {};
 }
 
@@ -45,48 +38,27 @@ inline std::string become(const Netns* ns, const std::optional<Credentials>& who
 template <class Body>
 std::string in_child(const Netns* ns, const std::optional<Credentials>& who, Body body,
                      Millis timeout = 10s) {
-    std::array<int, 2> p{};
-    if (::pipe2(p.data(), O_CLOEXEC) != 0)
+    auto pipe = testing::make_pipe();
+    if (!pipe)
         return "harness: pipe failed";
-    const pid_t pid = ::fork();
-    if (pid < 0)
-        return "harness: fork failed";
-    if (pid == 0) {
-        ::close(p[0]);
+    auto child = testing::spawn([&]() -> int {
+        pipe->read.reset();
         ::setpgid(0, 0);
         std::string out = become(ns, who);
         out = out.empty() ? body() : "harness: " + out;
-        std::size_t off = 0;
-        while (off < out.size()) {
-            const ssize_t n = ::write(p[1], out.data() + off, out.size() - off);
-            if (n <= 0)
-                break;
-            off += static_cast<std::size_t>(n);
-        }
-        ::_exit(0);
-    }
-    ::close(p[1]);
-    UniqueFd rd(p[0]);
-    Child child(pid);
+        (void)testing::write_all(pipe->write.get(), out.data(), out.size());
+        return 0;
+    });
+    if (!child)
+        return "harness: fork failed";
+    pipe->write.reset();
     std::string out;
-    const auto until = std::chrono::steady_clock::now() + timeout;
-    while (true) {
-        const auto left =
-            std::chrono::duration_cast<Millis>(until - std::chrono::steady_clock::now());
-        if (left.count() <= 0) {
-            child.kill_and_reap();
-            return "timeout (so far: " + out + ")";
-        }
-        pollfd pfd{rd.get(), POLLIN, 0};
-        if (::poll(&pfd, 1, static_cast<int>(left.count())) <= 0)
-            continue;
-        std::array<char, 4096> buf{};
-        const ssize_t n = ::read(rd.get(), buf.data(), buf.size());
-        if (n <= 0)
-            break;
-        out.append(buf.data(), static_cast<std::size_t>(n));
+    if (!testing::read_until_eof(pipe->read.get(), out,
+                                 std::chrono::steady_clock::now() + timeout)) {
+        child->kill_and_reap();
+        return "timeout (so far: " + out + ")";
     }
-    (void)child.wait_for(5s);
+    (void)child->wait_for(5s);
     return out;
 }
 

@@ -1,30 +1,20 @@
 #include "tests/integration/harness.h"
 
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <initializer_list>
 #include <sstream>
-#include <thread>
 
 #ifndef SMTPFENCED_PATH
 #error "SMTPFENCED_PATH must be defined by CMake"
@@ -37,307 +27,19 @@ namespace smtpfence::itest {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// ---- helpers for forked children -------------------------------------------------
-// The test process is single-threaded, so a forked child may allocate; these
-// helpers avoid it all the same (they also run right before exec).
-
-// Writes all of buf, retrying on EINTR and short writes.
-bool write_all(int fd, const void* buf, std::size_t len) {
-    const char* p = static_cast<const char*>(buf);
-    while (len > 0) {
-        const ssize_t n = ::write(fd, p, len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return false;
-        }
-        p += n;
-        len -= static_cast<std::size_t>(n);
-    }
-    return true;
-}
-
-void write_text(int fd, const char* text) {
-    (void)write_all(fd, text, std::strlen(text));
-}
-
-// In a forked child: closes every descriptor but those in keep, so that no child holds
-// another one's pipe open (a pipe's reader sees EOF only when every writer is gone).
-void close_other_fds(std::initializer_list<int> keep) {
-    std::array<int, 8> sorted{};
-    std::size_t n = 0;
-    for (const int fd : keep) {
-        if (fd >= 0 && n < sorted.size())
-            sorted[n++] = fd;
-    }
-    std::sort(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(n));
-    unsigned from = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-        const auto fd = static_cast<unsigned>(sorted[i]);
-        if (fd > from)
-            ::close_range(from, fd - 1, 0);
-        from = std::max(from, fd + 1);
-    }
-    ::close_range(from, ~0U, 0);
-}
-
-// In a forked child: enter the namespace (CLONE_NEWNET only: mounts and pids stay).
-bool enter_netns(int ns_fd) {
-    return ns_fd < 0 || ::setns(ns_fd, CLONE_NEWNET) == 0;
-}
-
-// In a forked child: become creds. Groups first (needs CAP_SETGID), then gid, then
-// uid (after which nothing else may be changed).
-bool drop_credentials(const Credentials& creds) {
-    if (::setgroups(creds.groups.size(), creds.groups.data()) != 0)
-        return false;
-    if (::setresgid(creds.gid, creds.gid, creds.gid) != 0)
-        return false;
-    if (::setresuid(creds.uid, creds.uid, creds.uid) != 0)
-        return false;
-    return true;
-}
-
-// In a forked child, after any credential change (which clears the setting): dies
-// with sig when the test process dies, so a killed test run leaves no process
-// behind. parent is the test process's pid, taken before fork.
-void die_with_parent(pid_t parent, int sig) {
-    ::prctl(PR_SET_PDEATHSIG, sig);
-    if (::getppid() != parent)  // it died before prctl took effect
-        ::_exit(1);
-}
-
-// Reads everything until EOF or deadline from fd, appending to out. True on EOF.
-bool read_until_eof(int fd, std::string& out, Clock::time_point deadline) {
-    char buf[4096];
-    while (true) {
-        const auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now()).count();
-        if (left <= 0)
-            return false;
-        pollfd p{fd, POLLIN, 0};
-        const int r = ::poll(&p, 1, static_cast<int>(left));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return false;
-        const ssize_t n = ::read(fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return true;
-        out.append(buf, static_cast<std::size_t>(n));
-    }
-}
-
-// Reads exactly len bytes before deadline.
-bool read_exact(int fd, void* buf, std::size_t len, Clock::time_point deadline) {
-    char* p = static_cast<char*>(buf);
-    while (len > 0) {
-        const auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now()).count();
-        if (left <= 0)
-            return false;
-        pollfd pfd{fd, POLLIN, 0};
-        const int r = ::poll(&pfd, 1, static_cast<int>(left));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return false;
-        const ssize_t n = ::read(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return false;
-        p += n;
-        len -= static_cast<std::size_t>(n);
-    }
-    return true;
-}
-
-struct Pipe {
-    UniqueFd read;
-    UniqueFd write;
-};
-
-Result<Pipe> make_pipe() {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0)
-        return fail(errno, "pipe2");
-    return Pipe{UniqueFd(fds[0]), UniqueFd(fds[1])};
-}
-
-Result<UniqueFd> open_netns_fd(const Netns& ns) {
-    UniqueFd fd(::open(ns.path().c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd.valid())
-        return fail(errno, "open " + ns.path());
-    return fd;
-}
-
-// argv[0] as given when it holds a slash, else the first executable of that name in
-// PATH or the sbin directories (ctest may run with a PATH without /usr/sbin).
-std::string find_program(const std::string& name) {
-    if (name.find('/') != std::string::npos)
-        return name;
-    std::string dirs;
-    // NOLINTNEXTLINE(concurrency-mt-unsafe): the test process is single-threaded
-    if (const char* path = std::getenv("PATH"))
-        dirs = path;
-    dirs += ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-    std::stringstream ss(dirs);
-    std::string dir;
-    while (std::getline(ss, dir, ':')) {
-        if (dir.empty())
-            continue;
-        const std::string candidate = dir + "/" + name;
-        if (::access(candidate.c_str(), X_OK) == 0)
-            return candidate;
-    }
-    return name;
-}
-
-// Owns the char* view of a vector<string> for execv.
-struct Argv {
-    explicit Argv(const std::vector<std::string>& args) {
-        for (const std::string& a : args)
-            ptrs.push_back(const_cast<char*>(a.c_str()));
-        ptrs.push_back(nullptr);
-    }
-    std::vector<char*> ptrs;
-};
-
-std::atomic<unsigned> g_netns_counter{0};
-
-// Alive, as opposed to gone or a zombie nobody reaped (a killed test run whose
-// parent does not wait for it still owns its namespaces until this says so).
-bool process_alive(pid_t pid) {
-    const std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
-    const std::size_t paren = stat.rfind(')');  // the command name may hold spaces
-    if (paren == std::string::npos || paren + 2 >= stat.size())
-        return false;
-    return stat[paren + 2] != 'Z' && stat[paren + 2] != 'X';
-}
-
-// Kills every process in the namespace called name and reaps those that are ours.
-void kill_processes_in(const std::string& name) {
-    const RunResult pids = run(nullptr, {"ip", "netns", "pids", name}, std::nullopt, 5s);
-    std::stringstream ss(pids.out);
-    pid_t pid = 0;
-    while (ss >> pid) {
-        if (pid <= 1 || pid == ::getpid())
-            continue;
-        ::kill(pid, SIGKILL);
-        int status = 0;
-        // Reaps our own children; others (grandchildren reparented to init) give ECHILD.
-        while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-        }
-    }
-}
-
-// The pid in a name "sft-<pid>-..." (our namespaces and temporary directories), or 0.
-pid_t owner_pid(const std::string& name) {
-    if (name.rfind("sft-", 0) != 0)
-        return 0;
-    const std::size_t dash = name.find('-', 4);
-    if (dash == std::string::npos)
-        return 0;
-    const long pid = std::strtol(name.substr(4, dash - 4).c_str(), nullptr, 10);
-    return pid > 0 && pid != ::getpid() ? static_cast<pid_t>(pid) : 0;
-}
-
-// Names in dir made by a test run that is gone (killed before its destructors ran).
-std::vector<std::string> stale_entries(const char* dir) {
-    std::vector<std::string> stale;
-    DIR* d = ::opendir(dir);
-    if (d == nullptr)
-        return stale;
-    // NOLINTNEXTLINE(concurrency-mt-unsafe): one reader of this DIR*, one thread
-    while (const dirent* e = ::readdir(d)) {
-        const pid_t owner = owner_pid(e->d_name);
-        if (owner != 0 && !process_alive(owner))
-            stale.emplace_back(e->d_name);
-    }
-    ::closedir(d);
-    return stale;
-}
-
-// Once per process: removes what killed runs left behind, namespaces (and any
-// process still in them) and temporary directories.
-void remove_stale_leftovers() {
-    static const bool done = [] {
-        for (const std::string& name : stale_entries("/run/netns")) {
-            kill_processes_in(name);
-            (void)run(nullptr, {"ip", "netns", "del", name}, std::nullopt, 5s);
-        }
-        for (const std::string& name : stale_entries("/tmp")) {
-            std::error_code ec;
-            std::filesystem::remove_all("/tmp/" + name, ec);
-        }
-        return true;
-    }();
-    (void)done;
-}
-
-// Enters a namespace for the calling process and returns to the original one when
-// dropped. Used only around socket creation, so the test process spends no time
-// outside its own namespace.
-class NetnsEnter {
-  public:
-    explicit NetnsEnter(int target_fd) {
-        original_.reset(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
-        if (!original_.valid()) {
-            error_ = errno;
-            return;
-        }
-        if (::setns(target_fd, CLONE_NEWNET) != 0) {
-            error_ = errno;
-            original_.reset();
-        }
-    }
-    NetnsEnter(const NetnsEnter&) = delete;
-    NetnsEnter& operator=(const NetnsEnter&) = delete;
-    ~NetnsEnter() {
-        if (original_.valid() && ::setns(original_.get(), CLONE_NEWNET) != 0) {
-            // Carrying on in the wrong namespace could touch the host's firewall.
-            std::perror("smtpfence integration harness: cannot return to the original netns");
-            std::abort();
-        }
-    }
-    [[nodiscard]] int error() const { return error_; }
-
-  private:
-    UniqueFd original_;
-    int error_ = 0;
-};
+using testing::Argv;
+using testing::become;
+using testing::close_other_fds;
+using testing::die_with_parent;
+using testing::enter_netns;
+using testing::make_pipe;
+using testing::read_exact;
+using testing::read_until_eof;
+using testing::spawn;
+using testing::write_all;
+using testing::write_text;
 
 }  // namespace
-
-// ---- misc ---------------------------------------------------------------------------
-
-bool wait_until(const std::function<bool()>& pred, Millis timeout, Millis step) {
-    const auto deadline = Clock::now() + timeout;
-    while (true) {
-        if (pred())
-            return true;
-        if (Clock::now() >= deadline)
-            return pred();
-        std::this_thread::sleep_for(step);
-    }
-}
-
-std::string describe_status(int wait_status) {
-    if (WIFEXITED(wait_status))
-        return "exited with " + std::to_string(WEXITSTATUS(wait_status));
-    if (WIFSIGNALED(wait_status))
-        return "killed by signal " + std::to_string(WTERMSIG(wait_status));
-    return "wait status " + std::to_string(wait_status);
-}
-
-std::string read_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
 
 std::string smtpfenced_path() {
     return SMTPFENCED_PATH;
@@ -362,214 +64,6 @@ std::optional<std::string> skip_reason() {
         return std::nullopt;
     }();
     return reason;
-}
-
-// ---- Child --------------------------------------------------------------------------
-
-Child::Child(Child&& other) noexcept
-    : pid_(std::exchange(other.pid_, -1)), status_(std::exchange(other.status_, std::nullopt)) {}
-
-Child& Child::operator=(Child&& other) noexcept {
-    if (this != &other) {
-        kill_and_reap();
-        pid_ = std::exchange(other.pid_, -1);
-        status_ = std::exchange(other.status_, std::nullopt);
-    }
-    return *this;
-}
-
-Child::~Child() {
-    kill_and_reap();
-}
-
-bool Child::running() {
-    if (pid_ <= 0 || status_)
-        return false;
-    int status = 0;
-    const pid_t r = ::waitpid(pid_, &status, WNOHANG);
-    if (r == 0)
-        return true;
-    if (r == pid_) {
-        status_ = status;
-    } else {
-        status_ = -1;  // reaped by someone else (ECHILD)
-    }
-    return false;
-}
-
-std::optional<int> Child::wait_for(Millis timeout) {
-    if (pid_ <= 0)
-        return std::nullopt;
-    wait_until([this] { return !running(); }, timeout, 5ms);
-    return status_;
-}
-
-void Child::signal(int sig) const {
-    if (pid_ > 0 && !status_)
-        ::kill(pid_, sig);
-}
-
-void Child::kill_and_reap() {
-    if (pid_ <= 0 || status_)
-        return;
-    ::kill(-pid_, SIGKILL);  // its process group, when it made one
-    ::kill(pid_, SIGKILL);
-    int status = 0;
-    pid_t r = 0;
-    while ((r = ::waitpid(pid_, &status, 0)) < 0 && errno == EINTR) {
-    }
-    status_ = r == pid_ ? status : -1;
-}
-
-// ---- Netns --------------------------------------------------------------------------
-
-Result<Netns> Netns::create() {
-    remove_stale_leftovers();
-    const std::string name =
-        "sft-" + std::to_string(::getpid()) + "-" + std::to_string(g_netns_counter++);
-    const RunResult r = run(nullptr, {"ip", "netns", "add", name}, std::nullopt, 10s);
-    if (r.exit_code != 0)
-        return fail(0, "ip netns add " + name, r.output());
-    return Netns(name);
-}
-
-Netns::~Netns() {
-    if (name_.empty())
-        return;
-    kill_processes_in(name_);
-    const RunResult r = run(nullptr, {"ip", "netns", "del", name_}, std::nullopt, 10s);
-    if (r.exit_code != 0) {
-        (void)std::fprintf(stderr, "warning: ip netns del %s: %s\n", name_.c_str(),
-                           r.describe().c_str());
-    }
-}
-
-// ---- run ----------------------------------------------------------------------------
-
-std::string RunResult::describe() const {
-    std::string s = timed_out ? "timed out" : "exit " + std::to_string(exit_code);
-    const std::string all = output();
-    if (!all.empty())
-        s += ": " + all;
-    return s;
-}
-
-RunResult run(const Netns* ns, const std::vector<std::string>& argv,
-              const std::optional<Credentials>& creds, Millis timeout) {
-    RunResult result;
-    if (argv.empty()) {
-        result.err = "run: empty argv";
-        return result;
-    }
-    std::vector<std::string> args = argv;
-    args[0] = find_program(argv[0]);
-    const Argv c_argv(args);
-    UniqueFd ns_fd;
-    if (ns != nullptr) {
-        auto fd = open_netns_fd(*ns);
-        if (!fd) {
-            result.err = fd.error().message();
-            return result;
-        }
-        ns_fd = std::move(*fd);
-    }
-    auto out = make_pipe();
-    auto err = make_pipe();
-    if (!out || !err) {
-        result.err = "run: pipe failed";
-        return result;
-    }
-    UniqueFd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-
-    const pid_t parent = ::getpid();
-    const pid_t pid = ::fork();
-    if (pid < 0) {
-        result.err = "fork: " + errno_text(errno);
-        return result;
-    }
-    if (pid == 0) {
-        ::setpgid(0, 0);  // so a timeout kills the whole pipeline
-        ::dup2(out->write.get(), STDOUT_FILENO);
-        ::dup2(err->write.get(), STDERR_FILENO);
-        if (devnull.valid())
-            ::dup2(devnull.get(), STDIN_FILENO);
-        if (!enter_netns(ns_fd.get())) {
-            write_text(STDERR_FILENO, "run: setns failed\n");
-            ::_exit(126);
-        }
-        close_other_fds({STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO});
-        if (creds && !drop_credentials(*creds)) {
-            write_text(STDERR_FILENO, "run: dropping credentials failed\n");
-            ::_exit(126);
-        }
-        die_with_parent(parent, SIGKILL);
-        ::execv(c_argv.ptrs[0], c_argv.ptrs.data());
-        write_text(STDERR_FILENO, "run: exec failed: ");
-        write_text(STDERR_FILENO, c_argv.ptrs[0]);
-        write_text(STDERR_FILENO, "\n");
-        ::_exit(127);
-    }
-    Child child(pid);
-    out->write.reset();
-    err->write.reset();
-
-    const auto deadline = Clock::now() + timeout;
-    bool out_open = true;
-    bool err_open = true;
-    char buf[4096];
-    while (out_open || err_open) {
-        const auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now()).count();
-        if (left <= 0)
-            break;
-        pollfd fds[2] = {{out_open ? out->read.get() : -1, POLLIN, 0},
-                         {err_open ? err->read.get() : -1, POLLIN, 0}};
-        const int r = ::poll(fds, 2, static_cast<int>(left));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        for (int i = 0; i < 2; ++i) {
-            if (fds[i].fd < 0 || fds[i].revents == 0)
-                continue;
-            const ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0) {
-                (i == 0 ? out_open : err_open) = false;
-                continue;
-            }
-            (i == 0 ? result.out : result.err).append(buf, static_cast<std::size_t>(n));
-        }
-    }
-    const auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now());
-    std::optional<int> status = child.wait_for(std::max(left, Millis(0)));
-    if (!status) {
-        result.timed_out = true;
-        child.kill_and_reap();
-        status = child.status();
-    }
-    if (status && *status >= 0) {
-        result.exit_code = WIFEXITED(*status) ? WEXITSTATUS(*status) : 128 + WTERMSIG(*status);
-    }
-    return result;
-}
-
-// ---- NsEngine -----------------------------------------------------------------------
-
-Result<std::unique_ptr<NsEngine>> NsEngine::open(const Netns& ns) {
-    auto fd = open_netns_fd(ns);
-    if (!fd)
-        return std::unexpected(fd.error());
-    Result<nft::NetlinkSocket> sock = fail(0, "not opened");
-    {
-        NetnsEnter enter(fd->get());
-        if (enter.error() != 0)
-            return fail(enter.error(), "setns into " + ns.name());
-        sock = nft::NetlinkSocket::open();
-    }
-    if (!sock)
-        return std::unexpected(sock.error().wrap("netlink socket in " + ns.name()));
-    return std::unique_ptr<NsEngine>(new NsEngine(std::move(*sock)));
 }
 
 // ---- connect_as ---------------------------------------------------------------------
@@ -633,12 +127,13 @@ void set_note(ConnectReport& rep, const char* note) {
         set_note(rep, "setns");
         report_and_exit(report_fd, rep);
     }
-    if (!drop_credentials(creds)) {
+    if (!become(creds)) {
         rep.error = errno;
         set_note(rep, "setgroups/setresgid/setresuid");
         report_and_exit(report_fd, rep);
     }
-    die_with_parent(parent, SIGKILL);
+    if (!die_with_parent(parent, SIGKILL))
+        ::_exit(1);
     const int fd = ::socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         rep.error = errno;
@@ -740,31 +235,28 @@ ConnectResult connect_as(const Netns& ns, const Credentials& creds, const std::s
         result.note = addr.error().message();
         return result;
     }
-    auto ns_fd = open_netns_fd(ns);
     auto pipe = make_pipe();
-    if (!ns_fd || !pipe) {
+    if (!pipe) {
         result.note = "harness setup failed";
         return result;
     }
     const pid_t parent = ::getpid();
-    const pid_t pid = ::fork();
-    if (pid < 0) {
-        result.error = errno;
+    auto child = spawn([&]() -> int {
+        connect_child(parent, ns.fd(), pipe->write.get(), creds, addr->first, addr->second,
+                      timeout);
+    });
+    if (!child) {
+        result.error = child.error().code;
         result.note = "fork";
         return result;
     }
-    if (pid == 0) {
-        connect_child(parent, ns_fd->get(), pipe->write.get(), creds, addr->first, addr->second,
-                      timeout);
-    }
-    Child child(pid);
     pipe->write.reset();
     ConnectReport rep{};
     if (!read_exact(pipe->read.get(), &rep, sizeof rep, Clock::now() + 2 * timeout + 5s)) {
         result.note = "no report from the probe child";
         return result;
     }
-    (void)child.wait_for(5s);
+    (void)child->wait_for(5s);
     result.outcome = static_cast<Outcome>(rep.outcome);
     result.error = rep.error;
     result.elapsed = std::chrono::duration_cast<Millis>(std::chrono::microseconds(rep.elapsed_us));
@@ -803,7 +295,8 @@ namespace {
     close_other_fds({STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO, ns_fd, ready_fd});
     if (!enter_netns(ns_fd))
         die("setns");
-    die_with_parent(parent, SIGKILL);
+    if (!die_with_parent(parent, SIGKILL))
+        ::_exit(1);
     ::close(ns_fd);
     std::vector<pollfd> fds;
     for (const std::uint16_t port : ports) {
@@ -903,27 +396,23 @@ Result<SmtpListener> SmtpListener::start(const Netns& ns, const std::vector<std:
     if (mem == MAP_FAILED)
         return fail(errno, "mmap");
     CounterPtr counter(new (mem) std::atomic<std::uint64_t>(0));
-    auto ns_fd = open_netns_fd(ns);
-    if (!ns_fd)
-        return std::unexpected(ns_fd.error());
     auto pipe = make_pipe();
     if (!pipe)
         return std::unexpected(pipe.error());
     const std::string greeting = greeting_for(host) + "\r\n";
     const pid_t parent = ::getpid();
-    const pid_t pid = ::fork();
-    if (pid < 0)
-        return fail(errno, "fork");
-    if (pid == 0)
-        listener_child(parent, ns_fd->get(), pipe->write.get(), ports, greeting, counter.get());
-    Child child(pid);
+    auto child = spawn([&]() -> int {
+        listener_child(parent, ns.fd(), pipe->write.get(), ports, greeting, counter.get());
+    });
+    if (!child)
+        return std::unexpected(child.error());
     pipe->write.reset();
     std::string answer;
     (void)read_until_eof(pipe->read.get(), answer, Clock::now() + 10s);
     if (answer != "R") {
         return fail(0, "SMTP listener in " + ns.name(), answer.empty() ? "no answer" : answer);
     }
-    return SmtpListener(std::move(child), std::move(counter));
+    return SmtpListener(std::move(*child), std::move(counter));
 }
 
 // ---- Topology -----------------------------------------------------------------------
@@ -964,33 +453,6 @@ Result<Topology> Topology::create() {
     return Topology(std::move(*server), std::move(*remote));
 }
 
-// ---- TempDir ------------------------------------------------------------------------
-
-Result<TempDir> TempDir::create() {
-    remove_stale_leftovers();
-    // The pid in the name lets a later run remove it if this one is killed.
-    std::string tmpl = "/tmp/sft-" + std::to_string(::getpid()) + "-XXXXXX";
-    if (::mkdtemp(tmpl.data()) == nullptr)
-        return fail(errno, "mkdtemp " + tmpl);
-    // Readable by the unprivileged uids the tests run as.
-    ::chmod(tmpl.c_str(), 0755);
-    return TempDir(tmpl);
-}
-
-TempDir::~TempDir() {
-    if (path_.empty())
-        return;
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-}
-
-std::string TempDir::write(const std::string& name, const std::string& content) const {
-    const std::string full = path_ + "/" + name;
-    std::ofstream out(full, std::ios::binary | std::ios::trunc);
-    out << content;
-    return full;
-}
-
 // ---- Daemon -------------------------------------------------------------------------
 
 Result<Daemon> Daemon::start(const Netns& ns, DaemonArgs args, Millis ready_timeout) {
@@ -1014,9 +476,6 @@ Result<Daemon> Daemon::start(const Netns& ns, DaemonArgs args, Millis ready_time
     env.insert(env.end(), args.env.begin(), args.env.end());
     const Argv c_env(env);
 
-    auto ns_fd = open_netns_fd(ns);
-    if (!ns_fd)
-        return std::unexpected(ns_fd.error());
     UniqueFd log_fd(
         ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644));
     if (!log_fd.valid())
@@ -1024,27 +483,27 @@ Result<Daemon> Daemon::start(const Netns& ns, DaemonArgs args, Millis ready_time
     UniqueFd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
 
     const pid_t parent = ::getpid();
-    const pid_t pid = ::fork();
-    if (pid < 0)
-        return fail(errno, "fork");
-    if (pid == 0) {
+    auto child = spawn([&]() -> int {
         ::setpgid(0, 0);
         ::dup2(log_fd.get(), STDOUT_FILENO);
         ::dup2(log_fd.get(), STDERR_FILENO);
         if (devnull.valid())
             ::dup2(devnull.get(), STDIN_FILENO);
-        if (!enter_netns(ns_fd->get())) {
+        if (!enter_netns(ns.fd())) {
             write_text(STDERR_FILENO, "harness: setns failed\n");
-            ::_exit(126);
+            return 126;
         }
         // SIGTERM: the daemon's own orderly exit, which also stops its worker.
-        die_with_parent(parent, SIGTERM);
+        if (!die_with_parent(parent, SIGTERM))
+            return 1;
         close_other_fds({STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO});
         ::execve(c_argv.ptrs[0], c_argv.ptrs.data(), c_env.ptrs.data());
         write_text(STDERR_FILENO, "harness: exec smtpfenced failed\n");
-        ::_exit(127);
-    }
-    Daemon daemon(std::move(args), log_path, Child(pid));
+        return 127;
+    });
+    if (!child)
+        return std::unexpected(child.error());
+    Daemon daemon(std::move(args), log_path, std::move(*child));
 
     auto engine = NsEngine::open(ns);
     if (!engine)
@@ -1106,11 +565,12 @@ namespace {
                               const Credentials& creds, const sockaddr_storage& addr,
                               socklen_t addr_len, std::uint64_t min_attempts) {
     close_other_fds({STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO, ns_fd, stop_fd, result_fd});
-    if (!enter_netns(ns_fd) || !drop_credentials(creds)) {
+    if (!enter_netns(ns_fd) || !become(creds)) {
         write_text(result_fd, "E");
         ::_exit(1);
     }
-    die_with_parent(parent, SIGKILL);
+    if (!die_with_parent(parent, SIGKILL))
+        ::_exit(1);
     ConnectFlood::Counts counts;
     const auto give_up = Clock::now() + 120s;  // never outlive a hung test for long
     bool stop = false;
@@ -1164,29 +624,24 @@ Result<ConnectFlood> ConnectFlood::start(const Netns& ns, const Credentials& cre
     auto addr = parse_address(address, port);
     if (!addr)
         return std::unexpected(addr.error());
-    auto ns_fd = open_netns_fd(ns);
-    if (!ns_fd)
-        return std::unexpected(ns_fd.error());
     auto stop = make_pipe();
     auto results = make_pipe();
     if (!stop || !results)
         return fail(errno, "pipe2");
     const pid_t parent = ::getpid();
-    const pid_t pid = ::fork();
-    if (pid < 0)
-        return fail(errno, "fork");
-    if (pid == 0) {
-        flood_child(parent, ns_fd->get(), stop->read.get(), results->write.get(), creds,
-                    addr->first, addr->second, min_attempts);
-    }
-    Child child(pid);
+    auto child = spawn([&]() -> int {
+        flood_child(parent, ns.fd(), stop->read.get(), results->write.get(), creds, addr->first,
+                    addr->second, min_attempts);
+    });
+    if (!child)
+        return std::unexpected(child.error());
     results->write.reset();
     stop->read.reset();
     char ready = 0;
     if (!read_exact(results->read.get(), &ready, 1, Clock::now() + 10s) || ready != 'R') {
         return fail(0, "connect flood did not start");
     }
-    return ConnectFlood(std::move(child), std::move(stop->write), std::move(results->read));
+    return ConnectFlood(std::move(*child), std::move(stop->write), std::move(results->read));
 }
 
 Result<ConnectFlood::Counts> ConnectFlood::finish(Millis timeout) {

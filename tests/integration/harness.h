@@ -1,7 +1,8 @@
-// The root integration harness: network namespaces, a veth topology, processes run
-// inside a namespace with chosen credentials, a scripted SMTP server, the daemon
-// under test and a connect() probe. Every resource is owned by an RAII object so a
-// failing assertion never leaks a namespace, a process or a temporary directory.
+// The root integration harness: a veth topology of two namespaces, a scripted SMTP
+// server, the daemon under test, a connect() probe and a connect flood. Namespaces,
+// children, commands and temporary directories come from tests/support, shared with the
+// benchmarks. Every resource is owned by an RAII object so a failing assertion never
+// leaks a namespace, a process or a temporary directory.
 //
 // Children are forked from the (single-threaded) test process; each enters its
 // namespace with setns(CLONE_NEWNET) before doing anything else. Nothing here touches
@@ -13,7 +14,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -22,114 +22,30 @@
 
 #include "common/error.h"
 #include "common/fd.h"
-#include "nft/engine.h"
-#include "nft/netlink.h"
+#include "tests/support/child.h"
+#include "tests/support/netns.h"
+#include "tests/support/run.h"
+#include "tests/support/temp_dir.h"
 
 namespace smtpfence::itest {
 
-using Millis = std::chrono::milliseconds;
+// The support names, as the suites call them.
+using testing::Child;
+using testing::Credentials;
+using testing::describe_status;
+using testing::Millis;
+using testing::Netns;
+using testing::NsEngine;
+using testing::read_file;
+using testing::run;
+using testing::RunResult;
+using testing::TempDir;
+using testing::wait_until;
 using namespace std::chrono_literals;
 
 // Why the integration tests cannot run here (not root, no network namespaces, no
 // nftables), or nullopt when they can. Computed once per process.
 [[nodiscard]] std::optional<std::string> skip_reason();
-
-// Polls pred every step until it holds or timeout passes; returns its last value.
-bool wait_until(const std::function<bool()>& pred, Millis timeout, Millis step = 20ms);
-
-// A forked child owned by its parent: on destruction it is killed (SIGKILL) and
-// reaped, so no test leaves a process behind.
-class Child {
-  public:
-    Child() = default;
-    explicit Child(pid_t pid) : pid_(pid) {}
-    Child(Child&& other) noexcept;
-    Child& operator=(Child&& other) noexcept;
-    Child(const Child&) = delete;
-    Child& operator=(const Child&) = delete;
-    ~Child();
-
-    [[nodiscard]] pid_t pid() const { return pid_; }
-    [[nodiscard]] bool valid() const { return pid_ > 0; }
-    // False once the child has exited (it is reaped then).
-    [[nodiscard]] bool running();
-    // The wait status once the child exited within timeout.
-    [[nodiscard]] std::optional<int> wait_for(Millis timeout);
-    void signal(int sig) const;
-    // SIGKILL to the child's process group and to the child, then reap.
-    void kill_and_reap();
-    // The wait status of an exited child.
-    [[nodiscard]] std::optional<int> status() const { return status_; }
-
-  private:
-    pid_t pid_ = -1;
-    std::optional<int> status_;
-};
-
-// Human-readable wait status: "exited with 1", "killed by signal 9".
-[[nodiscard]] std::string describe_status(int wait_status);
-
-struct Credentials {
-    std::string name;  // for messages only
-    uid_t uid = 0;
-    gid_t gid = 0;
-    std::vector<gid_t> groups;  // supplementary groups (setgroups)
-};
-
-// A network namespace `sft-<pid>-<n>` (ip netns add). The destructor kills every
-// process inside it (ip netns pids) and deletes it.
-class Netns {
-  public:
-    [[nodiscard]] static Result<Netns> create();
-    Netns(Netns&& other) noexcept : name_(std::exchange(other.name_, {})) {}
-    Netns& operator=(Netns&&) = delete;
-    Netns(const Netns&) = delete;
-    Netns& operator=(const Netns&) = delete;
-    ~Netns();
-
-    [[nodiscard]] const std::string& name() const { return name_; }
-    [[nodiscard]] std::string path() const { return "/run/netns/" + name_; }
-
-  private:
-    explicit Netns(std::string name) : name_(std::move(name)) {}
-    std::string name_;
-};
-
-struct RunResult {
-    int exit_code = -1;  // 128+signal when killed by a signal
-    bool timed_out = false;
-    std::string out;
-    std::string err;
-    [[nodiscard]] std::string output() const { return out + err; }
-    [[nodiscard]] std::string describe() const;  // "exit 1: <output>"
-};
-
-// Runs argv (argv[0] looked up in PATH and the sbin directories) inside ns (or in the
-// caller's namespace when ns is null), optionally as creds, stdin from /dev/null.
-// The process and its process group are killed when timeout passes.
-[[nodiscard]] RunResult run(const Netns* ns, const std::vector<std::string>& argv,
-                            const std::optional<Credentials>& creds = std::nullopt,
-                            Millis timeout = 10s);
-[[nodiscard]] inline RunResult run(const Netns& ns, const std::vector<std::string>& argv,
-                                   const std::optional<Credentials>& creds = std::nullopt,
-                                   Millis timeout = 10s) {
-    return run(&ns, argv, creds, timeout);
-}
-
-// A netlink socket opened inside ns (a socket stays bound to the namespace it was
-// created in) and an Engine on it, for the test process to inspect and program the
-// namespace's nftables without forking.
-class NsEngine {
-  public:
-    [[nodiscard]] static Result<std::unique_ptr<NsEngine>> open(const Netns& ns);
-    [[nodiscard]] nft::Engine& engine() { return engine_; }
-    nft::Engine* operator->() { return &engine_; }
-
-  private:
-    explicit NsEngine(nft::NetlinkSocket socket) : socket_(std::move(socket)), engine_(socket_) {}
-    nft::NetlinkSocket socket_;
-    nft::Engine engine_;
-};
 
 enum class Outcome {
     Connected,     // the three-way handshake completed
@@ -201,26 +117,6 @@ class Topology {
     Topology(Netns s, Netns r) : server(std::move(s)), remote(std::move(r)) {}
 };
 
-// A temporary directory (mkdtemp under /tmp), removed with its content when dropped.
-class TempDir {
-  public:
-    [[nodiscard]] static Result<TempDir> create();
-    TempDir(TempDir&& other) noexcept : path_(std::exchange(other.path_, {})) {}
-    TempDir& operator=(TempDir&&) = delete;
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-    ~TempDir();
-
-    [[nodiscard]] const std::string& path() const { return path_; }
-    // Writes (replaces) path()/name and returns its full path.
-    std::string write(const std::string& name, const std::string& content) const;
-
-  private:
-    explicit TempDir(std::string path) : path_(std::move(path)) {}
-    std::string path_;
-};
-
-[[nodiscard]] std::string read_file(const std::string& path);
 [[nodiscard]] std::string smtpfenced_path();
 [[nodiscard]] std::string smtpfencectl_path();
 

@@ -2,14 +2,11 @@
 // (SMTP_REDIRECT's nat chain, DROP_OUT_LOGGING's log rules): accepted by the kernel,
 // listed exactly as rendered, added and removed by a reload with the counters kept.
 // Then `smtpfenced --csf-conf`, end to end, one test per mapped setting.
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <cerrno>
 #include <csignal>
 #include <memory>
@@ -195,33 +192,23 @@ TEST_F(CsfRulesetTest, RedirectFlipsAddAndRemoveTheNatChainKeepingCounters) {
 
 // detect_csf_rules() run inside ns (in a child that joins it), its explanation back.
 Result<std::string> explain_in(const Netns& ns, bool csf_mode) {
-    std::array<int, 2> fds{};
-    if (::pipe2(fds.data(), O_CLOEXEC) != 0)
-        return fail(errno, "pipe");
-    UniqueFd read_end(fds[0]);
-    UniqueFd write_end(fds[1]);
-    const pid_t pid = ::fork();
-    if (pid < 0)
-        return fail(errno, "fork");
-    if (pid == 0) {
-        const int fd = ::open(ns.path().c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0 || ::setns(fd, CLONE_NEWNET) != 0)
-            ::_exit(126);
+    auto pipe = testing::make_pipe();
+    if (!pipe)
+        return std::unexpected(pipe.error());
+    auto child = testing::spawn_in(ns, [&]() -> int {
         const std::string text = csf::explain(csf::detect_csf_rules(), csf_mode);
-        const bool ok =
-            ::write(write_end.get(), text.data(), text.size()) == static_cast<ssize_t>(text.size());
-        ::_exit(ok ? 0 : 1);
-    }
-    write_end.reset();
+        return testing::write_all(pipe->write.get(), text.data(), text.size()) ? 0 : 1;
+    });
+    if (!child)
+        return std::unexpected(child.error());
+    pipe->write.reset();
     std::string out;
-    std::array<char, 4096> buf{};
-    ssize_t n = 0;
-    while ((n = ::read(read_end.get(), buf.data(), buf.size())) > 0)
-        out.append(buf.data(), static_cast<std::size_t>(n));
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        return fail(0, "detect_csf_rules in " + ns.name(), describe_status(status));
+    (void)testing::read_until_eof(pipe->read.get(), out, std::chrono::steady_clock::now() + 60s);
+    const auto status = child->wait();
+    if (!status)
+        return std::unexpected(status.error());
+    if (!WIFEXITED(*status) || WEXITSTATUS(*status) != 0)
+        return fail(0, "detect_csf_rules in " + ns.name(), describe_status(*status));
     return out;
 }
 

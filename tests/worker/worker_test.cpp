@@ -1,9 +1,6 @@
 #include "tests/worker/worker_test.h"
 
 #include <fcntl.h>
-#include <grp.h>
-#include <poll.h>
-#include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,7 +8,6 @@
 #include <cerrno>
 #include <charconv>
 #include <filesystem>
-#include <fstream>
 #include <set>
 #include <sstream>
 #include <string_view>
@@ -85,32 +81,6 @@ std::string describe_counts(const std::map<std::uint32_t, std::uint64_t>& m) {
     return s + "}";
 }
 
-// Reads fd until EOF or deadline.
-bool read_until_eof(int fd, std::string& out, Clock::time_point deadline) {
-    char buf[4096];
-    while (true) {
-        const auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now()).count();
-        if (left <= 0)
-            return false;
-        pollfd p{fd, POLLIN, 0};
-        const int r = ::poll(&p, 1, static_cast<int>(left));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return false;
-        const ssize_t n = ::read(fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return true;
-        out.append(buf, static_cast<std::size_t>(n));
-    }
-}
-
-void write_text(int fd, const char* text) {
-    (void)!::write(fd, text, std::strlen(text));
-}
-
 }  // namespace
 
 std::string worker_path() {
@@ -158,7 +128,7 @@ std::optional<ConnectorReport> parse_report(std::string_view text) {
 Result<Connector::Exit> Connector::wait(Millis timeout) {
     Exit exit;
     const auto deadline = Clock::now() + timeout;
-    const bool eof = read_until_eof(out_.get(), exit.out, deadline);
+    const bool eof = testing::read_until_eof(out_.get(), exit.out, deadline);
     const auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now());
     const auto status = eof ? child_.wait_for(std::max(left, Millis{100})) : std::nullopt;
     if (!status) {
@@ -263,16 +233,6 @@ std::vector<pid_t> processes_running(const Netns& ns, const std::string& exe) {
             out.push_back(pid);
     }
     return out;
-}
-
-pid_t parent_of(pid_t pid) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-    std::string line;
-    while (std::getline(in, line)) {
-        if (line.rfind("PPid:", 0) == 0)
-            return static_cast<pid_t>(std::strtol(line.c_str() + 5, nullptr, 10));
-    }
-    return 0;
 }
 
 std::string queue_binding(const Netns& ns, std::uint16_t num) {
@@ -402,52 +362,41 @@ Result<Connector> WorkerTest::start_connector(const Credentials& who, const std:
                                               const std::vector<std::string>& args) {
     std::vector<std::string> argv{connector_path_};
     argv.insert(argv.end(), args.begin(), args.end());
-    std::vector<char*> c_argv;
-    c_argv.reserve(argv.size() + 1);
-    for (const std::string& a : argv)
-        c_argv.push_back(const_cast<char*>(a.c_str()));
-    c_argv.push_back(nullptr);
-    UniqueFd ns_fd(::open(topo_->server.path().c_str(), O_RDONLY | O_CLOEXEC));
-    if (!ns_fd.valid())
-        return fail(errno, "open " + topo_->server.path());
+    const testing::Argv c_argv(argv);
     UniqueFd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0)
-        return fail(errno, "pipe2");
-    UniqueFd out_read(fds[0]);
-    UniqueFd out_write(fds[1]);
+    auto out = testing::make_pipe();
+    if (!out)
+        return std::unexpected(out.error());
 
-    const pid_t pid = ::fork();
-    if (pid < 0)
-        return fail(errno, "fork");
-    if (pid == 0) {
+    const int ns_fd = topo_->server.fd();
+    auto child = testing::spawn([&]() -> int {
         // Only async-signal-safe calls from here on: the parent may have threads.
         ::setpgid(0, 0);
-        ::dup2(out_write.get(), STDOUT_FILENO);
-        ::dup2(out_write.get(), STDERR_FILENO);
+        ::dup2(out->write.get(), STDOUT_FILENO);
+        ::dup2(out->write.get(), STDERR_FILENO);
         ::dup2(devnull.get(), STDIN_FILENO);
-        if (::setns(ns_fd.get(), CLONE_NEWNET) != 0) {
-            write_text(STDERR_FILENO, "spawn: setns failed\n");
-            ::_exit(126);
+        if (!testing::enter_netns(ns_fd)) {
+            testing::write_text(STDERR_FILENO, "spawn: setns failed\n");
+            return 126;
         }
-        ::close_range(3, ~0U, 0);
-        if (::setgroups(who.groups.size(), who.groups.data()) != 0 ||
-            ::setresgid(who.gid, who.gid, who.gid) != 0 ||
-            ::setresuid(who.uid, who.uid, who.uid) != 0) {
-            write_text(STDERR_FILENO, "spawn: dropping credentials failed\n");
-            ::_exit(126);
+        testing::close_other_fds({STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO});
+        if (!testing::become(who)) {
+            testing::write_text(STDERR_FILENO, "spawn: dropping credentials failed\n");
+            return 126;
         }
         // After dropping root: the account itself must be able to enter it.
         if (::chdir(cwd.c_str()) != 0) {
-            write_text(STDERR_FILENO, "spawn: chdir failed\n");
-            ::_exit(126);
+            testing::write_text(STDERR_FILENO, "spawn: chdir failed\n");
+            return 126;
         }
-        ::execv(c_argv[0], c_argv.data());
-        write_text(STDERR_FILENO, "spawn: exec failed\n");
-        ::_exit(127);
-    }
-    out_write.reset();
-    return Connector(Child(pid), std::move(out_read), std::move(argv));
+        ::execv(c_argv.ptrs[0], c_argv.ptrs.data());
+        testing::write_text(STDERR_FILENO, "spawn: exec failed\n");
+        return 127;
+    });
+    if (!child)
+        return std::unexpected(child.error());
+    out->write.reset();
+    return Connector(std::move(*child), std::move(out->read), std::move(argv));
 }
 
 void WorkerTest::start_flood(const std::vector<FloodPart>& parts, std::uint64_t interval_us,

@@ -28,6 +28,7 @@ using itest::Credentials;
 using itest::Millis;
 using itest::Netns;
 using itest::Topology;
+using testing::parent_of;
 using namespace std::chrono_literals;
 using Json = nlohmann::json;
 
@@ -95,8 +96,6 @@ struct AttemptLogView {
 
 // The pids of the processes in ns whose executable is exe.
 [[nodiscard]] std::vector<pid_t> processes_running(const Netns& ns, const std::string& exe);
-// PPid from /proc/PID/status, 0 when unknown.
-[[nodiscard]] pid_t parent_of(pid_t pid);
 // The line of /proc/net/netfilter/nfnetlink_queue for queue num in ns, "" when nobody
 // is bound to it.
 [[nodiscard]] std::string queue_binding(const Netns& ns, std::uint16_t num);
