@@ -7,11 +7,9 @@
 // only sees the sockets of the caller's namespace) and goes back with setns afterwards.
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <gtest/gtest.h>
 #include <net/if.h>
 #include <netinet/in.h>
-#include <sched.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -23,13 +21,16 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
+#include <optional>
 #include <string>
 #include <utility>
 
 #include "common/error.h"
 #include "common/fd.h"
 #include "nfq/process.h"
+#include "tests/support/child.h"
+#include "tests/support/netns.h"
+#include "tests/support/temp_dir.h"
 
 namespace smtpfence::nfq {
 namespace {
@@ -46,16 +47,9 @@ constexpr const char* kRuleset = R"(table inet sf_nfq_test {
 }
 )";
 
-std::string read_all(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream out;
-    out << in.rdbuf();
-    return out.str();
-}
-
 // /proc/self/cmdline as the process scan reports it: NULs as spaces, no trailing one.
 std::string own_cmdline() {
-    std::string text = read_all("/proc/self/cmdline");
+    std::string text = testing::read_file("/proc/self/cmdline");
     while (!text.empty() && text.back() == '\0')
         text.pop_back();
     for (char& c : text) {
@@ -110,14 +104,14 @@ class Connector {
         int release_pipe[2];
         if (pipe2(report_pipe, O_CLOEXEC) != 0 || pipe2(release_pipe, O_CLOEXEC) != 0)
             return "pipe: " + errno_text(errno);
-        pid_ = fork();
-        if (pid_ < 0)
-            return "fork: " + errno_text(errno);
-        if (pid_ == 0) {
+        auto child = testing::spawn([&]() -> int {
             ::close(report_pipe[0]);
             ::close(release_pipe[1]);
-            child(options, report_pipe[1], release_pipe[0]);
-        }
+            run_child(options, report_pipe[1], release_pipe[0]);
+        });
+        if (!child)
+            return child.error().message();
+        child_ = std::move(*child);
         ::close(report_pipe[1]);
         ::close(release_pipe[0]);
         release_.reset(release_pipe[1]);
@@ -164,22 +158,19 @@ class Connector {
         return flow;
     }
 
-    [[nodiscard]] pid_t pid() const { return pid_; }
+    [[nodiscard]] pid_t pid() const { return child_.pid(); }
     [[nodiscard]] int fd() const { return fd_; }
 
     // Lets the child exit (closing its socket) and reaps it.
     void release() {
         release_.reset();
-        if (pid_ > 0) {
-            int status = 0;
-            while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-            }
-            pid_ = -1;
-        }
+        if (child_.valid())
+            (void)child_.wait();
     }
 
   private:
-    [[noreturn]] static void child(const ConnectOptions& options, int report_fd, int release_fd) {
+    [[noreturn]] static void run_child(const ConnectOptions& options, int report_fd,
+                                       int release_fd) {
         ChildReport report;
         const auto step = [&](int number, bool ok) {
             if (ok)
@@ -189,11 +180,8 @@ class Connector {
             (void)!::write(report_fd, &report, sizeof report);
             _exit(1);
         };
-        const gid_t gid = kUid;
         step(1, chdir(options.cwd.c_str()) == 0);
-        step(2, setgroups(1, &gid) == 0);
-        step(3, setresgid(kUid, kUid, kUid) == 0);
-        step(4, setresuid(kUid, kUid, kUid) == 0);
+        step(2, testing::become({"", kUid, kUid, {kUid}}));
         if (options.non_dumpable)
             step(5, prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0);
         const int fd = socket(options.socket_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -231,8 +219,8 @@ class Connector {
         _exit(0);
     }
 
-    pid_t pid_ = -1;
     UniqueFd release_;
+    testing::Child child_;
     int fd_ = -1;
     sockaddr_storage local_{};
 };
@@ -244,11 +232,12 @@ class IdentifyRoot : public ::testing::Test {
             GTEST_SKIP() << "needs root (network namespaces, nftables, setuid)";
         if (run("command -v ip >/dev/null && command -v nft >/dev/null") != 0)
             GTEST_SKIP() << "needs ip(8) and nft(8)";
-        original_netns_.reset(::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC));
-        ASSERT_TRUE(original_netns_.valid()) << errno_text(errno);
-        if (::unshare(CLONE_NEWNET) != 0)
-            GTEST_SKIP() << "no network namespaces: " << errno_text(errno);
-        in_netns_ = true;
+        auto ns = testing::Netns::create_anonymous();
+        if (!ns)
+            GTEST_SKIP() << "no network namespaces: " << ns.error().message();
+        auto entry = testing::NetnsEntry::enter(*ns);
+        ASSERT_TRUE(entry) << entry.error().message();
+        in_netns_.emplace(std::move(*entry));
 
         // sf0 <-> sf1; the addresses are on sf0. 192.0.2.25 and 2001:db8::25 never
         // answer: the SYN is dropped in the output hook before it is sent.
@@ -263,22 +252,14 @@ class IdentifyRoot : public ::testing::Test {
             "ip -6 route add default via 2001:db8::fe dev sf0";
         ASSERT_EQ(run("sh -c '" + setup + "'"), 0) << "network setup failed";
 
-        std::string dir_template =
-            (std::filesystem::temp_directory_path() / "sf-nfq-root-XXXXXX").string();
-        ASSERT_NE(::mkdtemp(dir_template.data()), nullptr);
-        dir_ = std::filesystem::canonical(dir_template);
+        auto tmp = testing::TempDir::create(
+            {"sf-nfq-root", std::filesystem::temp_directory_path().string(), 0700});
+        ASSERT_TRUE(tmp) << tmp.error().message();
+        tmp_.emplace(std::move(*tmp));
+        dir_ = std::filesystem::canonical(tmp_->path());
         ASSERT_EQ(::chown(dir_.c_str(), kUid, kUid), 0);
         std::ofstream(dir_ / "ruleset.nft") << kRuleset;
         ASSERT_EQ(run("nft -f " + (dir_ / "ruleset.nft").string()), 0) << "nft -f failed";
-    }
-
-    void TearDown() override {
-        if (!dir_.empty())
-            std::filesystem::remove_all(dir_);
-        // Leaving the namespace drops its last reference: veth and ruleset go with it.
-        if (in_netns_) {
-            EXPECT_EQ(::setns(original_netns_.get(), CLONE_NEWNET), 0) << errno_text(errno);
-        }
     }
 
     // The whole chain for one connecting process: socket found with its uid and inode,
@@ -338,8 +319,10 @@ class IdentifyRoot : public ::testing::Test {
         EXPECT_FALSE(find_process(id.inode, kUid));
     }
 
-    UniqueFd original_netns_;
-    bool in_netns_ = false;
+    // Destroyed in reverse: the directory first, then the test process leaves the
+    // namespace, which drops its last reference: veth and ruleset go with it.
+    std::optional<testing::NetnsEntry> in_netns_;
+    std::optional<testing::TempDir> tmp_;
     std::filesystem::path dir_;
 };
 

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "policy/allow_store.h"
-#include "tests/unit/temp_dir.h"
+#include "tests/support/temp_dir.h"
 
 namespace smtpfence {
 namespace {

@@ -1,5 +1,4 @@
 #include <gtest/gtest.h>
-#include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,6 +8,7 @@
 
 #include "nfq/process.h"
 #include "policy/accounts.h"
+#include "tests/support/temp_dir.h"
 
 namespace smtpfence::nfq {
 namespace {
@@ -134,13 +134,9 @@ TEST(AttributionDuplicates, FirstEntryOfAUidNamesIt) {
 class FakeProc : public ::testing::Test {
   protected:
     void SetUp() override {
-        std::string tmpl = (std::filesystem::temp_directory_path() / "sf-proc-XXXXXX").string();
-        ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-        root_ = tmpl;
         // As root, /proc/PID of a blocked user is not ours: give it to a made-up uid.
         owner_ = ::geteuid() == 0 ? 4243 : ::geteuid();
     }
-    void TearDown() override { std::filesystem::remove_all(root_); }
 
     void add_process(int pid, const std::vector<std::pair<std::string, std::string>>& fds,
                      const std::string& exe, const std::string& cwd, const std::string& cmdline) {
@@ -160,7 +156,8 @@ class FakeProc : public ::testing::Test {
 
     [[nodiscard]] std::string proc() const { return root_.string(); }
 
-    std::filesystem::path root_;
+    testing::TempDir dir_;
+    std::filesystem::path root_ = dir_.path();
     std::uint32_t owner_ = 0;
 };
 

@@ -12,7 +12,7 @@
 #include "common/conf_reader.h"
 #include "common/files.h"
 #include "common/text.h"
-#include "tests/unit/temp_dir.h"
+#include "tests/support/temp_dir.h"
 
 namespace smtpfence::conf {
 namespace {

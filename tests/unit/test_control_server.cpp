@@ -26,7 +26,7 @@
 
 #include "common/fd.h"
 #include "ctl/control_server.h"
-#include "tests/unit/temp_dir.h"
+#include "tests/support/temp_dir.h"
 
 namespace smtpfence::ctl {
 namespace {

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "csf-compat/csf_policy.h"
-#include "tests/unit/temp_dir.h"
+#include "tests/support/temp_dir.h"
 
 namespace smtpfence::csf {
 namespace {

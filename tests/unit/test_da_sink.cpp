@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "nfq/da_sink.h"
-#include "tests/unit/temp_dir.h"
+#include "tests/support/temp_dir.h"
 
 namespace smtpfence::nfq {
 namespace {

@@ -11,7 +11,7 @@
 
 #include "common/error.h"
 #include "common/file_watch.h"
-#include "tests/unit/temp_dir.h"
+#include "tests/support/temp_dir.h"
 
 namespace smtpfence {
 namespace {

@@ -8,7 +8,7 @@
 
 #include "common/files.h"
 #include "csf-compat/import.h"
-#include "tests/unit/temp_dir.h"
+#include "tests/support/temp_dir.h"
 
 namespace smtpfence::csf {
 namespace {

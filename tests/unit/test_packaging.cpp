@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "policy/policy.h"
-#include "tests/unit/temp_dir.h"
+#include "tests/support/temp_dir.h"
 
 #if __has_include("common/privileges.h")
 #include "common/privileges.h"

@@ -7,7 +7,7 @@
 #include <string>
 
 #include "policy/policy.h"
-#include "tests/unit/temp_dir.h"
+#include "tests/support/temp_dir.h"
 
 namespace smtpfence {
 namespace {
