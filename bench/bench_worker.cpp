@@ -36,17 +36,11 @@
 // live in a temporary directory removed at the end.
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <grp.h>
-#include <linux/close_range.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/utsname.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -78,6 +72,7 @@
 #include "ctl/daemon.h"
 #include "nft/engine.h"
 #include "nft/ruleset.h"
+#include "tests/support/temp_dir.h"
 
 #ifndef SMTPFENCED_PATH
 #error "SMTPFENCED_PATH must be defined by CMake"
@@ -95,8 +90,6 @@ using Json = nlohmann::json;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-constexpr const char* kRemoteAddr = "192.0.2.25";
-constexpr std::uint16_t kSmtpPort = 25;
 constexpr const char* kTable = "sfbench";
 constexpr std::uint16_t kQueueNum = 2525;  // the config's default NFQUEUE_NUM
 constexpr std::size_t kProcesses = 4;
@@ -138,13 +131,6 @@ std::string tail(const std::string& text, std::size_t max) {
     return text.size() <= max ? text : "..." + text.substr(text.size() - max);
 }
 
-std::string read_text(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream out;
-    out << in.rdbuf();
-    return out.str();
-}
-
 Result<void> write_text(const std::string& path, const std::string& text) {
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     out << text;
@@ -155,108 +141,11 @@ Result<void> write_text(const std::string& path, const std::string& text) {
     return {};
 }
 
-// ---- descriptors and children ----------------------------------------------------------
-
-struct Pipe {
-    UniqueFd read;
-    UniqueFd write;
-};
-
-Result<Pipe> make_pipe() {
-    std::array<int, 2> fds{};
-    if (::pipe2(fds.data(), O_CLOEXEC) != 0) {
-        return fail(errno, "pipe");
-    }
-    return Pipe{UniqueFd(fds[0]), UniqueFd(fds[1])};
-}
-
-// Reads exactly size bytes before deadline; false on timeout or end of file.
-Result<bool> read_full(int fd, void* data, std::size_t size, Clock::time_point deadline) {
-    auto* out = static_cast<char*>(data);
-    std::size_t done = 0;
-    while (done < size) {
-        const auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now()).count();
-        if (left <= 0) {
-            return false;
-        }
-        pollfd pfd{fd, POLLIN, 0};
-        const int ready = ::poll(&pfd, 1, static_cast<int>(left));
-        if (ready < 0 && errno != EINTR) {
-            return fail(errno, "poll");
-        }
-        if (ready <= 0) {
-            continue;
-        }
-        const ssize_t n = ::read(fd, out + done, size - done);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0) {
-            return fail(errno, "read");
-        }
-        if (n == 0) {
-            return false;
-        }
-        done += static_cast<std::size_t>(n);
-    }
-    return true;
-}
-
-bool alive(pid_t pid) {
-    return pid > 0 && ::kill(pid, 0) == 0;
-}
-
-// ---- a temporary directory ---------------------------------------------------------------
-
-constexpr const char* kTempPrefix = "/tmp/smtpfence-bench-worker-";
-
-// The directories of earlier runs that were killed (their pid is in the name).
-void remove_stale_dirs() {
-    std::error_code ec;
-    for (const auto& entry : fs::directory_iterator("/tmp", ec)) {
-        const std::string name = entry.path().string();
-        if (name.rfind(kTempPrefix, 0) != 0) {
-            continue;
-        }
-        const long pid = std::strtol(name.c_str() + std::strlen(kTempPrefix), nullptr, 10);
-        if (pid > 0 && !alive(static_cast<pid_t>(pid))) {
-            fs::remove_all(entry.path(), ec);
-        }
-    }
-}
-
-class TempDir {
-  public:
-    [[nodiscard]] static Result<TempDir> create() {
-        remove_stale_dirs();
-        std::string tmpl = kTempPrefix + std::to_string(::getpid()) + "-XXXXXX";
-        if (::mkdtemp(tmpl.data()) == nullptr) {
-            return fail(errno, "mkdtemp " + tmpl);
-        }
-        return TempDir(std::move(tmpl));
-    }
-    TempDir(TempDir&& other) noexcept : path_(std::exchange(other.path_, {})) {}
-    TempDir& operator=(TempDir&&) = delete;
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-    ~TempDir() {
-        if (!path_.empty()) {
-            std::error_code ec;
-            fs::remove_all(path_, ec);
-        }
-    }
-    [[nodiscard]] const std::string& path() const { return path_; }
-
-  private:
-    explicit TempDir(std::string path) : path_(std::move(path)) {}
-    std::string path_;
-};
-
 // ---- /proc ---------------------------------------------------------------------------
 
 // utime + stime of a process (all its threads), in clock ticks.
 std::optional<std::uint64_t> cpu_ticks(pid_t pid) {
-    const std::string stat = read_text("/proc/" + std::to_string(pid) + "/stat");
+    const std::string stat = testing::read_file("/proc/" + std::to_string(pid) + "/stat");
     const std::size_t paren = stat.rfind(')');
     if (paren == std::string::npos) {
         return std::nullopt;
@@ -275,19 +164,6 @@ std::optional<std::uint64_t> cpu_ticks(pid_t pid) {
         }
     }
     return std::nullopt;
-}
-
-pid_t parent_of(pid_t pid) {
-    const std::string stat = read_text("/proc/" + std::to_string(pid) + "/stat");
-    const std::size_t paren = stat.rfind(')');
-    if (paren == std::string::npos) {
-        return 0;
-    }
-    std::istringstream in(stat.substr(paren + 1));
-    std::string state;
-    long ppid = 0;
-    in >> state >> ppid;
-    return static_cast<pid_t>(ppid);
 }
 
 // A "Name:   123 kB" line of /proc/PID/status, in kB.
@@ -311,7 +187,7 @@ std::optional<pid_t> child_running(pid_t parent, const std::string& exe) {
             continue;
         }
         const auto pid = static_cast<pid_t>(std::strtol(name.c_str(), nullptr, 10));
-        if (parent_of(pid) != parent) {
+        if (testing::parent_of(pid) != parent) {
             continue;
         }
         std::error_code link_ec;
@@ -342,88 +218,6 @@ bool queue_bound(pid_t pid, std::uint16_t num) {
     }
     return false;
 }
-
-// ---- namespaces ------------------------------------------------------------------------
-
-Result<void> run_text(const NetNs& ns, const std::vector<std::string>& argv,
-                      const std::string& text) {
-    auto fd = text_fd(text);
-    if (!fd) {
-        return std::unexpected(fd.error());
-    }
-    return run_ok(ns, argv, fd->get());
-}
-
-// An Engine on a netlink socket inside one bench namespace.
-struct NsEngine {
-    explicit NsEngine(std::unique_ptr<nft::NetlinkSocket> s)
-        : socket(std::move(s)), engine(*socket) {}
-    std::unique_ptr<nft::NetlinkSocket> socket;
-    nft::Engine engine;
-};
-
-Result<std::unique_ptr<NsEngine>> engine_in(const NetNs& ns) {
-    auto sock = open_netlink_in(ns);
-    if (!sock) {
-        return std::unexpected(sock.error());
-    }
-    return std::make_unique<NsEngine>(std::move(*sock));
-}
-
-// The remote end of every variant's link: 192.0.2.25 and a listener on port 25, so
-// only a SYN that got past the firewall under test is answered (and seen: connected).
-class Remote {
-  public:
-    [[nodiscard]] static Result<Remote> create() {
-        auto ns = NetNs::create();
-        if (!ns) {
-            return std::unexpected(ns.error());
-        }
-        if (auto r =
-                run_text(*ns, {"ip", "-batch", "-"},
-                         std::string("link set lo up\naddr add ") + kRemoteAddr + "/32 dev lo\n");
-            !r) {
-            return std::unexpected(r.error().wrap("set up the remote namespace"));
-        }
-        auto listener = start_listener(*ns, kRemoteAddr, kSmtpPort);
-        if (!listener) {
-            return std::unexpected(listener.error());
-        }
-        return Remote(std::move(*ns), std::move(*listener));
-    }
-
-    // A new namespace whose route to 192.0.2.0/24 leads over its own veth pair here.
-    [[nodiscard]] Result<NetNs> add_client() {
-        const int n = ++links_;
-        auto client = NetNs::create();
-        if (!client) {
-            return std::unexpected(client.error());
-        }
-        const std::string num = std::to_string(n);
-        const std::string net = "198.18." + num + ".";
-        if (auto r = run_text(ns_, {"ip", "-batch", "-"},
-                              "link add r" + num + " type veth peer name c" + num + " netns " +
-                                  client->path() + "\naddr add " + net + "1/24 dev r" + num +
-                                  "\nlink set r" + num + " up\n");
-            !r) {
-            return std::unexpected(r.error().wrap("link client namespace " + num));
-        }
-        if (auto r = run_text(*client, {"ip", "-batch", "-"},
-                              "link set lo up\naddr add " + net + "2/24 dev c" + num +
-                                  "\nlink set c" + num + " up\nroute add 192.0.2.0/24 via " + net +
-                                  "1 dev c" + num + "\n");
-            !r) {
-            return std::unexpected(r.error().wrap("configure client namespace " + num));
-        }
-        return std::move(*client);
-    }
-
-  private:
-    Remote(NetNs ns, Child listener) : ns_(std::move(ns)), listener_(std::move(listener)) {}
-    NetNs ns_;
-    Child listener_;
-    int links_ = 0;
-};
 
 // ---- smtpfenced in a namespace ---------------------------------------------------------
 
@@ -470,7 +264,7 @@ Result<Files> write_files(const std::string& dir) {
 // benchmark dies, whatever the way (PR_SET_PDEATHSIG).
 class Daemon {
   public:
-    [[nodiscard]] static Result<Daemon> start(const NetNs& ns, const Files& files,
+    [[nodiscard]] static Result<Daemon> start(const Netns& ns, const Files& files,
                                               const std::string& name, bool with_worker) {
         const std::string dir = files.dir + "/" + name;
         std::error_code ec;
@@ -489,12 +283,7 @@ class Daemon {
         } else {
             argv.emplace_back("--no-worker");
         }
-        std::vector<char*> cargv;
-        cargv.reserve(argv.size() + 1);
-        for (std::string& a : argv) {
-            cargv.push_back(a.data());
-        }
-        cargv.push_back(nullptr);
+        const testing::Argv cargv(argv);
         const std::string log_path = dir + "/smtpfenced.log";
         UniqueFd log(
             ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644));
@@ -502,19 +291,20 @@ class Daemon {
         if (!log.valid() || !devnull.valid()) {
             return fail(errno, "open " + log_path);
         }
-        auto child = spawn_in(ns, [&]() -> int {
+        const pid_t parent = ::getpid();
+        auto child = testing::spawn_in(ns, [&]() -> int {
             if (::dup2(devnull.get(), STDIN_FILENO) < 0 || ::dup2(log.get(), STDOUT_FILENO) < 0 ||
                 ::dup2(log.get(), STDERR_FILENO) < 0) {
                 return 126;
             }
             // Not SIGKILL as spawn_in sets: the daemon's orderly exit stops its worker,
             // which SIGKILL would leave running (and holding the namespace).
-            if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) {
+            if (!testing::die_with_parent(parent, SIGTERM)) {
                 return 126;
             }
             // Nothing of ours but stdin, stdout and stderr crosses the exec.
-            (void)::syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
-            ::execv(cargv[0], cargv.data());
+            testing::close_other_fds({STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO});
+            ::execv(cargv.ptrs[0], cargv.ptrs.data());
             return 127;
         });
         if (!child) {
@@ -542,7 +332,7 @@ class Daemon {
     [[nodiscard]] pid_t pid() const { return child_.pid(); }
     [[nodiscard]] pid_t worker() const { return worker_; }
     [[nodiscard]] std::string state_dir() const { return dir_ + "/state"; }
-    [[nodiscard]] std::string log() const { return read_text(log_path_); }
+    [[nodiscard]] std::string log() const { return testing::read_file(log_path_); }
 
     // The worker now (the daemon restarts one that died); 0 when there is none.
     pid_t refresh_worker() {
@@ -563,30 +353,19 @@ class Daemon {
 
     // SIGTERM and a bounded wait for the exit; SIGKILL (and the worker too) after it.
     Result<void> stop() {
-        if (child_.pid() <= 0) {
+        if (!child_.valid()) {
             return {};
         }
         const pid_t pid = child_.pid();
-        (void)::kill(pid, SIGTERM);
-        const auto deadline = Clock::now() + 5s;
-        bool exited = false;
-        while (Clock::now() < deadline) {
-            siginfo_t info{};
-            if (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-                info.si_pid == pid) {
-                exited = true;
-                break;
-            }
-            std::this_thread::sleep_for(10ms);
-        }
         Result<void> result;
-        if (!exited) {
-            child_.kill_and_reap();
-            result = fail(ETIMEDOUT, "smtpfenced did not exit within 5 s of SIGTERM (killed)");
-        } else if (auto reaped = child_.wait(); !reaped) {
-            result = std::unexpected(reaped.error().wrap("smtpfenced"));
+        if (child_.running()) {
+            child_.signal(SIGTERM);
+            if (!child_.wait_for(5s)) {
+                child_.kill_and_reap();
+                result = fail(ETIMEDOUT, "smtpfenced did not exit within 5 s of SIGTERM (killed)");
+            }
         }
-        if (worker_ > 0 && parent_of(worker_) != pid && is_worker(worker_)) {
+        if (worker_ > 0 && testing::parent_of(worker_) != pid && is_worker(worker_)) {
             (void)::kill(worker_, SIGKILL);  // orphaned: the daemon did not stop it
         }
         worker_ = 0;
@@ -601,21 +380,18 @@ class Daemon {
           with_worker_(with_worker) {}
 
     // The table in the kernel, and (with a worker) the worker bound to the queue.
-    Result<void> wait_ready(const NetNs& ns) {
-        auto e = engine_in(ns);
+    Result<void> wait_ready(const Netns& ns) {
+        auto e = NsEngine::open(ns);
         if (!e) {
             return std::unexpected(e.error());
         }
         const auto deadline = Clock::now() + 10s;
         std::string last_error;
         while (Clock::now() < deadline) {
-            siginfo_t info{};
-            if (::waitid(P_PID, static_cast<id_t>(pid()), &info, WEXITED | WNOHANG | WNOWAIT) ==
-                    0 &&
-                info.si_pid == pid()) {
+            if (!child_.running()) {
                 return fail(0, "smtpfenced exited at start", "log:\n" + tail(log(), 2000));
             }
-            auto exists = (*e)->engine.table_exists(kTable);
+            auto exists = (*e)->engine().table_exists(kTable);
             if (!exists) {
                 last_error = exists.error().message();
             }
@@ -816,10 +592,10 @@ struct Flood {
 // supplementary groups) and then, all together once every one is ready, looping
 // socket() + blocking connect() + close() for skip + seconds; the rates are taken over
 // the last `seconds`.
-Result<Flood> flood(const NetNs& ns, const std::vector<uid_t>& uids, double skip, double seconds) {
-    auto go = make_pipe();
-    auto ready = make_pipe();
-    auto results = make_pipe();
+Result<Flood> flood(const Netns& ns, const std::vector<uid_t>& uids, double skip, double seconds) {
+    auto go = testing::make_pipe();
+    auto ready = testing::make_pipe();
+    auto results = testing::make_pipe();
     if (!go || !ready || !results) {
         return fail(errno, "pipe");
     }
@@ -835,21 +611,20 @@ Result<Flood> flood(const NetNs& ns, const std::vector<uid_t>& uids, double skip
     std::vector<Child> children;
     for (std::size_t i = 0; i < uids.size(); ++i) {
         const uid_t uid = uids[i];
-        auto child = spawn_in(ns, [&]() -> int {
+        auto child = testing::spawn_in(ns, [&]() -> int {
             go->write.reset();
             ready->read.reset();
             results->read.reset();
             FloodReport rep;
             rep.index = i;
             ProcCounts& c = rep.counts;
-            if (::setgroups(0, nullptr) != 0 || ::setresgid(uid, uid, uid) != 0 ||
-                ::setresuid(uid, uid, uid) != 0) {
+            if (!testing::become({"", uid, uid, {}})) {
                 c.setup_errno = errno;
                 (void)!::write(results->write.get(), &rep, sizeof rep);
                 return 1;
             }
             // A change of credentials clears the parent-death signal: set it again.
-            if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent) {
+            if (!testing::die_with_parent(parent, SIGKILL)) {
                 return 1;
             }
             const char byte = 1;
@@ -857,15 +632,10 @@ Result<Flood> flood(const NetNs& ns, const std::vector<uid_t>& uids, double skip
             char got = 0;
             while (::read(go->read.get(), &got, 1) < 0 && errno == EINTR) {
             }
-            auto cpu_ns = [] {
-                timespec ts{};
-                (void)::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-                return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-            };
             const auto start = Clock::now();
             auto now = start;
             auto mark = start;
-            std::int64_t mark_cpu = cpu_ns();
+            std::int64_t mark_cpu = cpu_time_ns();
             std::uint64_t mark_refused = 0;
             bool marked = window_start.count() == 0;
             while (c.attempts == 0 || now - start < budget) {
@@ -890,7 +660,7 @@ Result<Flood> flood(const NetNs& ns, const std::vector<uid_t>& uids, double skip
                 if (!marked && now - start >= window_start) {
                     marked = true;
                     mark = now;
-                    mark_cpu = cpu_ns();
+                    mark_cpu = cpu_time_ns();
                     mark_refused = c.refused;
                 }
             }
@@ -898,7 +668,7 @@ Result<Flood> flood(const NetNs& ns, const std::vector<uid_t>& uids, double skip
                 std::chrono::duration_cast<std::chrono::nanoseconds>(now - start).count();
             c.window_refused = c.refused - mark_refused;
             c.window_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now - mark).count();
-            c.window_cpu_ns = cpu_ns() - mark_cpu;
+            c.window_cpu_ns = cpu_time_ns() - mark_cpu;
             // Smaller than PIPE_BUF: one write, delivered whole.
             (void)!::write(results->write.get(), &rep, sizeof rep);
             return 0;
@@ -912,12 +682,11 @@ Result<Flood> flood(const NetNs& ns, const std::vector<uid_t>& uids, double skip
     results->write.reset();
     const std::string what = "flood of " + std::to_string(uids.size()) + " processes";
     std::vector<char> bytes(uids.size());
-    auto all_ready = read_full(ready->read.get(), bytes.data(), bytes.size(), Clock::now() + 10s);
-    if (!all_ready || !*all_ready) {
+    if (!testing::read_exact(ready->read.get(), bytes.data(), bytes.size(), Clock::now() + 10s)) {
         // A child that failed to take its uid said why on the results pipe.
         FloodReport rep;
-        if (auto r = read_full(results->read.get(), &rep, sizeof rep, Clock::now() + 1s);
-            r && *r && rep.counts.setup_errno != 0) {
+        if (testing::read_exact(results->read.get(), &rep, sizeof rep, Clock::now() + 1s) &&
+            rep.counts.setup_errno != 0) {
             return fail(rep.counts.setup_errno,
                         what + ": take uid " + std::to_string(uids[rep.index]));
         }
@@ -930,11 +699,8 @@ Result<Flood> flood(const NetNs& ns, const std::vector<uid_t>& uids, double skip
     const auto deadline = Clock::now() + budget + 10s;
     for (std::size_t n = 0; n < uids.size(); ++n) {
         FloodReport rep;
-        auto r = read_full(results->read.get(), &rep, sizeof rep, deadline);
-        if (!r) {
-            return std::unexpected(r.error().wrap(what));
-        }
-        if (!*r || rep.index >= uids.size()) {
+        if (!testing::read_exact(results->read.get(), &rep, sizeof rep, deadline) ||
+            rep.index >= uids.size()) {
             return fail(ETIMEDOUT, what,
                         "a connect() neither failed nor succeeded (a SYN got past the firewall "
                         "and was never answered), or a process died");
@@ -964,11 +730,11 @@ struct Tally {
 };
 
 struct Variant {
-    Variant(std::string k, std::string l, NetNs n, std::unique_ptr<NsEngine> e)
+    Variant(std::string k, std::string l, Netns n, std::unique_ptr<NsEngine> e)
         : key(std::move(k)), label(std::move(l)), ns(std::move(n)), engine(std::move(e)) {}
     std::string key;    // "(a)"
     std::string label;  // what it is
-    NetNs ns;
+    Netns ns;
     std::unique_ptr<NsEngine> engine;
     std::optional<Daemon> daemon;
     std::vector<double> rates;      // refusals per second of wall-clock time, per round
@@ -1044,7 +810,7 @@ Result<CountCheck> check_counts(std::string label, LogFollower& log, Variant& v)
         std::this_thread::sleep_for(kPollEvery);
     }
     check.settle_s = Seconds(Clock::now() - start).count();
-    auto kernel = v.engine->engine.read_blocked(kTable);
+    auto kernel = v.engine->engine().read_blocked(kTable);
     if (!kernel) {
         return std::unexpected(kernel.error().wrap("read the kernel's counters"));
     }
@@ -1152,7 +918,7 @@ int run(const Options& opt) {
     const double us_per_tick = 1e6 / static_cast<double>(ticks_per_second);
     bool broken = false;
 
-    auto tmp = TempDir::create();
+    auto tmp = testing::TempDir::create({"smtpfence-bench-worker", "/tmp", 0700});
     if (!tmp) {
         return fail_setup(tmp.error());
     }
@@ -1175,7 +941,7 @@ int run(const Options& opt) {
         if (!ns) {
             return fail_setup(ns.error());
         }
-        auto e = engine_in(*ns);
+        auto e = NsEngine::open(*ns);
         if (!e) {
             return fail_setup(e.error());
         }
@@ -1207,13 +973,13 @@ int run(const Options& opt) {
     if (!desired) {
         return fail_setup(desired.error().wrap("(c): compute the policy"));
     }
-    if (auto r = vc.engine->engine.apply(nft::build_ruleset(desired->spec)); !r) {
+    if (auto r = vc.engine->engine().apply(nft::build_ruleset(desired->spec)); !r) {
         return fail_setup(r.error().wrap("(c): apply"));
     }
     // Each variant holds what its label says: the observe chain in (a) and (b) only,
     // and the path to the remote is there (root, allowed, gets through).
     for (Variant& v : variants) {
-        auto inv = v.engine->engine.inventory(kTable);
+        auto inv = v.engine->engine().inventory(kTable);
         if (!inv) {
             return fail_setup(inv.error().wrap(v.key));
         }
@@ -1368,7 +1134,7 @@ int run(const Options& opt) {
     if (!mns) {
         return fail_setup(mns.error());
     }
-    auto meng = engine_in(*mns);
+    auto meng = NsEngine::open(*mns);
     if (!meng) {
         return fail_setup(meng.error());
     }

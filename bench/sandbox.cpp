@@ -1,46 +1,19 @@
 #include "bench/sandbox.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
-#include <grp.h>
 #include <netinet/in.h>
-#include <poll.h>
-#include <sched.h>
-#include <signal.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <algorithm>
-#include <array>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
+#include <cerrno>
+#include <chrono>
 #include <ctime>
-#include <sstream>
 
 namespace smtpfence::bench {
 namespace {
 
-// The namespace the benchmark started in, opened once: the way back after entering
-// a bench namespace to create something there.
-int home_ns() {
-    static const UniqueFd home(::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC));
-    return home.get();
-}
-
-// Staying in a bench namespace by mistake would make every later step act on the
-// wrong namespace; there is no sensible way to continue.
-void return_home() {
-    if (::setns(home_ns(), CLONE_NEWNET) != 0) {
-        (void)std::fprintf(stderr,
-                           "smtpfence-bench: cannot return to the original network namespace: %s\n",
-                           errno_text(errno).c_str());
-        std::_Exit(1);
-    }
-}
+using Clock = std::chrono::steady_clock;
 
 Result<sockaddr_in> ipv4(const std::string& addr, std::uint16_t port) {
     sockaddr_in sa{};
@@ -56,302 +29,71 @@ const sockaddr* as_sockaddr(const sockaddr_in& sa) {
     return reinterpret_cast<const sockaddr*>(&sa);
 }
 
-struct Pipe {
-    UniqueFd read;
-    UniqueFd write;
-};
-
-Result<Pipe> make_pipe() {
-    std::array<int, 2> fds{};
-    if (::pipe2(fds.data(), O_CLOEXEC) != 0) {
-        return fail(errno, "pipe");
+std::string command_line(const std::vector<std::string>& argv) {
+    std::string cmd;
+    for (const std::string& a : argv) {
+        cmd += (cmd.empty() ? "" : " ") + a;
     }
-    return Pipe{UniqueFd(fds[0]), UniqueFd(fds[1])};
-}
-
-// Waits up to timeout for fd to become readable; false on timeout.
-Result<bool> wait_readable(int fd, Millis timeout) {
-    pollfd pfd{fd, POLLIN, 0};
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (true) {
-        const auto left =
-            std::chrono::duration_cast<Millis>(deadline - std::chrono::steady_clock::now());
-        if (left.count() < 0) {
-            return false;
-        }
-        const int ready = ::poll(&pfd, 1, static_cast<int>(left.count()));
-        if (ready > 0) {
-            return true;
-        }
-        if (ready == 0) {
-            return false;
-        }
-        if (errno != EINTR) {
-            return fail(errno, "poll");
-        }
-    }
-}
-
-// CPU time of the calling process: the scheduler's exact runtime, which on a shared
-// machine leaves out the time other processes held the CPU.
-std::int64_t cpu_time_ns() {
-    timespec ts{};
-    (void)::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
-
-std::string describe_status(int status) {
-    if (WIFEXITED(status)) {
-        return "exit " + std::to_string(WEXITSTATUS(status));
-    }
-    if (WIFSIGNALED(status)) {
-        return "killed by signal " + std::to_string(WTERMSIG(status));
-    }
-    return "wait status " + std::to_string(status);
+    return cmd;
 }
 
 }  // namespace
-
-namespace detail {
-
-bool enter_child(const NetNs& ns, pid_t parent) {
-    // The benchmark's death, however it happens, takes its children along.
-    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent) {
-        return false;
-    }
-    return ::setns(ns.fd(), CLONE_NEWNET) == 0;
-}
-
-}  // namespace detail
-
-Result<NetNs> NetNs::create() {
-    if (home_ns() < 0) {
-        return fail(errno, "open /proc/self/ns/net");
-    }
-    if (::unshare(CLONE_NEWNET) != 0) {
-        return fail(errno, "unshare(CLONE_NEWNET)");
-    }
-    UniqueFd fd(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
-    const int open_errno = errno;
-    return_home();
-    if (!fd.valid()) {
-        return fail(open_errno, "open the new network namespace");
-    }
-    return NetNs(std::move(fd));
-}
-
-std::string NetNs::path() const {
-    return "/proc/" + std::to_string(::getpid()) + "/fd/" + std::to_string(fd_.get());
-}
-
-Child& Child::operator=(Child&& other) noexcept {
-    if (this != &other) {
-        kill_and_reap();
-        pid_ = std::exchange(other.pid_, -1);
-    }
-    return *this;
-}
-
-Result<int> Child::wait() {
-    if (pid_ <= 0) {
-        return fail(ECHILD, "wait for a child that is not running");
-    }
-    int status = 0;
-    while (::waitpid(pid_, &status, 0) < 0) {
-        if (errno != EINTR) {
-            return fail(errno, "waitpid " + std::to_string(pid_));
-        }
-    }
-    pid_ = -1;
-    return status;
-}
-
-void Child::kill_and_reap() {
-    if (pid_ <= 0) {
-        return;
-    }
-    ::kill(pid_, SIGKILL);
-    while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
-    }
-    pid_ = -1;
-}
-
-std::string find_program(const std::string& name) {
-    if (name.find('/') != std::string::npos) {
-        return ::access(name.c_str(), X_OK) == 0 ? name : "";
-    }
-    std::string dirs;
-    // NOLINTNEXTLINE(concurrency-mt-unsafe): the benchmark is single-threaded
-    if (const char* path = std::getenv("PATH"); path != nullptr) {
-        dirs = path;
-    }
-    dirs += ":/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin";
-    std::istringstream in(dirs);
-    for (std::string dir; std::getline(in, dir, ':');) {
-        if (dir.empty()) {
-            continue;
-        }
-        std::string candidate = dir + "/" + name;
-        if (::access(candidate.c_str(), X_OK) == 0) {
-            return candidate;
-        }
-    }
-    return "";
-}
 
 Result<UniqueFd> text_fd(std::string_view text) {
     UniqueFd fd(::memfd_create("smtpfence-bench", MFD_CLOEXEC));
     if (!fd.valid()) {
         return fail(errno, "memfd_create");
     }
-    std::size_t done = 0;
-    while (done < text.size()) {
-        const ssize_t n = ::write(fd.get(), text.data() + done, text.size() - done);
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            return fail(errno, "write memfd");
-        }
-        done += static_cast<std::size_t>(n);
+    if (!testing::write_all(fd.get(), text.data(), text.size())) {
+        return fail(errno, "write memfd");
     }
     return fd;
 }
 
-bool CommandResult::ok() const {
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
-}
-
-std::string CommandResult::describe() const {
-    std::string out = describe_status(status);
-    if (!output.empty()) {
-        out += ": " + output;
-    }
-    while (!out.empty() && out.back() == '\n') {
-        out.pop_back();
-    }
-    return out;
-}
-
-Result<CommandResult> run_in(const NetNs& ns, const std::vector<std::string>& argv, int input,
-                             Millis timeout) {
+Result<void> run_ok(const Netns& ns, const std::vector<std::string>& argv, int input) {
     if (argv.empty()) {
         return fail(EINVAL, "run an empty command");
     }
-    const std::string program = find_program(argv[0]);
-    if (program.empty()) {
+    if (testing::find_program(argv[0]).empty()) {
         return fail(ENOENT, "run " + argv[0], "not found in PATH or the sbin directories");
     }
-    // Built before fork: the child only dup2s and execs.
-    std::vector<char*> cargv;
-    cargv.reserve(argv.size() + 1);
-    for (const std::string& a : argv) {
-        cargv.push_back(const_cast<char*>(a.c_str()));
+    testing::RunOptions options;
+    options.timeout = Millis(120000);
+    options.input = input;
+    const testing::RunResult r = testing::run(&ns, argv, options);
+    if (r.timed_out) {
+        return fail(ETIMEDOUT, "run " + argv[0],
+                    "killed after " + std::to_string(options.timeout.count()) + " ms");
     }
-    cargv.push_back(nullptr);
-
-    auto pipe = make_pipe();
-    if (!pipe) {
-        return std::unexpected(pipe.error());
-    }
-    auto child = spawn_in(ns, [&]() -> int {
-        if (::dup2(pipe->write.get(), STDOUT_FILENO) < 0 ||
-            ::dup2(pipe->write.get(), STDERR_FILENO) < 0) {
-            return 126;
+    if (r.exit_code != 0) {
+        std::string out = r.describe();
+        while (!out.empty() && out.back() == '\n') {
+            out.pop_back();
         }
-        int in = input;
-        if (in >= 0) {
-            if (::lseek(in, 0, SEEK_SET) < 0) {
-                return 126;
-            }
-        } else {
-            in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-        }
-        if (in < 0 || ::dup2(in, STDIN_FILENO) < 0) {
-            return 126;
-        }
-        ::execv(program.c_str(), cargv.data());
-        const std::string msg = "exec " + program + ": " + errno_text(errno) + "\n";
-        (void)!::write(STDERR_FILENO, msg.data(), msg.size());
-        return 127;
-    });
-    if (!child) {
-        return std::unexpected(child.error());
-    }
-    pipe->write.reset();
-
-    const std::string what = "run " + argv[0];
-    CommandResult result;
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    std::array<char, 4096> buf{};
-    while (true) {
-        const auto left =
-            std::chrono::duration_cast<Millis>(deadline - std::chrono::steady_clock::now());
-        auto readable = wait_readable(pipe->read.get(), std::max(left, Millis(0)));
-        if (!readable) {
-            return std::unexpected(readable.error().wrap(what));
-        }
-        if (!*readable) {
-            child->kill_and_reap();
-            return fail(ETIMEDOUT, what, "killed after " + std::to_string(timeout.count()) + " ms");
-        }
-        const ssize_t n = ::read(pipe->read.get(), buf.data(), buf.size());
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            return fail(errno, what + ": read its output");
-        }
-        if (n == 0) {
-            break;
-        }
-        result.output.append(buf.data(), static_cast<std::size_t>(n));
-    }
-    auto status = child->wait();
-    if (!status) {
-        return std::unexpected(status.error().wrap(what));
-    }
-    result.status = *status;
-    return result;
-}
-
-Result<void> run_ok(const NetNs& ns, const std::vector<std::string>& argv, int input) {
-    auto r = run_in(ns, argv, input);
-    if (!r) {
-        return std::unexpected(r.error());
-    }
-    if (!r->ok()) {
-        std::string cmd;
-        for (const std::string& a : argv) {
-            cmd += (cmd.empty() ? "" : " ") + a;
-        }
-        return fail(0, cmd, r->describe());
+        return fail(0, command_line(argv), out);
     }
     return {};
 }
 
-Result<std::unique_ptr<nft::NetlinkSocket>> open_netlink_in(const NetNs& ns) {
-    if (::setns(ns.fd(), CLONE_NEWNET) != 0) {
-        return fail(errno, "enter a bench network namespace");
+Result<void> run_text(const Netns& ns, const std::vector<std::string>& argv,
+                      const std::string& text) {
+    auto fd = text_fd(text);
+    if (!fd) {
+        return std::unexpected(fd.error());
     }
-    auto sock = nft::NetlinkSocket::open();
-    return_home();
-    if (!sock) {
-        return std::unexpected(sock.error());
-    }
-    return std::make_unique<nft::NetlinkSocket>(std::move(*sock));
+    return run_ok(ns, argv, fd->get());
 }
 
-Result<Child> start_listener(const NetNs& ns, const std::string& addr, std::uint16_t port) {
+Result<Child> start_listener(const Netns& ns, const std::string& addr, std::uint16_t port) {
     auto sa = ipv4(addr, port);
     if (!sa) {
         return std::unexpected(sa.error());
     }
-    auto pipe = make_pipe();
+    auto pipe = testing::make_pipe();
     if (!pipe) {
         return std::unexpected(pipe.error());
     }
-    auto child = spawn_in(ns, [&]() -> int {
+    auto child = testing::spawn_in(ns, [&]() -> int {
         const int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         int err = 0;
         const int on = 1;
@@ -378,12 +120,8 @@ Result<Child> start_listener(const NetNs& ns, const std::string& addr, std::uint
     }
     pipe->write.reset();
     const std::string what = "listen on " + addr + ":" + std::to_string(port);
-    auto readable = wait_readable(pipe->read.get(), Millis(5000));
-    if (!readable) {
-        return std::unexpected(readable.error().wrap(what));
-    }
     int err = 0;
-    if (!*readable || ::read(pipe->read.get(), &err, sizeof err) != sizeof err) {
+    if (!testing::read_exact(pipe->read.get(), &err, sizeof err, Clock::now() + Millis(5000))) {
         return fail(EIO, what, "the listener process did not report back");
     }
     if (err != 0) {
@@ -392,27 +130,78 @@ Result<Child> start_listener(const NetNs& ns, const std::string& addr, std::uint
     return std::move(*child);
 }
 
-Result<ProbeCounts> probe_connects(const NetNs& ns, const ProbeSpec& spec, Millis watchdog) {
+Result<Remote> Remote::create() {
+    auto ns = Netns::create_anonymous();
+    if (!ns) {
+        return std::unexpected(ns.error());
+    }
+    if (auto r = run_text(*ns, {"ip", "-batch", "-"},
+                          std::string("link set lo up\naddr add ") + kRemoteAddr + "/32 dev lo\n");
+        !r) {
+        return std::unexpected(r.error().wrap("set up the remote namespace"));
+    }
+    auto listener = start_listener(*ns, kRemoteAddr, kSmtpPort);
+    if (!listener) {
+        return std::unexpected(listener.error());
+    }
+    return Remote(std::move(*ns), std::move(*listener));
+}
+
+Result<Netns> Remote::add_client() {
+    const int n = ++links_;
+    if (n > 250) {
+        return fail(ENOSPC, "add a client namespace", "only 250 links are numbered");
+    }
+    auto client = Netns::create_anonymous();
+    if (!client) {
+        return std::unexpected(client.error());
+    }
+    const std::string num = std::to_string(n);
+    const std::string net = "198.18." + num + ".";
+    // `ip link ... netns PATH` opens the path: our descriptor of the client namespace.
+    if (auto r = run_text(ns_, {"ip", "-batch", "-"},
+                          "link add r" + num + " type veth peer name c" + num + " netns " +
+                              client->path() + "\naddr add " + net + "1/24 dev r" + num +
+                              "\nlink set r" + num + " up\n");
+        !r) {
+        return std::unexpected(r.error().wrap("link client namespace " + num));
+    }
+    if (auto r =
+            run_text(*client, {"ip", "-batch", "-"},
+                     "link set lo up\naddr add " + net + "2/24 dev c" + num + "\nlink set c" + num +
+                         " up\nroute add 192.0.2.0/24 via " + net + "1 dev c" + num + "\n");
+        !r) {
+        return std::unexpected(r.error().wrap("configure client namespace " + num));
+    }
+    return std::move(*client);
+}
+
+std::int64_t cpu_time_ns() {
+    timespec ts{};
+    (void)::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+Result<ProbeCounts> probe_connects(const Netns& ns, const ProbeSpec& spec, Millis watchdog) {
     auto sa = ipv4(spec.addr, spec.port);
     if (!sa) {
         return std::unexpected(sa.error());
     }
-    auto pipe = make_pipe();
+    auto pipe = testing::make_pipe();
     if (!pipe) {
         return std::unexpected(pipe.error());
     }
-    const auto budget = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-        std::chrono::duration<double>(spec.seconds));
-    auto child = spawn_in(ns, [&]() -> int {
+    const auto budget =
+        std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(spec.seconds));
+    auto child = testing::spawn_in(ns, [&]() -> int {
         ProbeCounts c;
         // A process of the user, as the kernel sees it: skuid/skgid come from the
         // socket's file credentials, taken at socket() time.
-        if (::setgroups(0, nullptr) != 0 || ::setresgid(spec.gid, spec.gid, spec.gid) != 0 ||
-            ::setresuid(spec.uid, spec.uid, spec.uid) != 0) {
+        if (!testing::become({"", spec.uid, spec.gid, {}})) {
             c.setup_errno = errno;
         } else {
             const std::int64_t cpu_start = cpu_time_ns();
-            const auto start = std::chrono::steady_clock::now();
+            const auto start = Clock::now();
             auto now = start;
             while (c.attempts < spec.max_attempts && (c.attempts == 0 || now - start < budget)) {
                 ++c.attempts;
@@ -431,7 +220,7 @@ Result<ProbeCounts> probe_connects(const NetNs& ns, const ProbeSpec& spec, Milli
                 if (s >= 0) {
                     ::close(s);
                 }
-                now = std::chrono::steady_clock::now();
+                now = Clock::now();
             }
             c.elapsed_ns =
                 std::chrono::duration_cast<std::chrono::nanoseconds>(now - start).count();
@@ -450,11 +239,7 @@ Result<ProbeCounts> probe_connects(const NetNs& ns, const ProbeSpec& spec, Milli
                              spec.addr + ":" + std::to_string(spec.port);
     const auto limit =
         std::chrono::duration_cast<Millis>(std::chrono::duration<double>(spec.seconds)) + watchdog;
-    auto readable = wait_readable(pipe->read.get(), limit);
-    if (!readable) {
-        return std::unexpected(readable.error().wrap(what));
-    }
-    if (!*readable) {
+    if (!testing::wait_readable(pipe->read.get(), Clock::now() + limit)) {
         child->kill_and_reap();
         return fail(ETIMEDOUT, what,
                     "connect() neither failed nor succeeded: a SYN got past the firewall and was "
@@ -466,7 +251,8 @@ Result<ProbeCounts> probe_connects(const NetNs& ns, const ProbeSpec& spec, Milli
     if (n != static_cast<ssize_t>(sizeof counts)) {
         return fail(EIO, what,
                     "the probe process ended without a result (" +
-                        (status ? describe_status(*status) : status.error().message()) + ")");
+                        (status ? testing::describe_status(*status) : status.error().message()) +
+                        ")");
     }
     if (counts.setup_errno != 0) {
         return fail(counts.setup_errno, what + ": take uid/gid " + std::to_string(spec.uid) + "/" +

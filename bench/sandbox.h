@@ -1,106 +1,73 @@
-// Throwaway network namespaces for the benchmark and the processes it runs in them.
+// The benchmarks' setting: anonymous network namespaces (tests/support/netns.h), so
+// that nothing is left behind however a benchmark ends, SIGINT and SIGKILL included,
+// with the processes they run in them: every child is started with PR_SET_PDEATHSIG
+// so it dies with the benchmark too. Nothing here touches the host's own namespace.
 //
-// A namespace here is nothing but an open nsfs descriptor: no name under /run/netns,
-// no holder process. The kernel frees a network namespace (with its links, nftables
-// tables and iptables rules) once the last descriptor, socket and process referring
-// to it is gone, so whatever way the benchmark ends (return, error, SIGINT, even
-// SIGKILL) nothing is left behind. Every child is started with PR_SET_PDEATHSIG so it
-// dies with the benchmark too. Nothing here touches the host's own namespace.
+// A remote namespace holds 192.0.2.25 (TEST-NET-1) on lo and a listener on port 25:
+// only a SYN that got past the firewall under test reaches it. Each firewall under test
+// gets a client namespace of its own, linked to the remote by a veth pair
+// (198.18.N.0/24, RFC 2544's benchmarking range).
 #pragma once
 
 #include <sys/types.h>
-#include <unistd.h>
 
-#include <cerrno>
-#include <chrono>
 #include <cstdint>
-#include <memory>
 #include <string>
 #include <string_view>
-#include <utility>
 #include <vector>
 
 #include "common/error.h"
 #include "common/fd.h"
-#include "nft/netlink.h"
+#include "tests/support/child.h"
+#include "tests/support/netns.h"
+#include "tests/support/run.h"
 
 namespace smtpfence::bench {
 
-using Millis = std::chrono::milliseconds;
+using testing::Child;
+using testing::Millis;
+using testing::Netns;
+using testing::NsEngine;
 
-class NetNs {
-  public:
-    // A new, empty network namespace (loopback down). The calling process enters it
-    // only for the unshare() and returns to its own namespace before this returns.
-    [[nodiscard]] static Result<NetNs> create();
-
-    [[nodiscard]] int fd() const { return fd_.get(); }
-    // "/proc/<our pid>/fd/<fd>": a path `ip link ... netns PATH` opens from a child.
-    [[nodiscard]] std::string path() const;
-
-  private:
-    explicit NetNs(UniqueFd fd) : fd_(std::move(fd)) {}
-    UniqueFd fd_;
-};
-
-// A forked child owned by its parent: SIGKILLed and reaped on destruction.
-class Child {
-  public:
-    Child() = default;
-    explicit Child(pid_t pid) : pid_(pid) {}
-    Child(Child&& other) noexcept : pid_(std::exchange(other.pid_, -1)) {}
-    Child& operator=(Child&& other) noexcept;
-    Child(const Child&) = delete;
-    Child& operator=(const Child&) = delete;
-    ~Child() { kill_and_reap(); }
-
-    [[nodiscard]] pid_t pid() const { return pid_; }
-    // Waits for the child to exit; its wait status.
-    [[nodiscard]] Result<int> wait();
-    void kill_and_reap();
-
-  private:
-    pid_t pid_ = -1;
-};
-
-// Forks a child that enters ns and runs body; the child exits with body's return value
-// (127 when it could not enter the namespace). body runs in the forked copy of this
-// single-threaded process: it may use the heap but must end by returning.
-template <class Body>
-[[nodiscard]] Result<Child> spawn_in(const NetNs& ns, Body&& body);
-
-// Absolute path of a program found in PATH or the sbin directories (root's tools live
-// there, and sudo or cron may run us with a short PATH); empty when absent.
-[[nodiscard]] std::string find_program(const std::string& name);
+constexpr const char* kRemoteAddr = "192.0.2.25";
+constexpr std::uint16_t kSmtpPort = 25;
 
 // A memfd holding text, to feed a child's stdin (nft -f /dev/stdin, iptables-restore)
 // without a temporary file to clean up.
 [[nodiscard]] Result<UniqueFd> text_fd(std::string_view text);
 
-struct CommandResult {
-    int status = 0;      // wait status
-    std::string output;  // stdout and stderr, interleaved
-    [[nodiscard]] bool ok() const;
-    [[nodiscard]] std::string describe() const;  // "exit 1: <output>"
-};
-
-// Runs argv (argv[0] resolved with find_program) inside ns; stdin from input (rewound
-// to its start) or /dev/null when input is -1. Killed after timeout.
-[[nodiscard]] Result<CommandResult> run_in(const NetNs& ns, const std::vector<std::string>& argv,
-                                           int input = -1, Millis timeout = Millis(120000));
-
-// run_in, with a non-zero exit turned into an error naming the command.
-[[nodiscard]] Result<void> run_ok(const NetNs& ns, const std::vector<std::string>& argv,
+// Runs argv inside ns (testing::run), stdin from input (rewound to its start) or
+// /dev/null when input is -1; a command that is missing, fails or runs longer than
+// two minutes is an error naming it.
+[[nodiscard]] Result<void> run_ok(const Netns& ns, const std::vector<std::string>& argv,
                                   int input = -1);
-
-// A netfilter netlink socket created inside ns: a socket stays bound to the namespace
-// it was created in, so one process programs every namespace of the benchmark.
-[[nodiscard]] Result<std::unique_ptr<nft::NetlinkSocket>> open_netlink_in(const NetNs& ns);
+// run_ok with text on stdin.
+[[nodiscard]] Result<void> run_text(const Netns& ns, const std::vector<std::string>& argv,
+                                    const std::string& text);
 
 // Accepts and closes every connection to addr:port inside ns: the "remote mail server".
 // Only a SYN that got past the firewall under test can reach it.
-[[nodiscard]] Result<Child> start_listener(const NetNs& ns, const std::string& addr,
+[[nodiscard]] Result<Child> start_listener(const Netns& ns, const std::string& addr,
                                            std::uint16_t port);
+
+// The remote end of every client's link: 192.0.2.25 and its listener.
+class Remote {
+  public:
+    [[nodiscard]] static Result<Remote> create();
+    // A new namespace whose route to 192.0.2.0/24 leads over its own veth pair here.
+    [[nodiscard]] Result<Netns> add_client();
+    [[nodiscard]] const Netns& ns() const { return ns_; }
+
+  private:
+    Remote(Netns ns, Child listener) : ns_(std::move(ns)), listener_(std::move(listener)) {}
+    Netns ns_;
+    Child listener_;
+    int links_ = 0;
+};
+
+// CPU time of the calling process: the scheduler's exact runtime, which on a shared
+// machine leaves out the time other processes held the CPU.
+[[nodiscard]] std::int64_t cpu_time_ns();
 
 struct ProbeSpec {
     uid_t uid = 0;
@@ -127,38 +94,7 @@ struct ProbeCounts {
 // socket() + blocking connect() + close(). A connect() that neither fails nor
 // succeeds (a SYN dropped somewhere) makes the loop hang: the child is killed after
 // seconds + watchdog and that is an error.
-[[nodiscard]] Result<ProbeCounts> probe_connects(const NetNs& ns, const ProbeSpec& spec,
+[[nodiscard]] Result<ProbeCounts> probe_connects(const Netns& ns, const ProbeSpec& spec,
                                                  Millis watchdog = Millis(10000));
-
-// ---------------------------------------------------------------------------------
-// Implementation of the template.
-
-namespace detail {
-// prctl(PR_SET_PDEATHSIG) and setns(ns) in a just-forked child; false when it failed
-// (the parent already died, or setns was refused).
-bool enter_child(const NetNs& ns, pid_t parent);
-}  // namespace detail
-
-template <class Body>
-Result<Child> spawn_in(const NetNs& ns, Body&& body) {
-    const pid_t parent = ::getpid();
-    const pid_t pid = ::fork();
-    if (pid < 0) {
-        return fail(errno, "fork");
-    }
-    if (pid == 0) {
-        int code = 127;
-        // An exception must not unwind into the parent's code in this copy of it.
-        try {
-            if (detail::enter_child(ns, parent)) {
-                code = body();
-            }
-        } catch (...) {
-            code = 125;
-        }
-        ::_exit(code);
-    }
-    return Child(pid);
-}
 
 }  // namespace smtpfence::bench

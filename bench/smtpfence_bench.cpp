@@ -50,8 +50,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr const char* kRemoteAddr = "192.0.2.25";
-constexpr std::uint16_t kSmtpPort = 25;
 // Users of the allowlists are 1000, 1001, ...; the blocked user is in none of them.
 constexpr std::uint32_t kFirstAllowedUid = 1000;
 constexpr uid_t kBlockedUid = 60000;
@@ -121,96 +119,11 @@ std::set<std::uint32_t> allowed_uids(std::size_t count) {
 
 // ---- namespaces and firewalls -------------------------------------------------------
 
-// An Engine on a netlink socket inside one bench namespace.
-struct NsEngine {
-    explicit NsEngine(std::unique_ptr<nft::NetlinkSocket> s)
-        : socket(std::move(s)), engine(*socket) {}
-    std::unique_ptr<nft::NetlinkSocket> socket;
-    nft::Engine engine;
-};
-
-Result<std::unique_ptr<NsEngine>> engine_in(const NetNs& ns) {
-    auto sock = open_netlink_in(ns);
-    if (!sock) {
-        return std::unexpected(sock.error());
-    }
-    return std::make_unique<NsEngine>(std::move(*sock));
-}
-
-Result<void> run_text(const NetNs& ns, const std::vector<std::string>& argv,
-                      const std::string& text) {
-    auto fd = text_fd(text);
-    if (!fd) {
-        return std::unexpected(fd.error());
-    }
-    return run_ok(ns, argv, fd->get());
-}
-
-// The remote end of every client's link: 192.0.2.25 and its listener.
-class Remote {
-  public:
-    [[nodiscard]] static Result<Remote> create() {
-        auto ns = NetNs::create();
-        if (!ns) {
-            return std::unexpected(ns.error());
-        }
-        if (auto r =
-                run_text(*ns, {"ip", "-batch", "-"},
-                         std::string("link set lo up\naddr add ") + kRemoteAddr + "/32 dev lo\n");
-            !r) {
-            return std::unexpected(r.error().wrap("set up the remote namespace"));
-        }
-        auto listener = start_listener(*ns, kRemoteAddr, kSmtpPort);
-        if (!listener) {
-            return std::unexpected(listener.error());
-        }
-        return Remote(std::move(*ns), std::move(*listener));
-    }
-
-    // A new namespace whose route to 192.0.2.0/24 leads over its own veth pair here.
-    [[nodiscard]] Result<NetNs> add_client() {
-        const int n = ++links_;
-        if (n > 250) {
-            return fail(ENOSPC, "add a client namespace", "only 250 links are numbered");
-        }
-        auto client = NetNs::create();
-        if (!client) {
-            return std::unexpected(client.error());
-        }
-        const std::string num = std::to_string(n);
-        const std::string net = "198.18." + num + ".";
-        // `ip link ... netns PATH` opens the path: our descriptor of the client namespace.
-        if (auto r = run_text(ns_, {"ip", "-batch", "-"},
-                              "link add r" + num + " type veth peer name c" + num + " netns " +
-                                  client->path() + "\naddr add " + net + "1/24 dev r" + num +
-                                  "\nlink set r" + num + " up\n");
-            !r) {
-            return std::unexpected(r.error().wrap("link client namespace " + num));
-        }
-        if (auto r = run_text(*client, {"ip", "-batch", "-"},
-                              "link set lo up\naddr add " + net + "2/24 dev c" + num +
-                                  "\nlink set c" + num + " up\nroute add 192.0.2.0/24 via " + net +
-                                  "1 dev c" + num + "\n");
-            !r) {
-            return std::unexpected(r.error().wrap("configure client namespace " + num));
-        }
-        return std::move(*client);
-    }
-
-    [[nodiscard]] const NetNs& ns() const { return ns_; }
-
-  private:
-    Remote(NetNs ns, Child listener) : ns_(std::move(ns)), listener_(std::move(listener)) {}
-    NetNs ns_;
-    Child listener_;
-    int links_ = 0;
-};
-
 // SmtpfenceNoObserve: smtpfence's ruleset without the observe chain (queue mode none),
 // shown beside the real one so the observe chain's share of the cost can be read off.
 enum class Firewall { Floor, Smtpfence, SmtpfenceNoObserve, CsfNft, CsfLegacy };
 
-Result<void> load_floor(const NetNs& ns) {
+Result<void> load_floor(const Netns& ns) {
     return run_text(ns, {"nft", "-f", "/dev/stdin"},
                     "table inet bench_floor {\n"
                     "\tchain output {\n"
@@ -228,12 +141,13 @@ nft::RulesetSpec smtpfence_spec(const std::string& table, std::size_t users, nft
     return spec;
 }
 
-Result<void> load_smtpfence(const NetNs& ns, std::size_t users, nft::QueueMode queue) {
-    auto e = engine_in(ns);
+Result<void> load_smtpfence(const Netns& ns, std::size_t users, nft::QueueMode queue) {
+    auto e = NsEngine::open(ns);
     if (!e) {
         return std::unexpected(e.error());
     }
-    return done((*e)->engine.apply(nft::build_ruleset(smtpfence_spec("smtpfence", users, queue))));
+    return done(
+        (*e)->engine().apply(nft::build_ruleset(smtpfence_spec("smtpfence", users, queue))));
 }
 
 // CSF's SMTP_BLOCK shape: one owner-match ACCEPT per allowed user, then the reject, so
@@ -248,7 +162,7 @@ std::string csf_rules(std::size_t users) {
     return out;
 }
 
-Result<void> load_csf(const NetNs& ns, const std::string& restore, std::size_t users) {
+Result<void> load_csf(const Netns& ns, const std::string& restore, std::size_t users) {
     // -w: the xtables lock file is shared with the host's iptables; wait, don't fail.
     return run_text(ns, {restore, "-w", "10"}, csf_rules(users));
 }
@@ -257,7 +171,7 @@ struct RefusalVariant {
     Firewall firewall;
     std::size_t users;  // allowlisted users; 0 for the floor
     std::string label;
-    NetNs ns;
+    Netns ns;
     std::vector<double> rates;   // refusals per second, one per round
     std::vector<double> ratios;  // rate / the floor's rate in the same round
     // The same per second of CPU time the connecting process got: the cost of a refused
@@ -278,7 +192,7 @@ ProbeSpec blocked_probe(double seconds) {
     return p;
 }
 
-Result<ProbeCounts> connect_once(const NetNs& ns, std::uint32_t uid) {
+Result<ProbeCounts> connect_once(const Netns& ns, std::uint32_t uid) {
     ProbeSpec p = blocked_probe(0);
     p.uid = uid;
     p.gid = uid;
@@ -366,27 +280,27 @@ int run(const Options& opt) {
     }
     std::string nft_version = "?";
     std::string iptables_version = "?";
-    if (auto r = run_in(remote->ns(), {"nft", "--version"}); r && r->ok()) {
-        nft_version = first_line(r->output);
+    if (const auto r = testing::run(remote->ns(), {"nft", "--version"}); r.exit_code == 0) {
+        nft_version = first_line(r.output());
     }
-    if (auto r = run_in(remote->ns(), {"iptables", "-V"}); r && r->ok()) {
-        iptables_version = first_line(r->output);
+    if (const auto r = testing::run(remote->ns(), {"iptables", "-V"}); r.exit_code == 0) {
+        iptables_version = first_line(r.output());
     }
-    const std::string nft_restore = find_program("iptables-nft-restore");
-    const std::string legacy_restore = find_program("iptables-legacy-restore");
+    const std::string nft_restore = testing::find_program("iptables-nft-restore");
+    const std::string legacy_restore = testing::find_program("iptables-legacy-restore");
     if (nft_restore.empty()) {
         return fail_setup(Error{ENOENT, "find iptables-nft-restore", {}});
     }
 
-    auto apply_ns = NetNs::create();
+    auto apply_ns = Netns::create_anonymous();
     if (!apply_ns) {
         return fail_setup(apply_ns.error());
     }
-    auto apply_engine = engine_in(*apply_ns);
+    auto apply_engine = NsEngine::open(*apply_ns);
     if (!apply_engine) {
         return fail_setup(apply_engine.error());
     }
-    nft::Engine& apply_eng = (*apply_engine)->engine;
+    nft::Engine& apply_eng = (*apply_engine)->engine();
     auto queue = apply_eng.probe_queue_mode("bench_probe");
     if (!queue) {
         return fail_setup(queue.error().wrap("probe the queue mode"));
@@ -486,19 +400,11 @@ int run(const Options& opt) {
     applies.push_back({"smtpfence: Engine::apply (prebuilt)",
                        [&] { return done(apply_eng.apply(prebuilt)); },
                        {}});
-    applies.push_back(
-        {"nft -f (render_nft text, same ruleset)",
-         [&]() -> Result<void> {
-             auto r = run_in(*apply_ns, {"nft", "-f", "/dev/stdin"}, apply_text->get());
-             if (!r) {
-                 return std::unexpected(r.error());
-             }
-             if (!r->ok()) {
-                 return fail(0, "nft -f", r->describe());
-             }
-             return {};
-         },
-         {}});
+    applies.push_back({"nft -f (render_nft text, same ruleset)",
+                       [&] {
+                           return run_ok(*apply_ns, {"nft", "-f", "/dev/stdin"}, apply_text->get());
+                       },
+                       {}});
     for (ApplyVariant& a : applies) {
         if (auto r = a.run(); !r) {
             return fail_setup(r.error().wrap(a.label));
@@ -515,15 +421,15 @@ int run(const Options& opt) {
     }
 
     // ---- change tables -----------------------------------------------------------
-    auto change_ns = NetNs::create();
+    auto change_ns = Netns::create_anonymous();
     if (!change_ns) {
         return fail_setup(change_ns.error());
     }
-    auto change_engine = engine_in(*change_ns);
+    auto change_engine = NsEngine::open(*change_ns);
     if (!change_engine) {
         return fail_setup(change_engine.error());
     }
-    nft::Engine& change_eng = (*change_engine)->engine;
+    nft::Engine& change_eng = (*change_engine)->engine();
     std::vector<ChangeTable> changes;
     for (const std::size_t n : kChangeUsers) {
         ChangeTable t{n, "bench_change_" + std::to_string(n), {}, {}, {}};
