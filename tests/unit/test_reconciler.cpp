@@ -11,7 +11,7 @@
 
 #include "nfq/attempt_log.h"
 #include "nfq/reconciler.h"
-#include "tests/unit/temp_dir.h"
+#include "tests/support/temp_dir.h"
 
 namespace smtpfence::nfq {
 namespace {
