@@ -21,6 +21,7 @@
 #include <string_view>
 
 #include "common/fd.h"
+#include "common/handles.h"
 
 namespace smtpfence::nfq {
 namespace {
@@ -43,11 +44,6 @@ constexpr std::size_t kReceiveBuffer = 32768;
 // The kernel answers sock_diag synchronously; a reply that takes longer than this means
 // something is badly wrong and the worker must not hang on it.
 constexpr long kReceiveTimeoutSeconds = 2;
-
-struct MnlSocketClose {
-    void operator()(mnl_socket* s) const noexcept { mnl_socket_close(s); }
-};
-using MnlSocketPtr = std::unique_ptr<mnl_socket, MnlSocketClose>;
 
 std::array<std::uint8_t, 16> v4_mapped(const std::array<std::uint8_t, 16>& v4) {
     std::array<std::uint8_t, 16> out{};

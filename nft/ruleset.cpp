@@ -197,8 +197,6 @@ class RuleBuilder {
 // nftables' byteorder enum (src/datatype.h): uid/gid keys are host-endian.
 constexpr std::uint32_t kByteorderHost = 1;
 
-using UdataBufPtr = std::unique_ptr<nftnl_udata_buf, Deleter<nftnl_udata_buf_free>>;
-
 SetPtr base_set(const std::string& table, const char* name, std::uint32_t key_type,
                 std::uint32_t key_len, std::uint32_t id) {
     SetPtr s = make_set();
