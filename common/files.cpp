@@ -1,6 +1,7 @@
 #include "common/files.h"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -64,6 +65,35 @@ Result<std::string> read_text_file(const std::string& path, std::size_t max_byte
     return content;
 }
 
+namespace {
+
+// write_all and send_all: one loop over the bytes, with the call that moves them.
+template <class Put>
+Result<void> put_all(std::string_view data, const char* what, Put put) {
+    std::size_t done = 0;
+    while (done < data.size()) {
+        const ssize_t n = put(data.data() + done, data.size() - done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return fail(errno, what);
+        }
+        done += static_cast<std::size_t>(n);
+    }
+    return {};
+}
+
+}  // namespace
+
+Result<void> write_all(int fd, std::string_view data) {
+    return put_all(data, "write", [fd](const char* p, std::size_t n) { return ::write(fd, p, n); });
+}
+
+Result<void> send_all(int fd, std::string_view data) {
+    return put_all(data, "send",
+                   [fd](const char* p, std::size_t n) { return ::send(fd, p, n, MSG_NOSIGNAL); });
+}
+
 Result<void> write_file_atomic(const std::string& path, const std::string& content, unsigned mode) {
     const std::filesystem::path target(path);
     const std::filesystem::path dir =
@@ -78,16 +108,8 @@ Result<void> write_file_atomic(const std::string& path, const std::string& conte
     };
     if (::fchmod(fd.get(), static_cast<mode_t>(mode)) != 0)
         return cleanup_fail(errno, tmp);
-    std::size_t done = 0;
-    while (done < content.size()) {
-        const ssize_t n = ::write(fd.get(), content.data() + done, content.size() - done);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return cleanup_fail(errno, "write " + tmp);
-        }
-        done += static_cast<std::size_t>(n);
-    }
+    if (auto written = write_all(fd.get(), content); !written)
+        return cleanup_fail(written.error().code, "write " + tmp);
     if (::fsync(fd.get()) != 0)
         return cleanup_fail(errno, "fsync " + tmp);
     fd.reset();

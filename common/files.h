@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <string>
+#include <string_view>
 
 #include "common/error.h"
 
@@ -31,6 +32,15 @@ inline constexpr const char* kSymlinkRefused = "a symlink: refusing to follow it
 [[nodiscard]] Result<std::string> read_text_file(const std::string& path,
                                                  std::size_t max_bytes = kMaxConfigBytes,
                                                  Symlinks symlinks = Symlinks::Follow);
+
+// Writes all of data to fd, retrying on EINTR and short writes (a blocking fd: on a
+// non-blocking one EAGAIN is an error). The error carries write(2)'s errno under
+// "write"; callers name the file or peer.
+[[nodiscard]] Result<void> write_all(int fd, std::string_view data);
+
+// The same for a socket, with send(2) and MSG_NOSIGNAL: a peer that has gone away is
+// EPIPE, not SIGPIPE. The error carries send(2)'s errno under "send".
+[[nodiscard]] Result<void> send_all(int fd, std::string_view data);
 
 // Writes path atomically: a temporary file in the same directory, fsync, rename, fsync
 // of the directory. Readers see the old or the new content, never a mix.

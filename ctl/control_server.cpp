@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "common/files.h"
 #include "common/log.h"
 
 namespace smtpfence::ctl {
@@ -316,23 +317,14 @@ std::expected<std::string, ClientError> call(const std::string& socket_path, con
     tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
     (void)setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     (void)setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    const std::string line = encode_request(request);
-    std::size_t off = 0;
     int send_error = 0;
-    while (off < line.size()) {
-        const ssize_t n = ::send(fd.get(), line.data() + off, line.size() - off, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            send_error = errno;
-            // The daemon answers some requests (busy, too long) before reading them
-            // whole and closes: its answer is still there to read.
-            if (send_error != EPIPE && send_error != ECONNRESET)
-                return std::unexpected(
-                    ClientError{false, "send to " + socket_path + ": " + errno_text(send_error)});
-            break;
-        }
-        off += static_cast<std::size_t>(n);
+    if (auto sent = send_all(fd.get(), encode_request(request)); !sent) {
+        send_error = sent.error().code;
+        // The daemon answers some requests (busy, too long) before reading them whole
+        // and closes: its answer is still there to read.
+        if (send_error != EPIPE && send_error != ECONNRESET)
+            return std::unexpected(
+                ClientError{false, "send to " + socket_path + ": " + errno_text(send_error)});
     }
     const auto send_failed = [&] {
         return std::unexpected(
