@@ -100,6 +100,133 @@ std::expected<std::string, ProtocolError> name_field(const json& j, std::string_
     return s;
 }
 
+// The envelope every request shares: a JSON object of at most kMaxRequestBytes with
+// the protocol version, a known command and only the fields that command takes.
+std::expected<json, ProtocolError> parse_envelope(std::string_view line, Request& r) {
+    if (line.size() > kMaxRequestBytes) {
+        return bad(ErrorCode::BadRequest,
+                   "request longer than " + std::to_string(kMaxRequestBytes) + " bytes");
+    }
+    json parsed = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    const json& j = parsed;
+    if (j.is_discarded())
+        return bad(ErrorCode::BadRequest, "request is not valid JSON");
+    if (!j.is_object())
+        return bad(ErrorCode::BadRequest, "request must be a JSON object");
+    if (!j.contains("v") || !j["v"].is_number_integer())
+        return bad(ErrorCode::BadRequest,
+                   "field \"v\" (protocol version) missing or not an integer");
+    if (j["v"].get<std::int64_t>() != kProtocolVersion) {
+        return bad(ErrorCode::UnsupportedVersion, "protocol version " + j["v"].dump() +
+                                                      " is not supported; this daemon speaks " +
+                                                      std::to_string(kProtocolVersion));
+    }
+    if (!j.contains("cmd") || !j["cmd"].is_string())
+        return bad(ErrorCode::BadRequest, "field \"cmd\" missing or not a string");
+    const std::string cmd = j["cmd"].get<std::string>();
+    bool known = false;
+    for (const auto& [c, name] : kCommands) {
+        if (name == cmd) {
+            r.command = c;
+            known = true;
+        }
+    }
+    if (!known)
+        return bad(ErrorCode::UnknownCommand, "unknown command " + quote_value(cmd));
+
+    const auto fields = allowed_fields(r.command);
+    for (const auto& [key, value] : j.items()) {
+        if (key == "v" || key == "cmd")
+            continue;
+        if (!fields.contains(key)) {
+            return bad(ErrorCode::BadRequest,
+                       "command " + cmd + " takes no field " + quote_value(key));
+        }
+    }
+    return parsed;
+}
+
+std::expected<std::string, ProtocolError> address_field(const json& j) {
+    auto a = string_field(j, "address");
+    if (!a)
+        return a;
+    // inet_pton reads a C string: "192.0.2.25\u0000..." would pass on its prefix and
+    // the whole string, NUL and all that follows, reach the log and the reply.
+    in6_addr buf{};
+    if (a->find('\0') != std::string::npos ||
+        (inet_pton(AF_INET, a->c_str(), &buf) != 1 && inet_pton(AF_INET6, a->c_str(), &buf) != 1)) {
+        return bad(ErrorCode::InvalidArgument,
+                   "address " + quote_value(*a) + " is not a numeric IPv4 or IPv6 address");
+    }
+    return a;
+}
+
+// The value fields, each checked for its type and range in a fixed order: the error
+// names the first bad one in that order, whatever the order in the line.
+std::expected<void, ProtocolError> read_fields(const json& j, Request& r) {
+    if (j.contains("user")) {
+        auto u = name_field(j, "user");
+        if (!u)
+            return std::unexpected(u.error());
+        r.user = std::move(*u);
+    }
+    if (j.contains("group")) {
+        auto g = name_field(j, "group");
+        if (!g)
+            return std::unexpected(g.error());
+        r.group = std::move(*g);
+    }
+    if (j.contains("address")) {
+        auto a = address_field(j);
+        if (!a)
+            return std::unexpected(a.error());
+        r.address = std::move(*a);
+    }
+    if (j.contains("port")) {
+        const json& p = j["port"];
+        if (!p.is_number_integer() || p.get<std::int64_t>() < 1 || p.get<std::int64_t>() > 65535)
+            return bad(ErrorCode::InvalidArgument, "port must be an integer from 1 to 65535");
+        r.port = static_cast<std::uint16_t>(p.get<std::int64_t>());
+    }
+    if (j.contains("since")) {
+        const json& s = j["since"];
+        if (!s.is_number_integer() || s.get<std::int64_t>() < 0)
+            return bad(ErrorCode::InvalidArgument, "since must be a non-negative epoch time");
+        r.since = s.get<std::int64_t>();
+    }
+    if (j.contains("limit")) {
+        const json& l = j["limit"];
+        if (!l.is_number_integer() || l.get<std::int64_t>() < 1 || l.get<std::int64_t>() > 100000)
+            return bad(ErrorCode::InvalidArgument, "limit must be an integer from 1 to 100000");
+        r.limit = static_cast<std::uint32_t>(l.get<std::int64_t>());
+    }
+    return {};
+}
+
+// What each command requires.
+std::expected<void, ProtocolError> check_required(const Request& r) {
+    switch (r.command) {
+        case Command::Allow:
+        case Command::Deny:
+            if (r.user.has_value() == r.group.has_value())
+                return bad(ErrorCode::BadRequest,
+                           std::string(to_string(r.command)) +
+                               " takes exactly one of \"user\" and \"group\"");
+            break;
+        case Command::Check:
+            if (!r.user)
+                return bad(ErrorCode::BadRequest, "check needs \"user\"");
+            break;
+        case Command::Test:
+            if (!r.user || !r.address)
+                return bad(ErrorCode::BadRequest, "test needs \"user\" and \"address\"");
+            break;
+        default:
+            break;
+    }
+    return {};
+}
+
 }  // namespace
 
 bool is_change(Command c) {
@@ -144,111 +271,14 @@ std::string name_problem(std::string_view name) {
 }
 
 std::expected<Request, ProtocolError> parse_request(std::string_view line) {
-    if (line.size() > kMaxRequestBytes) {
-        return bad(ErrorCode::BadRequest,
-                   "request longer than " + std::to_string(kMaxRequestBytes) + " bytes");
-    }
-    const json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded())
-        return bad(ErrorCode::BadRequest, "request is not valid JSON");
-    if (!j.is_object())
-        return bad(ErrorCode::BadRequest, "request must be a JSON object");
-    if (!j.contains("v") || !j["v"].is_number_integer())
-        return bad(ErrorCode::BadRequest,
-                   "field \"v\" (protocol version) missing or not an integer");
-    if (j["v"].get<std::int64_t>() != kProtocolVersion) {
-        return bad(ErrorCode::UnsupportedVersion, "protocol version " + j["v"].dump() +
-                                                      " is not supported; this daemon speaks " +
-                                                      std::to_string(kProtocolVersion));
-    }
-    if (!j.contains("cmd") || !j["cmd"].is_string())
-        return bad(ErrorCode::BadRequest, "field \"cmd\" missing or not a string");
-    const std::string cmd = j["cmd"].get<std::string>();
     Request r;
-    bool known = false;
-    for (const auto& [c, name] : kCommands) {
-        if (name == cmd) {
-            r.command = c;
-            known = true;
-        }
-    }
-    if (!known)
-        return bad(ErrorCode::UnknownCommand, "unknown command " + quote_value(cmd));
-
-    const auto fields = allowed_fields(r.command);
-    for (const auto& [key, value] : j.items()) {
-        if (key == "v" || key == "cmd")
-            continue;
-        if (!fields.contains(key)) {
-            return bad(ErrorCode::BadRequest,
-                       "command " + cmd + " takes no field " + quote_value(key));
-        }
-    }
-
-    if (j.contains("user")) {
-        auto u = name_field(j, "user");
-        if (!u)
-            return std::unexpected(u.error());
-        r.user = std::move(*u);
-    }
-    if (j.contains("group")) {
-        auto g = name_field(j, "group");
-        if (!g)
-            return std::unexpected(g.error());
-        r.group = std::move(*g);
-    }
-    if (j.contains("address")) {
-        auto a = string_field(j, "address");
-        if (!a)
-            return std::unexpected(a.error());
-        // inet_pton reads a C string: "192.0.2.25\u0000..." would pass on its prefix and
-        // the whole string, NUL and all that follows, reach the log and the reply.
-        in6_addr buf{};
-        if (a->find('\0') != std::string::npos || (inet_pton(AF_INET, a->c_str(), &buf) != 1 &&
-                                                   inet_pton(AF_INET6, a->c_str(), &buf) != 1)) {
-            return bad(ErrorCode::InvalidArgument,
-                       "address " + quote_value(*a) + " is not a numeric IPv4 or IPv6 address");
-        }
-        r.address = std::move(*a);
-    }
-    if (j.contains("port")) {
-        const json& p = j["port"];
-        if (!p.is_number_integer() || p.get<std::int64_t>() < 1 || p.get<std::int64_t>() > 65535)
-            return bad(ErrorCode::InvalidArgument, "port must be an integer from 1 to 65535");
-        r.port = static_cast<std::uint16_t>(p.get<std::int64_t>());
-    }
-    if (j.contains("since")) {
-        const json& s = j["since"];
-        if (!s.is_number_integer() || s.get<std::int64_t>() < 0)
-            return bad(ErrorCode::InvalidArgument, "since must be a non-negative epoch time");
-        r.since = s.get<std::int64_t>();
-    }
-    if (j.contains("limit")) {
-        const json& l = j["limit"];
-        if (!l.is_number_integer() || l.get<std::int64_t>() < 1 || l.get<std::int64_t>() > 100000)
-            return bad(ErrorCode::InvalidArgument, "limit must be an integer from 1 to 100000");
-        r.limit = static_cast<std::uint32_t>(l.get<std::int64_t>());
-    }
-
-    // What each command requires.
-    switch (r.command) {
-        case Command::Allow:
-        case Command::Deny:
-            if (r.user.has_value() == r.group.has_value())
-                return bad(ErrorCode::BadRequest,
-                           cmd + " takes exactly one of \"user\" and \"group\"");
-            break;
-        case Command::Check:
-            if (!r.user)
-                return bad(ErrorCode::BadRequest, "check needs \"user\"");
-            break;
-        case Command::Test:
-            if (!r.user || !r.address)
-                return bad(ErrorCode::BadRequest, "test needs \"user\" and \"address\"");
-            break;
-        default:
-            break;
-    }
+    const auto j = parse_envelope(line, r);
+    if (!j)
+        return std::unexpected(j.error());
+    if (auto fields = read_fields(*j, r); !fields)
+        return std::unexpected(fields.error());
+    if (auto required = check_required(r); !required)
+        return std::unexpected(required.error());
     return r;
 }
 
