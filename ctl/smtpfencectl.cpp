@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 #include <cerrno>
 #include <ctime>
+#include <expected>
 #include <iomanip>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -311,146 +312,189 @@ void print_top(const json& r) {
     }
 }
 
-}  // namespace
-
-static int run(int argc, char** argv) {
-    log::set_program("smtpfencectl");
+// What the command line says. CLI11's options write into it during the parse, so it
+// outlives the parse.
+struct CliArgs {
     DaemonOptions options;
     std::string socket_path = ctl::kDefaultControlSocket;
     bool as_json = false;
-    CLI::App app{"smtpfencectl: manage smtpfence, the outbound SMTP block"};
-    app.require_subcommand(1);
-    app.set_version_flag("--version", std::string("smtpfencectl ") + SMTPFENCE_VERSION);
-    app.add_option("--socket", socket_path, "smtpfenced's control socket")
-        ->capture_default_str()
-        ->envname("SMTPFENCE_SOCKET");
-    const auto json_flag = [&](CLI::App* sub) {
-        sub->add_flag("--json", as_json, "print the daemon's answer as JSON");
-    };
-
-    ctl::Request req;
     std::string user;
     std::string group;
     std::string since;
-
-    auto* allow = app.add_subcommand("allow", "let a user (or --group) connect to SMTP directly");
-    auto* deny = app.add_subcommand("deny", "remove a user (or --group) from the allowlist");
-    for (auto* sub : {allow, deny}) {
-        sub->add_option("user", user, "user name or uid");
-        sub->add_option("--group", group, "group name or gid");
-        json_flag(sub);
-    }
-    auto* list = app.add_subcommand("list", "show who is allowed, and why");
-    json_flag(list);
-    auto* check = app.add_subcommand("check", "would USER be blocked, and by which rule");
-    check->add_option("user", user, "user name or uid")->required();
-    json_flag(check);
-    auto* test = app.add_subcommand("test", "a real connection as USER: refused or connected");
-    std::string address;
-    int port = 25;
-    test->add_option("user", user, "user name or uid")->required();
-    test->add_option("address", address, "numeric IPv4 or IPv6 address")->required();
-    test->add_option("port", port, "TCP port")->capture_default_str()->check(CLI::Range(1, 65535));
-    json_flag(test);
-    auto* status = app.add_subcommand("status", "what is enforced, worker health, counters");
-    json_flag(status);
-    auto* attempts = app.add_subcommand("attempts", "who tried: user, process, destination");
-    attempts->add_option("--since", since, "e.g. 90s, 30m, 1h, 2d, today");
-    attempts->add_option("--user", user, "only this user or hosting account");
+    std::string address;  // test
+    int port = 25;        // test
     std::uint32_t limit = 100;
-    attempts->add_option("--limit", limit, "show the newest N records")
-        ->capture_default_str()
-        ->check(CLI::Range(1, 100000));
-    json_flag(attempts);
-    auto* top = app.add_subcommand("top", "accounts ranked by attempts (default: today)");
-    top->add_option("--since", since, "e.g. 1h, 2d, today");
-    json_flag(top);
-    auto* reload = app.add_subcommand("reload", "re-read config and accounts, re-apply");
-    auto* remove = app.add_subcommand(
-        "remove", "delete the table: outbound SMTP is no longer guarded until reload");
-
-    auto* apply = app.add_subcommand(
-        "apply", "show (--dry-run) or apply the ruleset the configuration produces");
-    bool dry = false;
-    auto* config = apply->add_option("--config", options.config_path, "configuration file")
-                       ->capture_default_str();
-    apply->add_option("--table", options.table, "nftables table name")->capture_default_str();
-    apply->add_option("--passwd", options.passwd_path, "passwd(5) file")->capture_default_str();
-    apply->add_option("--group", options.group_path, "group(5) file")->capture_default_str();
-    apply->add_option("--allow-list", options.allow_list_path,
-                      "managed allowlist (default: allow.list beside the config)");
-    apply->add_option("--csf-conf", options.csf_conf_path,
-                      "take the SMTP settings from CSF's csf.conf, as smtpfenced --csf-conf");
-    apply->add_flag("--dry-run", dry, "print the ruleset as nft text; change nothing");
-
-    auto* import = app.add_subcommand(
-        "import-csf",
-        "write smtpfence.conf from CSF's csf.conf; print what was mapped and ignored");
+    bool dry = false;  // apply --dry-run
     std::string csf_path = csf::kDefaultCsfConfPath;
     std::string import_to = kDefaultConfigPath;
     bool import_force = false;
     bool import_dry = false;
-    import->add_option("csf_conf", csf_path, "CSF's configuration")->capture_default_str();
-    import->add_option("--to", import_to, "smtpfence.conf to write")->capture_default_str();
-    import->add_flag("--force", import_force, "replace an existing smtpfence.conf");
-    import->add_flag("--dry-run", import_dry, "print the new smtpfence.conf; write nothing");
+};
 
+// The subcommands, to ask which one the parse found.
+struct Subcommands {
+    CLI::App* allow = nullptr;
+    CLI::App* deny = nullptr;
+    CLI::App* list = nullptr;
+    CLI::App* check = nullptr;
+    CLI::App* test = nullptr;
+    CLI::App* status = nullptr;
+    CLI::App* attempts = nullptr;
+    CLI::App* top = nullptr;
+    CLI::App* reload = nullptr;
+    CLI::App* remove = nullptr;
+    CLI::App* apply = nullptr;
+    CLI::App* import = nullptr;
+    CLI::Option* config = nullptr;  // apply --config: given, or the default
+};
+
+void add_json_flag(CLI::App* sub, CliArgs& a) {
+    sub->add_flag("--json", a.as_json, "print the daemon's answer as JSON");
+}
+
+// The order of the add_* calls is the order of `smtpfencectl --help`.
+
+// allow, deny, list, check: the allowlist.
+void add_allowlist_commands(CLI::App& app, CliArgs& a, Subcommands& s) {
+    s.allow = app.add_subcommand("allow", "let a user (or --group) connect to SMTP directly");
+    s.deny = app.add_subcommand("deny", "remove a user (or --group) from the allowlist");
+    for (auto* sub : {s.allow, s.deny}) {
+        sub->add_option("user", a.user, "user name or uid");
+        sub->add_option("--group", a.group, "group name or gid");
+        add_json_flag(sub, a);
+    }
+    s.list = app.add_subcommand("list", "show who is allowed, and why");
+    add_json_flag(s.list, a);
+    s.check = app.add_subcommand("check", "would USER be blocked, and by which rule");
+    s.check->add_option("user", a.user, "user name or uid")->required();
+    add_json_flag(s.check, a);
+}
+
+void add_test_command(CLI::App& app, CliArgs& a, Subcommands& s) {
+    s.test = app.add_subcommand("test", "a real connection as USER: refused or connected");
+    s.test->add_option("user", a.user, "user name or uid")->required();
+    s.test->add_option("address", a.address, "numeric IPv4 or IPv6 address")->required();
+    s.test->add_option("port", a.port, "TCP port")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 65535));
+    add_json_flag(s.test, a);
+}
+
+// status, attempts, top: what is enforced and who tried.
+void add_report_commands(CLI::App& app, CliArgs& a, Subcommands& s) {
+    s.status = app.add_subcommand("status", "what is enforced, worker health, counters");
+    add_json_flag(s.status, a);
+    s.attempts = app.add_subcommand("attempts", "who tried: user, process, destination");
+    s.attempts->add_option("--since", a.since, "e.g. 90s, 30m, 1h, 2d, today");
+    s.attempts->add_option("--user", a.user, "only this user or hosting account");
+    s.attempts->add_option("--limit", a.limit, "show the newest N records")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 100000));
+    add_json_flag(s.attempts, a);
+    s.top = app.add_subcommand("top", "accounts ranked by attempts (default: today)");
+    s.top->add_option("--since", a.since, "e.g. 1h, 2d, today");
+    add_json_flag(s.top, a);
+}
+
+// reload, remove, apply: the table.
+void add_table_commands(CLI::App& app, CliArgs& a, Subcommands& s) {
+    s.reload = app.add_subcommand("reload", "re-read config and accounts, re-apply");
+    s.remove = app.add_subcommand(
+        "remove", "delete the table: outbound SMTP is no longer guarded until reload");
+    s.apply = app.add_subcommand(
+        "apply", "show (--dry-run) or apply the ruleset the configuration produces");
+    DaemonOptions& o = a.options;
+    s.config =
+        s.apply->add_option("--config", o.config_path, "configuration file")->capture_default_str();
+    s.apply->add_option("--table", o.table, "nftables table name")->capture_default_str();
+    s.apply->add_option("--passwd", o.passwd_path, "passwd(5) file")->capture_default_str();
+    s.apply->add_option("--group", o.group_path, "group(5) file")->capture_default_str();
+    s.apply->add_option("--allow-list", o.allow_list_path,
+                        "managed allowlist (default: allow.list beside the config)");
+    s.apply->add_option("--csf-conf", o.csf_conf_path,
+                        "take the SMTP settings from CSF's csf.conf, as smtpfenced --csf-conf");
+    s.apply->add_flag("--dry-run", a.dry, "print the ruleset as nft text; change nothing");
+}
+
+void add_import_command(CLI::App& app, CliArgs& a, Subcommands& s) {
+    s.import = app.add_subcommand(
+        "import-csf",
+        "write smtpfence.conf from CSF's csf.conf; print what was mapped and ignored");
+    s.import->add_option("csf_conf", a.csf_path, "CSF's configuration")->capture_default_str();
+    s.import->add_option("--to", a.import_to, "smtpfence.conf to write")->capture_default_str();
+    s.import->add_flag("--force", a.import_force, "replace an existing smtpfence.conf");
+    s.import->add_flag("--dry-run", a.import_dry, "print the new smtpfence.conf; write nothing");
+}
+
+Subcommands build_cli(CLI::App& app, CliArgs& a) {
+    app.require_subcommand(1);
+    app.set_version_flag("--version", std::string("smtpfencectl ") + SMTPFENCE_VERSION);
+    app.add_option("--socket", a.socket_path, "smtpfenced's control socket")
+        ->capture_default_str()
+        ->envname("SMTPFENCE_SOCKET");
+    Subcommands s;
+    add_allowlist_commands(app, a, s);
+    add_test_command(app, a, s);
+    add_report_commands(app, a, s);
+    add_table_commands(app, a, s);
+    add_import_command(app, a, s);
     // --socket is accepted after the subcommand too (smtpfencectl status --socket X).
     for (CLI::App* sub : app.get_subcommands({}))
         sub->fallthrough();
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-        const int code = app.exit(e);
-        return code == 0 ? kExitOk : kExitUsage;
+    return s;
+}
+
+// The --since of attempts and top into req, or the exit code of a usage error.
+std::optional<int> read_since(const CliArgs& a, ctl::Request& req) {
+    if (a.since.empty())
+        return std::nullopt;
+    req.since = parse_since(a.since);
+    if (!req.since) {
+        log::error("--since \"" + text::printable(a.since) +
+                   "\": expected a duration such as 90s, 30m, 1h, 2d, or \"today\"");
+        return kExitUsage;
     }
-    options.config_given = config->count() > 0;
+    return std::nullopt;
+}
 
-    if (apply->parsed() && dry)
-        return dry_run(options);
-    if (import->parsed())
-        return import_csf(csf_path, import_to, import_force, import_dry);
-
-    if (allow->parsed() || deny->parsed()) {
-        req.command = allow->parsed() ? ctl::Command::Allow : ctl::Command::Deny;
-        if (user.empty() == group.empty()) {
+// The request the parsed command line makes of the daemon, or the exit code of a
+// usage error (reported).
+std::expected<ctl::Request, int> request_from(const Subcommands& s, const CliArgs& a) {
+    ctl::Request req;
+    if (s.allow->parsed() || s.deny->parsed()) {
+        req.command = s.allow->parsed() ? ctl::Command::Allow : ctl::Command::Deny;
+        if (a.user.empty() == a.group.empty()) {
             log::error("give a user name, or --group NAME (one of the two)");
-            return kExitUsage;
+            return std::unexpected(kExitUsage);
         }
-        if (!user.empty())
-            req.user = user;
+        if (!a.user.empty())
+            req.user = a.user;
         else
-            req.group = group;
-    } else if (list->parsed()) {
+            req.group = a.group;
+    } else if (s.list->parsed()) {
         req.command = ctl::Command::List;
-    } else if (check->parsed()) {
+    } else if (s.check->parsed()) {
         req.command = ctl::Command::Check;
-        req.user = user;
-    } else if (test->parsed()) {
+        req.user = a.user;
+    } else if (s.test->parsed()) {
         req.command = ctl::Command::Test;
-        req.user = user;
-        req.address = address;
-        req.port = static_cast<std::uint16_t>(port);
-    } else if (status->parsed()) {
+        req.user = a.user;
+        req.address = a.address;
+        req.port = static_cast<std::uint16_t>(a.port);
+    } else if (s.status->parsed()) {
         req.command = ctl::Command::Status;
-    } else if (attempts->parsed() || top->parsed()) {
-        req.command = attempts->parsed() ? ctl::Command::Attempts : ctl::Command::Top;
-        if (!since.empty()) {
-            req.since = parse_since(since);
-            if (!req.since) {
-                log::error("--since \"" + text::printable(since) +
-                           "\": expected a duration such as 90s, 30m, 1h, 2d, or \"today\"");
-                return kExitUsage;
-            }
+    } else if (s.attempts->parsed() || s.top->parsed()) {
+        req.command = s.attempts->parsed() ? ctl::Command::Attempts : ctl::Command::Top;
+        if (const auto usage = read_since(a, req))
+            return std::unexpected(*usage);
+        if (s.attempts->parsed()) {
+            if (!a.user.empty())
+                req.user = a.user;
+            req.limit = a.limit;
         }
-        if (attempts->parsed()) {
-            if (!user.empty())
-                req.user = user;
-            req.limit = limit;
-        }
-    } else if (reload->parsed() || apply->parsed()) {
+    } else if (s.reload->parsed() || s.apply->parsed()) {
         req.command = ctl::Command::Reload;
-    } else if (remove->parsed()) {
+    } else if (s.remove->parsed()) {
         req.command = ctl::Command::Remove;
     }
     // Names and addresses are checked here too, for a clear message without a daemon.
@@ -458,41 +502,90 @@ static int run(int argc, char** argv) {
         if (*name) {
             if (const std::string p = ctl::name_problem(**name); !p.empty()) {
                 log::error("\"" + text::printable(**name) + "\": " + p);
-                return kExitUsage;
+                return std::unexpected(kExitUsage);
             }
         }
     }
+    return req;
+}
 
+// The daemon's response to req, a protocol-1 object with "ok", or the exit code of a
+// failure to get one (reported).
+std::expected<json, int> ask_daemon(const std::string& socket_path, const ctl::Request& req) {
     // `test` waits for a connect() of up to 5 s in the daemon's child.
     auto reply = ctl::call(socket_path, req, std::chrono::seconds(15));
     if (!reply) {
         log::error(reply.error().message);
-        return reply.error().unreachable ? kExitUnreachable : kExitFailure;
+        return std::unexpected(reply.error().unreachable ? kExitUnreachable : kExitFailure);
     }
-    const json j = json::parse(*reply, nullptr, false);
+    json j = json::parse(*reply, nullptr, false);
     if (j.is_discarded() || !j.is_object() || !j.contains("ok")) {
         log::error("smtpfenced sent an answer that is not a protocol-1 response: " +
                    text::printable(*reply));
-        return kExitFailure;
+        return std::unexpected(kExitFailure);
     }
-    if (!j.value("ok", false)) {
-        const std::string code = j["error"].value("code", "failed");
-        log::error(terminal_safe(j["error"].value("message", "failed")));
-        const auto ec = ctl::error_code_from_string(code);
-        if (ec == ctl::ErrorCode::PermissionDenied)
-            return kExitDenied;
-        if (ec == ctl::ErrorCode::NotFound || ec == ctl::ErrorCode::InvalidArgument ||
-            ec == ctl::ErrorCode::BadRequest)
-            return kExitUsage;
-        return kExitFailure;
+    return j;
+}
+
+// The daemon said no: its message, and the exit code for its error code.
+int report_refusal(const json& j) {
+    const std::string code = j["error"].value("code", "failed");
+    log::error(terminal_safe(j["error"].value("message", "failed")));
+    const auto ec = ctl::error_code_from_string(code);
+    if (ec == ctl::ErrorCode::PermissionDenied)
+        return kExitDenied;
+    if (ec == ctl::ErrorCode::NotFound || ec == ctl::ErrorCode::InvalidArgument ||
+        ec == ctl::ErrorCode::BadRequest)
+        return kExitUsage;
+    return kExitFailure;
+}
+
+int print_test(const json& r, bool as_json) {
+    const std::string outcome = r.value("outcome", "error");
+    if (!as_json) {
+        std::cout << "as " << field(r, "user") << " (uid " << r.value("uid", 0U) << ") to "
+                  << field(r, "address") << " port " << r.value("port", 0) << ": ";
+        if (outcome == "connected")
+            std::cout << "connected";
+        else if (outcome == "refused")
+            std::cout << "refused";
+        else if (outcome == "timed_out")
+            std::cout << "no answer within 5 s (dropped)";
+        else
+            std::cout << "failed: " << field(r, "error");
+        std::cout << " after " << r.value("elapsed_ms", 0) << " ms\n";
     }
-    const json& r = j["result"];
+    // Refused or unanswered: what the block does. Any other error (no route, ...) says
+    // nothing about the block: a plain failure.
+    if (outcome == "connected")
+        return kExitOk;
+    return outcome == "refused" || outcome == "timed_out" ? kExitBlocked : kExitFailure;
+}
+
+int print_allowlist_change(const json& r, bool is_allow, bool as_json) {
+    if (!as_json) {
+        std::cout << field(r, "kind") << " " << field(r, "name") << ": "
+                  << (r.value("changed", false)
+                          ? (is_allow ? "allowed" : "removed from the allowlist")
+                          : (is_allow ? "already in the allowlist" : "was not in the allowlist"))
+                  << " (" << field(r, "file") << ")\n";
+    }
+    if (r.contains("still_allowed")) {
+        log::warning(field(r, "name") + " is still allowed: " + field(r, "still_allowed") +
+                     "; change the configuration file to block it");
+        return kExitConflict;
+    }
+    return kExitOk;
+}
+
+// The result of command as text (or JSON with --json), and the exit code it means.
+int print_result(ctl::Command command, const json& r, bool as_json) {
     if (as_json) {
         // ensure_ascii: every byte beyond ASCII and every control character as a \u
         // escape, so the output is safe on a terminal and still the exact text.
         std::cout << r.dump(2, ' ', true, json::error_handler_t::replace) << "\n";
     }
-    switch (req.command) {
+    switch (command) {
         case ctl::Command::Status:
             if (!as_json)
                 print_status(r);
@@ -506,27 +599,8 @@ static int run(int argc, char** argv) {
                 std::cout << field(r, "user") << " (uid " << r.value("uid", 0U)
                           << "): " << field(r, "reason") << "\n";
             return r.value("blocked", false) ? kExitBlocked : kExitOk;
-        case ctl::Command::Test: {
-            const std::string outcome = r.value("outcome", "error");
-            if (!as_json) {
-                std::cout << "as " << field(r, "user") << " (uid " << r.value("uid", 0U) << ") to "
-                          << field(r, "address") << " port " << r.value("port", 0) << ": ";
-                if (outcome == "connected")
-                    std::cout << "connected";
-                else if (outcome == "refused")
-                    std::cout << "refused";
-                else if (outcome == "timed_out")
-                    std::cout << "no answer within 5 s (dropped)";
-                else
-                    std::cout << "failed: " << field(r, "error");
-                std::cout << " after " << r.value("elapsed_ms", 0) << " ms\n";
-            }
-            // Refused or unanswered: what the block does. Any other error (no route, ...)
-            // says nothing about the block: a plain failure.
-            if (outcome == "connected")
-                return kExitOk;
-            return outcome == "refused" || outcome == "timed_out" ? kExitBlocked : kExitFailure;
-        }
+        case ctl::Command::Test:
+            return print_test(r, as_json);
         case ctl::Command::Attempts:
             if (!as_json)
                 print_attempts(r);
@@ -536,23 +610,8 @@ static int run(int argc, char** argv) {
                 print_top(r);
             return kExitOk;
         case ctl::Command::Allow:
-        case ctl::Command::Deny: {
-            if (!as_json) {
-                const bool is_allow = req.command == ctl::Command::Allow;
-                std::cout << field(r, "kind") << " " << field(r, "name") << ": "
-                          << (r.value("changed", false)
-                                  ? (is_allow ? "allowed" : "removed from the allowlist")
-                                  : (is_allow ? "already in the allowlist"
-                                              : "was not in the allowlist"))
-                          << " (" << field(r, "file") << ")\n";
-            }
-            if (r.contains("still_allowed")) {
-                log::warning(field(r, "name") + " is still allowed: " + field(r, "still_allowed") +
-                             "; change the configuration file to block it");
-                return kExitConflict;
-            }
-            return kExitOk;
-        }
+        case ctl::Command::Deny:
+            return print_allowlist_change(r, command == ctl::Command::Allow, as_json);
         case ctl::Command::Reload:
             if (!as_json)
                 std::cout << (r.value("enforcing", false) ? "enforcing: " : "not enforcing: ")
@@ -567,6 +626,38 @@ static int run(int argc, char** argv) {
             return kExitOk;
     }
     return kExitOk;
+}
+
+}  // namespace
+
+static int run(int argc, char** argv) {
+    log::set_program("smtpfencectl");
+    CliArgs args;
+    CLI::App app{"smtpfencectl: manage smtpfence, the outbound SMTP block"};
+    const Subcommands cmd = build_cli(app, args);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        const int code = app.exit(e);
+        return code == 0 ? kExitOk : kExitUsage;
+    }
+    args.options.config_given = cmd.config->count() > 0;
+
+    if (cmd.apply->parsed() && args.dry)
+        return dry_run(args.options);
+    if (cmd.import->parsed())
+        return import_csf(args.csf_path, args.import_to, args.import_force, args.import_dry);
+
+    const auto req = request_from(cmd, args);
+    if (!req)
+        return req.error();
+    const auto response = ask_daemon(args.socket_path, *req);
+    if (!response)
+        return response.error();
+    const json& j = *response;
+    if (!j.value("ok", false))
+        return report_refusal(j);
+    return print_result(req->command, j["result"], args.as_json);
 }
 
 int main(int argc, char** argv) {
