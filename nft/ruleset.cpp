@@ -4,18 +4,18 @@
 #include <libnftnl/common.h>
 #include <libnftnl/udata.h>
 #include <linux/netfilter.h>
-#include <linux/netfilter/nf_log.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/xt_NFQUEUE.h>
 #include <linux/rtnetlink.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <utility>
+
+#include "nft/rule_builder.h"
 
 namespace smtpfence::nft {
 namespace {
@@ -32,167 +32,6 @@ constexpr std::uint32_t kTypeGid = 25;
 // `fib daddr type local` would do a second FIB lookup per SYN (measured: ~5% of the
 // refusal rate with 10,000 allowed users).
 constexpr std::uint32_t kLoopbackIfindex = 1;
-
-// syslog's LOG_WARNING; a constant here so no syslog.h macro leaks in.
-constexpr std::uint32_t kLogLevelWarning = 4;
-
-// TCP flags byte: offset 13 of the TCP header.
-constexpr std::uint32_t kTcpFlagsOffset = 13;
-constexpr std::uint8_t kTcpSyn = 0x02;
-constexpr std::uint8_t kTcpAck = 0x10;
-
-// Builds one rule: expressions appended in order, each with a label.
-class RuleBuilder {
-  public:
-    RuleBuilder(const std::string& table, const std::string& chain) : rule_(make_rule()) {
-        nftnl_rule_set_u32(rule_.get(), NFTNL_RULE_FAMILY, NFPROTO_INET);
-        nftnl_rule_set_str(rule_.get(), NFTNL_RULE_TABLE, table.c_str());
-        nftnl_rule_set_str(rule_.get(), NFTNL_RULE_CHAIN, chain.c_str());
-        chain_ = chain;
-    }
-
-    RuleBuilder& meta(std::uint32_t key, const char* label) {
-        ExprPtr e = make_expr("meta");
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_KEY, key);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_DREG, NFT_REG_1);
-        return add(std::move(e), label);
-    }
-    RuleBuilder& cmp(std::uint32_t op, const void* data, std::uint32_t len, const char* label) {
-        ExprPtr e = make_expr("cmp");
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CMP_SREG, NFT_REG_1);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CMP_OP, op);
-        nftnl_expr_set(e.get(), NFTNL_EXPR_CMP_DATA, data, len);
-        return add(std::move(e), label);
-    }
-    RuleBuilder& payload(std::uint32_t base, std::uint32_t offset, std::uint32_t len,
-                         const char* label) {
-        ExprPtr e = make_expr("payload");
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_PAYLOAD_BASE, base);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_PAYLOAD_OFFSET, offset);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_PAYLOAD_LEN, len);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_PAYLOAD_DREG, NFT_REG_1);
-        return add(std::move(e), label);
-    }
-    RuleBuilder& bitwise(std::uint32_t len, const void* mask, const void* xor_value,
-                         const char* label) {
-        ExprPtr e = make_expr("bitwise");
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BITWISE_SREG, NFT_REG_1);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BITWISE_DREG, NFT_REG_1);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BITWISE_LEN, len);
-        nftnl_expr_set(e.get(), NFTNL_EXPR_BITWISE_MASK, mask, len);
-        nftnl_expr_set(e.get(), NFTNL_EXPR_BITWISE_XOR, xor_value, len);
-        return add(std::move(e), label);
-    }
-    RuleBuilder& lookup(const char* set, bool invert, const char* label) {
-        ExprPtr e = make_expr("lookup");
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOOKUP_SREG, NFT_REG_1);
-        nftnl_expr_set_str(e.get(), NFTNL_EXPR_LOOKUP_SET, set);
-        if (invert)
-            nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
-        return add(std::move(e), label);
-    }
-    RuleBuilder& verdict(int code, const char* label, const char* chain = nullptr) {
-        ExprPtr e = make_expr("immediate");
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_IMM_DREG, NFT_REG_VERDICT);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_IMM_VERDICT, static_cast<std::uint32_t>(code));
-        if (chain != nullptr)
-            nftnl_expr_set_str(e.get(), NFTNL_EXPR_IMM_CHAIN, chain);
-        return add(std::move(e), label);
-    }
-    RuleBuilder& dynset(std::uint32_t op, const char* set, ExprPtr element_expr,
-                        const char* label) {
-        ExprPtr e = make_expr("dynset");
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_DYNSET_SREG_KEY, NFT_REG_1);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_DYNSET_OP, op);
-        nftnl_expr_set_str(e.get(), NFTNL_EXPR_DYNSET_SET_NAME, set);
-        if (element_expr) {
-            // The dynset expression takes ownership of the per-element expression.
-            nftnl_expr_set(e.get(), NFTNL_EXPR_DYNSET_EXPR, element_expr.release(), 0);
-        }
-        return add(std::move(e), label);
-    }
-    RuleBuilder& reject_tcp_reset(const char* label) {
-        ExprPtr e = make_expr("reject");
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_REJECT_TYPE, NFT_REJECT_TCP_RST);
-        nftnl_expr_set_u8(e.get(), NFTNL_EXPR_REJECT_CODE, 0);
-        return add(std::move(e), label);
-    }
-    RuleBuilder& native_queue(std::uint16_t num, const char* label) {
-        ExprPtr e = make_expr("queue");
-        nftnl_expr_set_u16(e.get(), NFTNL_EXPR_QUEUE_NUM, num);
-        nftnl_expr_set_u16(e.get(), NFTNL_EXPR_QUEUE_TOTAL, 1);
-        nftnl_expr_set_u16(e.get(), NFTNL_EXPR_QUEUE_FLAGS, NFT_QUEUE_FLAG_BYPASS);
-        return add(std::move(e), label);
-    }
-    // A token bucket shared by every packet reaching the rule (not per uid).
-    RuleBuilder& limit_per_minute(std::uint32_t rate, std::uint32_t burst, const char* label) {
-        ExprPtr e = make_expr("limit");
-        nftnl_expr_set_u64(e.get(), NFTNL_EXPR_LIMIT_RATE, rate);
-        nftnl_expr_set_u64(e.get(), NFTNL_EXPR_LIMIT_UNIT, 60);  // seconds
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LIMIT_BURST, burst);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LIMIT_TYPE, NFT_LIMIT_PKTS);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LIMIT_FLAGS, 0);
-        return add(std::move(e), label);
-    }
-    // Level 4 (warning) is what iptables' LOG target, and so CSF, used.
-    RuleBuilder& log(const char* prefix, bool with_uid, const char* label) {
-        ExprPtr e = make_expr("log");
-        nftnl_expr_set_str(e.get(), NFTNL_EXPR_LOG_PREFIX, prefix);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOG_LEVEL, kLogLevelWarning);
-        if (with_uid)
-            nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOG_FLAGS, NF_LOG_UID);
-        return add(std::move(e), label);
-    }
-    // To the primary address of the output device, i.e. 127.0.0.1 or ::1 for a locally
-    // generated packet, keeping the destination port.
-    RuleBuilder& redirect(const char* label) { return add(make_expr("redir"), label); }
-    // The route type of the packet's destination address as it is now (after nat).
-    RuleBuilder& fib_daddr_type(const char* label) {
-        ExprPtr e = make_expr("fib");
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_FIB_DREG, NFT_REG_1);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR);
-        return add(std::move(e), label);
-    }
-    RuleBuilder& xt_nfqueue(std::uint16_t num, const char* label) {
-        ExprPtr e = make_expr("target");
-        nftnl_expr_set_str(e.get(), NFTNL_EXPR_TG_NAME, "NFQUEUE");
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_TG_REV, 3);
-        set_nfqueue_info(e.get(), num);
-        return add(std::move(e), label);
-    }
-
-    // `tcp dport @ports tcp flags syn / syn,ack`: the SYN of a new connection only.
-    RuleBuilder& smtp_syn() {
-        const std::uint8_t tcp = IPPROTO_TCP;
-        meta(NFT_META_L4PROTO, "meta l4proto");
-        cmp(NFT_CMP_EQ, &tcp, 1, "l4proto tcp");
-        payload(NFT_PAYLOAD_TRANSPORT_HEADER, offsetof(tcphdr, dest), 2, "tcp dport");
-        lookup(kSetPorts, false, "dport @ports");
-        payload(NFT_PAYLOAD_TRANSPORT_HEADER, kTcpFlagsOffset, 1, "tcp flags");
-        const std::uint8_t mask = kTcpSyn | kTcpAck;
-        const std::uint8_t zero = 0;
-        bitwise(1, &mask, &zero, "flags & (syn|ack)");
-        cmp(NFT_CMP_EQ, &kTcpSyn, 1, "== syn");
-        return *this;
-    }
-
-    BuiltRule done(std::string text) {
-        return BuiltRule{chain_, std::move(text), std::move(names_), std::move(rule_)};
-    }
-
-  private:
-    RuleBuilder& add(ExprPtr e, const char* label) {
-        // The rule takes ownership of the expression.
-        nftnl_rule_add_expr(rule_.get(), e.release());
-        names_.emplace_back(label);
-        return *this;
-    }
-
-    RulePtr rule_;
-    std::string chain_;
-    std::vector<std::string> names_;
-};
 
 // nftables' byteorder enum (src/datatype.h): uid/gid keys are host-endian.
 constexpr std::uint32_t kByteorderHost = 1;
@@ -226,22 +65,11 @@ ElementKey key_of(const void* data, std::size_t len) {
 
 ChainPtr base_chain(const std::string& table, const char* name, int priority,
                     const char* type = "filter") {
-    ChainPtr c = make_chain();
-    nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
-    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, table.c_str());
-    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, name);
+    ChainPtr c = build_chain(table, name);
     nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TYPE, type);
     nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_HOOKNUM, NF_INET_LOCAL_OUT);
     nftnl_chain_set_s32(c.get(), NFTNL_CHAIN_PRIO, priority);
     nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_POLICY, NF_ACCEPT);
-    return c;
-}
-
-ChainPtr regular_chain(const std::string& table, const char* name) {
-    ChainPtr c = make_chain();
-    nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
-    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, table.c_str());
-    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, name);
     return c;
 }
 
@@ -287,6 +115,14 @@ TablePtr build_table(const std::string& table) {
     return t;
 }
 
+ChainPtr build_chain(const std::string& table, const std::string& chain) {
+    ChainPtr c = make_chain();
+    nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
+    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, table.c_str());
+    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, chain.c_str());
+    return c;
+}
+
 std::vector<ElementKey> u32_keys(const std::set<std::uint32_t>& values) {
     std::vector<ElementKey> keys;
     keys.reserve(values.size());
@@ -295,85 +131,78 @@ std::vector<ElementKey> u32_keys(const std::set<std::uint32_t>& values) {
     return keys;
 }
 
-Ruleset build_ruleset(const RulesetSpec& spec) {
-    Ruleset rs;
-    rs.table = spec.table;
-    rs.owned = spec.owned;
-    rs.table_obj = build_table(spec.table);
-    if (spec.owned)
-        nftnl_table_set_u32(rs.table_obj.get(), NFTNL_TABLE_FLAGS, kTableFlagsOwned);
-    const std::string& t = spec.table;
+namespace {
 
-    // --- sets -------------------------------------------------------------------
+// --- sets ---------------------------------------------------------------------------
+
+// Exact per-uid SYN counts, kept by the kernel whatever userspace does.
+BuiltSet blocked_set(const std::string& t) {
+    BuiltSet blocked{
+        kSetBlocked,
+        {"type uid", "size " + std::to_string(kDynamicSetSize), "flags dynamic", "counter"},
+        {},
+        {},
+        base_set(t, kSetBlocked, kTypeUid, 4, 4)};
+    nftnl_set_set_u32(blocked.set.get(), NFTNL_SET_FLAGS, NFT_SET_EVAL);
+    nftnl_set_set_u32(blocked.set.get(), NFTNL_SET_DESC_SIZE, kDynamicSetSize);
+    nftnl_set_add_expr(blocked.set.get(), make_expr("counter").release());  // set owns it
+    return blocked;
+}
+
+BuiltSet ports_set(const std::string& t, std::vector<std::uint16_t> ports) {
+    BuiltSet set{
+        kSetPorts, {"type inet_service"}, {}, {}, base_set(t, kSetPorts, kTypeInetService, 2, 1)};
+    std::sort(ports.begin(), ports.end());
+    ports.erase(std::unique(ports.begin(), ports.end()), ports.end());
+    for (const std::uint16_t p : ports) {
+        const std::uint16_t be = htons(p);  // inet_service is network byte order
+        set.keys.push_back(key_of(&be, sizeof be));
+        set.elements.push_back(std::to_string(p));
+    }
+    return set;
+}
+
+// allow_uid or allow_gid: the ids whose SYNs pass.
+BuiltSet allow_set(const std::string& t, const char* name, std::uint32_t key_type,
+                   const char* type_text, const std::set<std::uint32_t>& ids,
+                   std::uint32_t set_id) {
+    BuiltSet set{name, {type_text}, {}, u32_keys(ids), base_set(t, name, key_type, 4, set_id)};
+    for (const std::uint32_t id : ids)
+        set.elements.push_back(std::to_string(id));
+    return set;
+}
+
+// Per-uid token buckets for the observe chain; entries expire a minute after a uid's
+// last blocked SYN so the set does not fill with stale uids.
+BuiltSet observe_rate_set(const std::string& t) {
+    BuiltSet rate{kSetObserveRate,
+                  {"type uid", "size " + std::to_string(kDynamicSetSize), "flags dynamic,timeout",
+                   "timeout 1m"},
+                  {},
+                  {},
+                  base_set(t, kSetObserveRate, kTypeUid, 4, 5)};
+    nftnl_set_set_u32(rate.set.get(), NFTNL_SET_FLAGS, NFT_SET_EVAL | NFT_SET_TIMEOUT);
+    nftnl_set_set_u32(rate.set.get(), NFTNL_SET_DESC_SIZE, kDynamicSetSize);
+    nftnl_set_set_u64(rate.set.get(), NFTNL_SET_TIMEOUT, 60000);
+    return rate;
+}
+
+void add_sets(Ruleset& rs, const RulesetSpec& spec) {
+    const std::string& t = spec.table;
     // `blocked` comes first: it is the one set a reload keeps, so it stays the first
     // in the kernel's listing order too, and our text matches `nft list` either way.
-    {
-        // Exact per-uid SYN counts, kept by the kernel whatever userspace does.
-        BuiltSet blocked{
-            kSetBlocked,
-            {"type uid", "size " + std::to_string(kDynamicSetSize), "flags dynamic", "counter"},
-            {},
-            {},
-            base_set(t, kSetBlocked, kTypeUid, 4, 4)};
-        nftnl_set_set_u32(blocked.set.get(), NFTNL_SET_FLAGS, NFT_SET_EVAL);
-        nftnl_set_set_u32(blocked.set.get(), NFTNL_SET_DESC_SIZE, kDynamicSetSize);
-        nftnl_set_add_expr(blocked.set.get(), make_expr("counter").release());  // set owns it
-        rs.sets.push_back(std::move(blocked));
-    }
-    {
-        BuiltSet ports{kSetPorts,
-                       {"type inet_service"},
-                       {},
-                       {},
-                       base_set(t, kSetPorts, kTypeInetService, 2, 1)};
-        std::vector<std::uint16_t> sorted = spec.ports;
-        std::sort(sorted.begin(), sorted.end());
-        sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
-        for (const std::uint16_t p : sorted) {
-            const std::uint16_t be = htons(p);  // inet_service is network byte order
-            ports.keys.push_back(key_of(&be, sizeof be));
-            ports.elements.push_back(std::to_string(p));
-        }
-        rs.sets.push_back(std::move(ports));
-    }
-    {
-        BuiltSet uids{kSetAllowUid,
-                      {"type uid"},
-                      {},
-                      u32_keys(spec.allow_uids),
-                      base_set(t, kSetAllowUid, kTypeUid, 4, 2)};
-        for (const std::uint32_t u : spec.allow_uids) {
-            uids.elements.push_back(std::to_string(u));
-        }
-        rs.sets.push_back(std::move(uids));
-    }
-    {
-        BuiltSet gids{kSetAllowGid,
-                      {"type gid"},
-                      {},
-                      u32_keys(spec.allow_gids),
-                      base_set(t, kSetAllowGid, kTypeGid, 4, 3)};
-        for (const std::uint32_t g : spec.allow_gids) {
-            gids.elements.push_back(std::to_string(g));
-        }
-        rs.sets.push_back(std::move(gids));
-    }
-    if (spec.queue != QueueMode::None) {
-        // Per-uid token buckets for the observe chain; entries expire a minute after
-        // a uid's last blocked SYN so the set does not fill with stale uids.
-        BuiltSet rate{kSetObserveRate,
-                      {"type uid", "size " + std::to_string(kDynamicSetSize),
-                       "flags dynamic,timeout", "timeout 1m"},
-                      {},
-                      {},
-                      base_set(t, kSetObserveRate, kTypeUid, 4, 5)};
-        nftnl_set_set_u32(rate.set.get(), NFTNL_SET_FLAGS, NFT_SET_EVAL | NFT_SET_TIMEOUT);
-        nftnl_set_set_u32(rate.set.get(), NFTNL_SET_DESC_SIZE, kDynamicSetSize);
-        nftnl_set_set_u64(rate.set.get(), NFTNL_SET_TIMEOUT, 60000);
-        rs.sets.push_back(std::move(rate));
-    }
+    rs.sets.push_back(blocked_set(t));
+    rs.sets.push_back(ports_set(t, spec.ports));
+    rs.sets.push_back(allow_set(t, kSetAllowUid, kTypeUid, "type uid", spec.allow_uids, 2));
+    rs.sets.push_back(allow_set(t, kSetAllowGid, kTypeGid, "type gid", spec.allow_gids, 3));
+    if (spec.queue != QueueMode::None)
+        rs.sets.push_back(observe_rate_set(t));
+}
 
-    // --- chains -------------------------------------------------------------------
+// --- chains -------------------------------------------------------------------------
+
+void add_chains(Ruleset& rs, const RulesetSpec& spec) {
+    const std::string& t = spec.table;
     if (spec.queue != QueueMode::None) {
         rs.chains.push_back({kChainObserve,
                              "type filter hook output priority filter - 10; policy accept;",
@@ -382,170 +211,204 @@ Ruleset build_ruleset(const RulesetSpec& spec) {
     rs.chains.push_back({kChainEnforce,
                          "type filter hook output priority filter + 10; policy accept;",
                          base_chain(t, kChainEnforce, kEnforcePriority)});
-    rs.chains.push_back({kChainJudge, "", regular_chain(t, kChainJudge)});
+    rs.chains.push_back({kChainJudge, "", build_chain(t, kChainJudge)});
     if (spec.redirect) {
         // Last: a chain added by a reload is listed after the kept ones, so the kernel's
         // listing order is the same whether the table was built whole or updated.
         rs.chains.push_back({kChainToMta, "type nat hook output priority -100; policy accept;",
                              base_chain(t, kChainToMta, kToMtaPriority, "nat")});
     }
+}
 
-    // With SMTP_REDIRECT on, the server's own addresses pass the filter chains whatever
-    // SMTP_ALLOWLOCAL says: the nat rule has decided on them already (and counted).
-    // A redirected SYN is addressed to 127.0.0.1 or ::1 and rerouted through lo, but
-    // `oif` (the output hook's device, fixed before nat ran) still names the device of
-    // the original route. So in redirect mode the filter chains also ask where the SYN
-    // goes now, `fib daddr type local`: it is not counted or queued again, and passes.
-    const bool lo_passes = spec.allow_local || spec.redirect;
-    const std::uint32_t rtn_local = RTN_LOCAL;
+// --- rules --------------------------------------------------------------------------
+// The helpers below append expressions to a rule and return their nft text.
 
-    // --- rules --------------------------------------------------------------------
-    const std::string rate_text = "limit rate " + std::to_string(spec.observe_rate) +
-                                  "/second burst " + std::to_string(spec.observe_burst) +
-                                  " packets";
-    if (spec.queue != QueueMode::None) {
-        // Count every blocked SYN, then sample it to userspace; never decides (bypass:
-        // no listener means the packet goes on to the enforce chain). The count is
-        // taken here, before the queue, because a SYN may wait in the queue while its
-        // process exits: after that its socket has no owner and `meta skuid` in judge
-        // would find nothing to count it by.
-        RuleBuilder r(t, kChainObserve);
-        r.smtp_syn()
-            .meta(NFT_META_SKUID, "meta skuid")
-            .lookup(kSetAllowUid, true, "skuid != @allow_uid")
-            .meta(NFT_META_SKGID, "meta skgid")
-            .lookup(kSetAllowGid, true, "skgid != @allow_gid");
-        std::string text =
-            "tcp dport @ports tcp flags syn / syn,ack meta skuid != @allow_uid meta skgid != "
-            "@allow_gid ";
-        if (lo_passes) {
-            r.meta(NFT_META_OIF, "meta oif").cmp(NFT_CMP_NEQ, &kLoopbackIfindex, 4, "!= lo");
-            text += "oif != \"lo\" ";
-        }
-        if (spec.redirect) {
-            r.fib_daddr_type("fib daddr type").cmp(NFT_CMP_NEQ, &rtn_local, 4, "!= local");
-            text += "fib daddr type != local ";
-        }
-        r.meta(NFT_META_SKUID, "meta skuid")
-            .dynset(NFT_DYNSET_OP_UPDATE, kSetBlocked, nullptr, "update @blocked");
-        text += "update @blocked { meta skuid } ";
-        ExprPtr limit = make_expr("limit");
-        nftnl_expr_set_u64(limit.get(), NFTNL_EXPR_LIMIT_RATE, spec.observe_rate);
-        nftnl_expr_set_u64(limit.get(), NFTNL_EXPR_LIMIT_UNIT, 1);
-        nftnl_expr_set_u32(limit.get(), NFTNL_EXPR_LIMIT_BURST, spec.observe_burst);
-        nftnl_expr_set_u32(limit.get(), NFTNL_EXPR_LIMIT_TYPE, NFT_LIMIT_PKTS);
-        nftnl_expr_set_u32(limit.get(), NFTNL_EXPR_LIMIT_FLAGS, 0);
-        r.meta(NFT_META_SKUID, "meta skuid")
-            .dynset(NFT_DYNSET_OP_ADD, kSetObserveRate, std::move(limit), "per-uid limit");
-        text += "add @observe_rate { meta skuid " + rate_text + " } ";
-        if (spec.queue == QueueMode::Native) {
-            r.native_queue(spec.queue_num, "queue");
-            text += "queue flags bypass to " + std::to_string(spec.queue_num);
-        } else {
-            r.xt_nfqueue(spec.queue_num, "NFQUEUE target");
-            text += "queue num " + std::to_string(spec.queue_num) + " bypass";
-        }
-        rs.rules.push_back(r.done(text));
+constexpr std::uint32_t kRtnLocal = RTN_LOCAL;
+
+// With SMTP_REDIRECT on, the server's own addresses pass the filter chains whatever
+// SMTP_ALLOWLOCAL says: the nat rule has decided on them already (and counted).
+// A redirected SYN is addressed to 127.0.0.1 or ::1 and rerouted through lo, but
+// `oif` (the output hook's device, fixed before nat ran) still names the device of
+// the original route. So in redirect mode the filter chains also ask where the SYN
+// goes now, `fib daddr type local`: it is not counted or queued again, and passes.
+bool lo_passes(const RulesetSpec& spec) {
+    return spec.allow_local || spec.redirect;
+}
+
+// A new connection's SYN to an SMTP port from a uid and gid the allow sets do not
+// hold: what the judge would refuse, before its other exceptions.
+std::string blocked_syn(RuleBuilder& r) {
+    r.smtp_syn()
+        .meta(NFT_META_SKUID, "meta skuid")
+        .lookup(kSetAllowUid, true, "skuid != @allow_uid")
+        .meta(NFT_META_SKGID, "meta skgid")
+        .lookup(kSetAllowGid, true, "skgid != @allow_gid");
+    return "tcp dport @ports tcp flags syn / syn,ack meta skuid != @allow_uid meta skgid != "
+           "@allow_gid ";
+}
+
+std::string not_to_lo(RuleBuilder& r) {
+    r.meta(NFT_META_OIF, "meta oif").cmp(NFT_CMP_NEQ, &kLoopbackIfindex, 4, "!= lo");
+    return "oif != \"lo\" ";
+}
+
+// The set's counter (cloned into each element by the kernel) counts every blocked SYN
+// per uid.
+std::string count_blocked(RuleBuilder& r) {
+    r.meta(NFT_META_SKUID, "meta skuid")
+        .dynset(NFT_DYNSET_OP_UPDATE, kSetBlocked, nullptr, "update @blocked");
+    return "update @blocked { meta skuid }";
+}
+
+// Count every blocked SYN, then sample it to userspace; never decides (bypass: no
+// listener means the packet goes on to the enforce chain). The count is taken here,
+// before the queue, because a SYN may wait in the queue while its process exits: after
+// that its socket has no owner and `meta skuid` in judge would find nothing to count
+// it by.
+BuiltRule observe_rule(const RulesetSpec& spec) {
+    RuleBuilder r(spec.table, kChainObserve);
+    std::string text = blocked_syn(r);
+    if (lo_passes(spec))
+        text += not_to_lo(r);
+    if (spec.redirect) {
+        r.fib_daddr_type("fib daddr type").cmp(NFT_CMP_NEQ, &kRtnLocal, 4, "!= local");
+        text += "fib daddr type != local ";
     }
-    {
-        RuleBuilder r(t, kChainEnforce);
-        r.smtp_syn().verdict(NFT_JUMP, "jump judge", kChainJudge);
-        rs.rules.push_back(r.done("tcp dport @ports tcp flags syn / syn,ack jump judge"));
+    text += count_blocked(r) + " ";
+    r.meta(NFT_META_SKUID, "meta skuid")
+        .dynset(NFT_DYNSET_OP_ADD, kSetObserveRate,
+                make_limit(spec.observe_rate, 1, spec.observe_burst), "per-uid limit");
+    text += "add @observe_rate { meta skuid limit rate " + std::to_string(spec.observe_rate) +
+            "/second burst " + std::to_string(spec.observe_burst) + " packets } ";
+    if (spec.queue == QueueMode::Native) {
+        r.native_queue(spec.queue_num, "queue");
+        text += "queue flags bypass to " + std::to_string(spec.queue_num);
+    } else {
+        r.xt_nfqueue(spec.queue_num, "NFQUEUE target");
+        text += "queue num " + std::to_string(spec.queue_num) + " bypass";
     }
-    if (lo_passes) {
+    return r.done(text);
+}
+
+BuiltRule enforce_rule(const std::string& t) {
+    RuleBuilder r(t, kChainEnforce);
+    r.smtp_syn().verdict(NFT_JUMP, "jump judge", kChainJudge);
+    return r.done("tcp dport @ports tcp flags syn / syn,ack jump judge");
+}
+
+// `meta skuid @allow_uid accept`, or its gid twin.
+BuiltRule accept_listed(const std::string& t, std::uint32_t key, const std::string& meta_key,
+                        const std::string& set) {
+    const std::string meta = "meta " + meta_key;
+    const std::string lookup = "@" + set;
+    RuleBuilder r(t, kChainJudge);
+    r.meta(key, meta.c_str())
+        .lookup(set.c_str(), false, lookup.c_str())
+        .verdict(NF_ACCEPT, "accept");
+    return r.done(meta + " " + lookup + " accept");
+}
+
+// What reaches this point is refused or dropped next: CSF's LOGDROPOUT lines.
+void add_log_rules(Ruleset& rs, const RulesetSpec& spec) {
+    for (const auto& [family, prefix] :
+         {std::pair{NFPROTO_IPV4, kLogPrefixIpv4}, std::pair{NFPROTO_IPV6, kLogPrefixIpv6}}) {
+        RuleBuilder r(spec.table, kChainJudge);
+        const auto proto = static_cast<std::uint8_t>(family);
+        r.meta(NFT_META_NFPROTO, "meta nfproto")
+            .cmp(NFT_CMP_EQ, &proto, 1, family == NFPROTO_IPV4 ? "ipv4" : "ipv6")
+            .limit_per_minute(kLogPerMinute, kLogBurst, "limit")
+            .log(prefix, spec.log_uid, "log");
+        // nft leaves out the burst when it is its default of 5, and the level when
+        // it is warn.
+        static_assert(kLogBurst == 5);
+        rs.rules.push_back(r.done(std::string("meta nfproto ") +
+                                  (family == NFPROTO_IPV4 ? "ipv4" : "ipv6") + " limit rate " +
+                                  std::to_string(kLogPerMinute) + "/minute log prefix \"" + prefix +
+                                  "\"" + (spec.log_uid ? " flags skuid" : "")));
+    }
+}
+
+BuiltRule verdict_rule(const RulesetSpec& spec) {
+    RuleBuilder r(spec.table, kChainJudge);
+    if (spec.verdict == Verdict::Reset) {
+        const std::uint8_t tcp = IPPROTO_TCP;
+        r.meta(NFT_META_L4PROTO, "meta l4proto")
+            .cmp(NFT_CMP_EQ, &tcp, 1, "l4proto tcp")
+            .reject_tcp_reset("reject with tcp reset");
+        return r.done("meta l4proto tcp reject with tcp reset");
+    }
+    r.verdict(NF_DROP, "drop");
+    return r.done("drop");
+}
+
+// The judge: what passes (lo, the allowed uids and gids, the server's own addresses
+// in redirect mode), then what is counted and logged, then the verdict.
+void add_judge_rules(Ruleset& rs, const RulesetSpec& spec) {
+    const std::string& t = spec.table;
+    if (lo_passes(spec)) {
         RuleBuilder r(t, kChainJudge);
         r.meta(NFT_META_OIF, "meta oif")
             .cmp(NFT_CMP_EQ, &kLoopbackIfindex, 4, "== lo")
             .verdict(NF_ACCEPT, "accept");
         rs.rules.push_back(r.done("oif \"lo\" accept"));
     }
-    {
-        RuleBuilder r(t, kChainJudge);
-        r.meta(NFT_META_SKUID, "meta skuid")
-            .lookup(kSetAllowUid, false, "@allow_uid")
-            .verdict(NF_ACCEPT, "accept");
-        rs.rules.push_back(r.done("meta skuid @allow_uid accept"));
-    }
-    {
-        RuleBuilder r(t, kChainJudge);
-        r.meta(NFT_META_SKGID, "meta skgid")
-            .lookup(kSetAllowGid, false, "@allow_gid")
-            .verdict(NF_ACCEPT, "accept");
-        rs.rules.push_back(r.done("meta skgid @allow_gid accept"));
-    }
+    rs.rules.push_back(accept_listed(t, NFT_META_SKUID, "skuid", kSetAllowUid));
+    rs.rules.push_back(accept_listed(t, NFT_META_SKGID, "skgid", kSetAllowGid));
     if (spec.redirect) {
         // After the allow rules: only blocked uids' SYNs pay for the route lookup.
         RuleBuilder r(t, kChainJudge);
         r.fib_daddr_type("fib daddr type")
-            .cmp(NFT_CMP_EQ, &rtn_local, 4, "local")
+            .cmp(NFT_CMP_EQ, &kRtnLocal, 4, "local")
             .verdict(NF_ACCEPT, "accept");
         rs.rules.push_back(r.done("fib daddr type local accept"));
     }
     if (spec.queue == QueueMode::None) {
-        // Without an observe chain, judge counts (see the observe rule for why it
-        // counts there otherwise).
-        // The set's counter (cloned into each element by the kernel) counts every
-        // blocked SYN per uid.
+        // Without an observe chain, judge counts (see observe_rule for why it counts
+        // there otherwise).
         RuleBuilder r(t, kChainJudge);
-        r.meta(NFT_META_SKUID, "meta skuid")
-            .dynset(NFT_DYNSET_OP_UPDATE, kSetBlocked, nullptr, "update @blocked");
-        rs.rules.push_back(r.done("update @blocked { meta skuid }"));
-    }
-    if (spec.log_blocked) {
-        // What reaches this point is refused or dropped next: CSF's LOGDROPOUT lines.
-        for (const auto& [family, prefix] :
-             {std::pair{NFPROTO_IPV4, kLogPrefixIpv4}, std::pair{NFPROTO_IPV6, kLogPrefixIpv6}}) {
-            RuleBuilder r(t, kChainJudge);
-            const auto proto = static_cast<std::uint8_t>(family);
-            r.meta(NFT_META_NFPROTO, "meta nfproto")
-                .cmp(NFT_CMP_EQ, &proto, 1, family == NFPROTO_IPV4 ? "ipv4" : "ipv6")
-                .limit_per_minute(kLogPerMinute, kLogBurst, "limit")
-                .log(prefix, spec.log_uid, "log");
-            // nft leaves out the burst when it is its default of 5, and the level when
-            // it is warn.
-            static_assert(kLogBurst == 5);
-            rs.rules.push_back(r.done(std::string("meta nfproto ") +
-                                      (family == NFPROTO_IPV4 ? "ipv4" : "ipv6") + " limit rate " +
-                                      std::to_string(kLogPerMinute) + "/minute log prefix \"" +
-                                      prefix + "\"" + (spec.log_uid ? " flags skuid" : "")));
-        }
-    }
-    if (spec.verdict == Verdict::Reset) {
-        RuleBuilder r(t, kChainJudge);
-        const std::uint8_t tcp = IPPROTO_TCP;
-        r.meta(NFT_META_L4PROTO, "meta l4proto")
-            .cmp(NFT_CMP_EQ, &tcp, 1, "l4proto tcp")
-            .reject_tcp_reset("reject with tcp reset");
-        rs.rules.push_back(r.done("meta l4proto tcp reject with tcp reset"));
-    } else {
-        RuleBuilder r(t, kChainJudge);
-        r.verdict(NF_DROP, "drop");
-        rs.rules.push_back(r.done("drop"));
-    }
-    if (spec.redirect) {
-        // The judge's decision, taken before it: the same SYNs it would refuse (ports,
-        // not an allowed uid or gid, not to the server itself when SMTP_ALLOWLOCAL) are
-        // counted here, once, and sent to the local MTA. Only a connection's first
-        // packet passes a nat chain, and the redirect sticks to the connection.
-        RuleBuilder r(t, kChainToMta);
-        r.smtp_syn()
-            .meta(NFT_META_SKUID, "meta skuid")
-            .lookup(kSetAllowUid, true, "skuid != @allow_uid")
-            .meta(NFT_META_SKGID, "meta skgid")
-            .lookup(kSetAllowGid, true, "skgid != @allow_gid");
-        std::string text =
-            "tcp dport @ports tcp flags syn / syn,ack meta skuid != @allow_uid meta skgid != "
-            "@allow_gid ";
-        if (spec.allow_local) {
-            r.meta(NFT_META_OIF, "meta oif").cmp(NFT_CMP_NEQ, &kLoopbackIfindex, 4, "!= lo");
-            text += "oif != \"lo\" ";
-        }
-        r.meta(NFT_META_SKUID, "meta skuid")
-            .dynset(NFT_DYNSET_OP_UPDATE, kSetBlocked, nullptr, "update @blocked")
-            .redirect("redirect");
-        text += "update @blocked { meta skuid } redirect";
+        const std::string text = count_blocked(r);
         rs.rules.push_back(r.done(text));
     }
+    if (spec.log_blocked)
+        add_log_rules(rs, spec);
+    rs.rules.push_back(verdict_rule(spec));
+}
+
+// The judge's decision, taken before it: the same SYNs it would refuse (ports, not an
+// allowed uid or gid, not to the server itself when SMTP_ALLOWLOCAL) are counted here,
+// once, and sent to the local MTA. Only a connection's first packet passes a nat
+// chain, and the redirect sticks to the connection.
+BuiltRule to_mta_rule(const RulesetSpec& spec) {
+    RuleBuilder r(spec.table, kChainToMta);
+    std::string text = blocked_syn(r);
+    if (spec.allow_local)
+        text += not_to_lo(r);
+    text += count_blocked(r);
+    r.redirect("redirect");
+    return r.done(text + " redirect");
+}
+
+void add_rules(Ruleset& rs, const RulesetSpec& spec) {
+    if (spec.queue != QueueMode::None)
+        rs.rules.push_back(observe_rule(spec));
+    rs.rules.push_back(enforce_rule(spec.table));
+    add_judge_rules(rs, spec);
+    if (spec.redirect)
+        rs.rules.push_back(to_mta_rule(spec));
+}
+
+}  // namespace
+
+Ruleset build_ruleset(const RulesetSpec& spec) {
+    Ruleset rs;
+    rs.table = spec.table;
+    rs.owned = spec.owned;
+    rs.table_obj = build_table(spec.table);
+    if (spec.owned)
+        nftnl_table_set_u32(rs.table_obj.get(), NFTNL_TABLE_FLAGS, kTableFlagsOwned);
+    add_sets(rs, spec);
+    add_chains(rs, spec);
+    add_rules(rs, spec);
     return rs;
 }
 

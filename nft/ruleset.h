@@ -122,6 +122,9 @@ struct Ruleset {
 // A bare table object (name + family), for delete / existence operations.
 [[nodiscard]] TablePtr build_table(const std::string& table);
 
+// A bare chain object (family, table, name): a regular chain, or one to delete.
+[[nodiscard]] ChainPtr build_chain(const std::string& table, const std::string& chain);
+
 // Fills an xtables "target" expression's info with NFQUEUE v3 (queue num, bypass).
 void set_nfqueue_info(nftnl_expr* target, std::uint16_t queue_num);
 
