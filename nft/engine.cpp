@@ -107,10 +107,7 @@ std::optional<std::uint32_t> elem_u32(nftnl_set_elem* e) {
 Result<void> try_expression(Transport& transport, const std::string& probe_table, ExprPtr expr,
                             const char* label) {
     TablePtr table = build_table(probe_table);
-    ChainPtr chain = make_chain();
-    nftnl_chain_set_u32(chain.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
-    nftnl_chain_set_str(chain.get(), NFTNL_CHAIN_TABLE, probe_table.c_str());
-    nftnl_chain_set_str(chain.get(), NFTNL_CHAIN_NAME, "probe");
+    ChainPtr chain = build_chain(probe_table, "probe");
     RulePtr rule = make_rule();
     nftnl_rule_set_u32(rule.get(), NFTNL_RULE_FAMILY, NFPROTO_INET);
     nftnl_rule_set_str(rule.get(), NFTNL_RULE_TABLE, probe_table.c_str());
@@ -292,6 +289,104 @@ Result<TableInventory> Engine::inventory(const std::string& table) {
     return inv;
 }
 
+namespace {
+
+// Ownership can be taken in place only from an orphaned persistent table; any other
+// change of the ownership flags needs the table replaced whole.
+bool ownership_allows_update(const TableInventory& inv, bool owned) {
+    const std::uint32_t flags_have = inv.flags & kTableFlagsOwned;
+    const std::uint32_t flags_want = owned ? kTableFlagsOwned : 0;
+    return flags_have == flags_want ||
+           (flags_want == kTableFlagsOwned && flags_have == kTableFlagPersist);
+}
+
+// Empties every chain of the table (rules hold references to chains and sets), then
+// deletes those that do not already have the hook and priority rs wants.
+void clear_chains(Batch& batch, const Ruleset& rs, const TableInventory& inv) {
+    std::set<std::string> keep_chains;
+    for (const TableInventory::ChainInfo& chain : inv.chains) {
+        RulePtr all = make_rule();
+        nftnl_rule_set_u32(all.get(), NFTNL_RULE_FAMILY, NFPROTO_INET);
+        nftnl_rule_set_str(all.get(), NFTNL_RULE_TABLE, rs.table.c_str());
+        nftnl_rule_set_str(all.get(), NFTNL_RULE_CHAIN, chain.name.c_str());
+        batch.rule(*all, Op::Delete, "flush chain " + chain.name, {});
+        for (const BuiltChain& want : rs.chains) {
+            if (want.name == chain.name && same_hook(*want.chain, chain)) {
+                keep_chains.insert(chain.name);
+            }
+        }
+    }
+    for (const TableInventory::ChainInfo& chain : inv.chains) {
+        if (keep_chains.contains(chain.name))
+            continue;
+        ChainPtr c = build_chain(rs.table, chain.name);
+        batch.chain(*c, Op::Delete, "delete chain " + chain.name);
+    }
+}
+
+// Deletes every set of the table but a compatible `blocked`; returns the names kept.
+std::set<std::string> clear_sets(Batch& batch, const Ruleset& rs, const TableInventory& inv) {
+    std::set<std::string> keep;
+    const TableInventory::SetInfo* blocked = inv.set(kSetBlocked);
+    if (blocked != nullptr && blocked_set_compatible(*blocked))
+        keep.insert(kSetBlocked);
+    for (const TableInventory::SetInfo& info : inv.sets) {
+        if (keep.contains(info.name))
+            continue;
+        SetPtr s = make_set();
+        set_identity(s.get(), rs.table, info.name);
+        batch.set(*s, Op::Delete, "delete set " + info.name);
+    }
+    return keep;
+}
+
+// Empties the existing table and fills it with rs in one transaction, keeping the
+// chains that already have the wanted hook and priority and a compatible `blocked`
+// set. Keeping a base chain matters: deleting it unregisters its hook, and the kernel
+// then drops the SYNs waiting in the NFQUEUE on that hook (the client would see its
+// refusal a retransmission later, ~1 s, instead of at once).
+// True when done; false when the table changed under us, with report.note saying so
+// (the caller then replaces it whole).
+Result<bool> update_in_place(Transport& transport, const Ruleset& rs, const TableInventory& inv,
+                             ApplyReport& report) {
+    const std::string tname = "table inet " + rs.table;
+    Batch batch(NFPROTO_INET);
+    batch.table(*rs.table_obj, Op::Create, "create " + tname);
+    clear_chains(batch, rs, inv);
+    const std::set<std::string> keep = clear_sets(batch, rs, inv);
+    add_content(batch, rs, keep);
+    auto r = batch.commit(transport);
+    if (r) {
+        report.counters_kept = keep.contains(kSetBlocked);
+        if (!report.counters_kept)
+            report.note = "no compatible blocked set to keep";
+        return true;
+    }
+    // ENOENT/EBUSY: the table changed between inventory and commit (another tool at
+    // work); anything else is a real refusal of our ruleset.
+    if (r.error().code != ENOENT && r.error().code != EBUSY && r.error().code != EEXIST)
+        return std::unexpected(r.error().wrap("apply " + tname));
+    report.note = "table changed during the update (" + r.error().message() +
+                  "); replaced it whole, attempt counters restart";
+    return false;
+}
+
+// "add table; delete table; add table ..." in one transaction: the delete never fails
+// (the table exists by then) and the kernel swaps old for new atomically. The first
+// add carries no flags, so it changes nothing in a table that exists.
+Result<void> replace_whole(Transport& transport, const Ruleset& rs) {
+    const std::string tname = "table inet " + rs.table;
+    TablePtr bare = build_table(rs.table);
+    Batch batch(NFPROTO_INET);
+    batch.table(*bare, Op::Create, "create " + tname);
+    batch.table(*bare, Op::Delete, "replace " + tname);
+    batch.table(*rs.table_obj, Op::Create, "create " + tname);
+    add_content(batch, rs, {});
+    return with_context(batch.commit(transport), "apply " + tname);
+}
+
+}  // namespace
+
 Result<ApplyReport> Engine::apply(const Ruleset& rs) {
     const std::string tname = "table inet " + rs.table;
     ApplyReport report;
@@ -306,90 +401,20 @@ Result<ApplyReport> Engine::apply(const Ruleset& rs) {
                         ", usually its pid: a second smtpfenced?); only that process can "
                         "change it");
     }
-    // Ownership can be taken in place only from an orphaned persistent table; any
-    // other change of the ownership flags needs the table replaced whole.
-    const std::uint32_t flags_have = inv->flags & kTableFlagsOwned;
-    const std::uint32_t flags_want = rs.owned ? kTableFlagsOwned : 0;
-    const bool in_place = flags_have == flags_want ||
-                          (flags_want == kTableFlagsOwned && flags_have == kTableFlagPersist);
-
-    if (inv->exists && !in_place) {
+    if (inv->exists && !ownership_allows_update(*inv, rs.owned)) {
         report.note = rs.owned ? "took ownership of the table: replaced it whole, attempt "
                                  "counters restart"
                                : "gave up ownership of the table: replaced it whole, attempt "
                                  "counters restart";
     } else if (inv->exists) {
-        // Empty every chain (rules hold references to chains and sets); keep the chains
-        // that already have the wanted hook and priority, delete the others and every
-        // set but a compatible `blocked`; re-create the rest. One transaction.
-        // Keeping a base chain matters: deleting it unregisters its hook, and the
-        // kernel then drops the SYNs waiting in the NFQUEUE on that hook (the client
-        // would see its refusal a retransmission later, ~1 s, instead of at once).
-        Batch batch(NFPROTO_INET);
-        batch.table(*rs.table_obj, Op::Create, "create " + tname);
-        std::set<std::string> keep_chains;
-        for (const TableInventory::ChainInfo& chain : inv->chains) {
-            RulePtr all = make_rule();
-            nftnl_rule_set_u32(all.get(), NFTNL_RULE_FAMILY, NFPROTO_INET);
-            nftnl_rule_set_str(all.get(), NFTNL_RULE_TABLE, rs.table.c_str());
-            nftnl_rule_set_str(all.get(), NFTNL_RULE_CHAIN, chain.name.c_str());
-            batch.rule(*all, Op::Delete, "flush chain " + chain.name, {});
-            for (const BuiltChain& want : rs.chains) {
-                if (want.name == chain.name && same_hook(*want.chain, chain)) {
-                    keep_chains.insert(chain.name);
-                }
-            }
-        }
-        for (const TableInventory::ChainInfo& chain : inv->chains) {
-            if (keep_chains.contains(chain.name))
-                continue;
-            ChainPtr c = make_chain();
-            nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
-            nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, rs.table.c_str());
-            nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, chain.name.c_str());
-            batch.chain(*c, Op::Delete, "delete chain " + chain.name);
-        }
-        std::set<std::string> keep;
-        const TableInventory::SetInfo* blocked = inv->set(kSetBlocked);
-        if (blocked != nullptr && blocked_set_compatible(*blocked))
-            keep.insert(kSetBlocked);
-        for (const TableInventory::SetInfo& info : inv->sets) {
-            if (keep.contains(info.name))
-                continue;
-            SetPtr s = make_set();
-            nftnl_set_set_u32(s.get(), NFTNL_SET_FAMILY, NFPROTO_INET);
-            nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, rs.table.c_str());
-            nftnl_set_set_str(s.get(), NFTNL_SET_NAME, info.name.c_str());
-            batch.set(*s, Op::Delete, "delete set " + info.name);
-        }
-        add_content(batch, rs, keep);
-        auto r = batch.commit(transport_);
-        if (r) {
-            report.counters_kept = keep.contains(kSetBlocked);
-            if (!report.counters_kept)
-                report.note = "no compatible blocked set to keep";
+        auto updated = update_in_place(transport_, rs, *inv, report);
+        if (!updated)
+            return std::unexpected(updated.error());
+        if (*updated)
             return report;
-        }
-        // ENOENT/EBUSY: the table changed between inventory and commit (another tool
-        // at work); anything else is a real refusal of our ruleset.
-        if (r.error().code != ENOENT && r.error().code != EBUSY && r.error().code != EEXIST) {
-            return std::unexpected(r.error().wrap("apply " + tname));
-        }
-        report.note = "table changed during the update (" + r.error().message() +
-                      "); replaced it whole, attempt counters restart";
     }
-
-    // "add table; delete table; add table ..." in one transaction: the delete never
-    // fails (the table exists by then) and the kernel swaps old for new atomically.
-    // The first add carries no flags, so it changes nothing in a table that exists.
-    TablePtr bare = build_table(rs.table);
-    Batch batch(NFPROTO_INET);
-    batch.table(*bare, Op::Create, "create " + tname);
-    batch.table(*bare, Op::Delete, "replace " + tname);
-    batch.table(*rs.table_obj, Op::Create, "create " + tname);
-    add_content(batch, rs, {});
-    if (auto r = batch.commit(transport_); !r)
-        return std::unexpected(r.error().wrap("apply " + tname));
+    if (auto replaced = replace_whole(transport_, rs); !replaced)
+        return std::unexpected(replaced.error());
     return report;
 }
 
