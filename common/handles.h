@@ -3,6 +3,7 @@
 // The owners of libnftnl's objects are in nft/handles.h, built on the same deleter.
 #pragma once
 
+#include <dirent.h>
 #include <libmnl/libmnl.h>
 
 #include <memory>
@@ -20,5 +21,6 @@ struct CDeleter {
 };
 
 using MnlSocketPtr = std::unique_ptr<mnl_socket, CDeleter<mnl_socket_close>>;
+using DirPtr = std::unique_ptr<DIR, CDeleter<closedir>>;
 
 }  // namespace smtpfence

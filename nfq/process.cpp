@@ -208,11 +208,6 @@ class DiagSocket {
 // ---------------------------------------------------------------------------------------
 // /proc
 
-struct DirClose {
-    void operator()(DIR* d) const noexcept { closedir(d); }
-};
-using DirPtr = std::unique_ptr<DIR, DirClose>;
-
 // A directory stream over a descriptor of ours (fdopendir takes the descriptor it is
 // given, so it gets a duplicate).
 DirPtr open_dir_stream(int dirfd) {

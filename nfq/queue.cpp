@@ -20,7 +20,7 @@ PendingVerdict::~PendingVerdict() {
 }
 
 Result<Queue> Queue::open(std::uint16_t queue_num, std::uint32_t initial_length) {
-    nft::MnlSocketPtr sock(mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    MnlSocketPtr sock(mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (!sock)
         return fail(errno, "open NFQUEUE netlink socket");
     if (mnl_socket_bind(sock.get(), 0, MNL_SOCKET_AUTOPID) < 0)
@@ -124,7 +124,7 @@ Result<Queue> Queue::adopt(int fd, std::uint16_t queue_num) {
     struct stat st {};
     if (::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
         return fail(EBADF, "NFQUEUE socket descriptor " + std::to_string(fd), "not an open socket");
-    nft::MnlSocketPtr sock(mnl_socket_fdopen(fd));
+    MnlSocketPtr sock(mnl_socket_fdopen(fd));
     if (!sock)
         return fail(errno, "NFQUEUE socket descriptor " + std::to_string(fd));
     // Inherited across exec: keep it from our own children, and never block on it.

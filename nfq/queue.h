@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "common/error.h"
-#include "nft/handles.h"
+#include "common/handles.h"
 
 namespace smtpfence::nfq {
 
@@ -118,7 +118,7 @@ class Queue {
 
   private:
     friend class PendingVerdict;
-    Queue(nft::MnlSocketPtr sock, std::uint16_t queue_num)
+    Queue(MnlSocketPtr sock, std::uint16_t queue_num)
         : sock_(std::move(sock)), queue_num_(queue_num), buf_(kDatagramBytes) {}
     // Sends a configuration message and reads up to its ACK (see open()).
     Result<void> configure(nlmsghdr* nlh);
@@ -131,7 +131,7 @@ class Queue {
     static constexpr std::size_t kDatagramBytes = std::size_t{256} * 1024;
     static constexpr std::uint32_t kConfigSeq = 1;  // packet messages carry sequence 0
 
-    nft::MnlSocketPtr sock_;
+    MnlSocketPtr sock_;
     std::uint16_t queue_num_;
     std::vector<char> buf_;
     bool have_pending_ = false;

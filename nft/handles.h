@@ -25,9 +25,6 @@ using SetPtr = std::unique_ptr<nftnl_set, CDeleter<nftnl_set_free>>;
 using SetElemPtr = std::unique_ptr<nftnl_set_elem, CDeleter<nftnl_set_elem_free>>;
 using SetListPtr = std::unique_ptr<nftnl_set_list, CDeleter<nftnl_set_list_free>>;
 using UdataBufPtr = std::unique_ptr<nftnl_udata_buf, CDeleter<nftnl_udata_buf_free>>;
-// The one mnl_socket owner, named here too for the code that reaches it through this
-// header (nfq/queue.h spells it nft::MnlSocketPtr).
-using smtpfence::MnlSocketPtr;
 
 // Allocators that never return a half-built object: allocation failure is fatal
 // (std::bad_alloc), as it is for every other allocation in the program.
