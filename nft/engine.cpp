@@ -300,6 +300,16 @@ bool ownership_allows_update(const TableInventory& inv, bool owned) {
            (flags_want == kTableFlagsOwned && flags_have == kTableFlagPersist);
 }
 
+// Takes ownership of an orphaned persistent table in a transaction of its own: the
+// rules in force stay, now ours. Adopting marks the table as updated until the end of
+// the transaction, and the kernel refuses (EINVAL) a new base chain in a table so
+// marked ("netfilter: nf_tables: reject new basechain after table flag update").
+Result<void> adopt_orphan(Transport& transport, const Ruleset& rs) {
+    Batch batch(NFPROTO_INET);
+    batch.table(*rs.table_obj, Op::Create, "adopt table inet " + rs.table);
+    return batch.commit(transport);
+}
+
 // Empties every chain of the table (rules hold references to chains and sets), then
 // deletes those that do not already have the hook and priority rs wants.
 void clear_chains(Batch& batch, const Ruleset& rs, const TableInventory& inv) {
@@ -407,6 +417,10 @@ Result<ApplyReport> Engine::apply(const Ruleset& rs) {
                                : "gave up ownership of the table: replaced it whole, attempt "
                                  "counters restart";
     } else if (inv->exists) {
+        if ((inv->flags & kTableFlagsOwned) != (rs.owned ? kTableFlagsOwned : 0)) {
+            if (auto adopted = adopt_orphan(transport_, rs); !adopted)
+                return std::unexpected(adopted.error().wrap("apply " + tname));
+        }
         auto updated = update_in_place(transport_, rs, *inv, report);
         if (!updated)
             return std::unexpected(updated.error());

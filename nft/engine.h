@@ -72,7 +72,8 @@ class Engine {
     // the table changed under us between inventory and commit, falls back to
     // replacing the whole table (counters restart; the report says so).
     // An owned ruleset takes ownership of the table for this transport's socket: a
-    // table left orphaned by a previous daemon is adopted in the same transaction;
+    // table left orphaned by a previous daemon is adopted first, in a transaction of
+    // its own (its old rules stay in force meanwhile), then updated as above;
     // one that was not owned is replaced whole (ownership cannot be added later). A
     // table owned by another live socket is refused with EPERM, naming its port.
     [[nodiscard]] Result<ApplyReport> apply(const Ruleset& ruleset);
