@@ -23,6 +23,18 @@ namespace smtpfence::text {
 // The items separated by separator: "a, b" for {"a", "b"} and ", ".
 [[nodiscard]] std::string join(const std::vector<std::string>& items, std::string_view separator);
 
+// The numbers in decimal, separated by separator: "25,465,587".
+template <class Numbers>
+[[nodiscard]] std::string join_numbers(const Numbers& numbers, std::string_view separator = ",") {
+    std::string out;
+    for (const auto& n : numbers) {
+        if (!out.empty())
+            out += separator;
+        out += std::to_string(n);
+    }
+    return out;
+}
+
 // text made safe to show in a message or a terminal: printable ASCII as is, a backslash
 // doubled, every other byte as \xHH (\t for a tab). At most about max_chars characters
 // are shown; a longer text is cut and ends in "... (N bytes)", so a 10 MB line in a

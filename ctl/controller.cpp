@@ -106,13 +106,6 @@ std::set<T> minus(const std::set<T>& a, const std::set<T>& b) {
     return out;
 }
 
-std::string join(const std::set<std::uint32_t>& ids) {
-    std::string out;
-    for (const std::uint32_t id : ids)
-        out += (out.empty() ? "" : ",") + std::to_string(id);
-    return out;
-}
-
 // A name or a number, as the protocol and the config accept them.
 const Account* find_user(const AccountDb& db, const std::string& name) {
     if (const Account* a = db.user(name))
@@ -535,9 +528,7 @@ class Controller {
         const std::optional<nft::ForeignChange>& change = *read;
         if (!change)
             return;
-        std::string what;
-        for (const std::string& w : change->what)
-            what += (what.empty() ? "" : ", ") + w;
+        std::string what = text::join(change->what, ", ");
         if (change->events_lost)
             what += std::string(what.empty() ? "" : ", ") + "events lost (socket overflow)";
         restore(change->who.empty() ? "unknown" : change->who, what);
@@ -625,8 +616,9 @@ class Controller {
                 if (!applied)
                     return std::unexpected(applied.error());
             }
-            log::notice("allowlist re-resolved: uids +[" + join(add_u) + "] -[" + join(del_u) +
-                        "], gids +[" + join(add_g) + "] -[" + join(del_g) + "]");
+            log::notice("allowlist re-resolved: uids +[" + text::join_numbers(add_u) + "] -[" +
+                        text::join_numbers(del_u) + "], gids +[" + text::join_numbers(add_g) +
+                        "] -[" + text::join_numbers(del_g) + "]");
         }
         for (const std::string& w : next.warnings)
             log::warning(w);
@@ -846,12 +838,10 @@ class Controller {
                 "allowed: primary group gid " + std::to_string(a->gid) + " (" + g->second + ")";
         } else {
             blocked = true;
-            std::string ports;
-            for (const auto port : p.ports)
-                ports += (ports.empty() ? "" : ",") + std::to_string(port);
             reason = "blocked: not root, not an MTA user, not in SMTP_ALLOWUSER or " +
                      managed_allow_path(options_) +
-                     ", no allowed group; connections to remote ports " + ports + " are " +
+                     ", no allowed group; connections to remote ports " +
+                     text::join_numbers(p.ports) + " are " +
                      (p.action == BlockAction::Drop ? "dropped" : "refused") +
                      (p.allow_local ? " (this server's own addresses are allowed)" : "");
         }

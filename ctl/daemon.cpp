@@ -5,6 +5,7 @@
 #include <string>
 
 #include "common/log.h"
+#include "common/text.h"
 #include "csf-compat/csf_policy.h"
 #include "nfq/da_sink.h"
 #include "nft/engine.h"
@@ -12,16 +13,6 @@
 
 namespace smtpfence {
 namespace {
-
-std::string join_numbers(const auto& values) {
-    std::string out;
-    for (const auto& v : values) {
-        if (!out.empty())
-            out += ",";
-        out += std::to_string(v);
-    }
-    return out;
-}
 
 // smtpfence.conf, or in CSF mode csf.conf read the way CSF reads it over smtpfence.conf.
 Result<LoadedPolicy> load_configured_policy(const DaemonOptions& options) {
@@ -190,14 +181,14 @@ Result<Desired> compute_fallback(const DaemonOptions& options, const KernelFeatu
 
 std::string describe(const Desired& d) {
     const Policy& p = d.loaded.policy;
-    std::string out = "outbound TCP ports " + join_numbers(p.ports) + " (IPv4 and IPv6) ";
+    std::string out = "outbound TCP ports " + text::join_numbers(p.ports) + " (IPv4 and IPv6) ";
     if (p.redirect)
         out += "redirected to the local MTA";
     else
         out += p.action == BlockAction::Drop ? "dropped" : "refused";
     out += " for all but " + std::to_string(d.allow.uids.size()) + " uid(s) [" +
-           join_numbers(d.allow.uids) + "] and " + std::to_string(d.allow.gids.size()) +
-           " gid(s) [" + join_numbers(d.allow.gids) + "]";
+           text::join_numbers(d.allow.uids) + "] and " + std::to_string(d.allow.gids.size()) +
+           " gid(s) [" + text::join_numbers(d.allow.gids) + "]";
     if (p.allow_local)
         out += "; the server's own addresses allowed";
     else
