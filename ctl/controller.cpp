@@ -19,7 +19,6 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -132,35 +131,6 @@ std::time_t local_midnight(std::time_t now) {
     tm.tm_sec = 0;
     tm.tm_isdst = -1;
     return std::mktime(&tm);
-}
-
-// The attempt log's records (attempt, counted) in time order, from the rotated file
-// then the current one. Malformed lines (a crash mid-write cannot make one, an
-// edit by hand can) are skipped. A symlink in the log's place is not read (the worker
-// refuses it too): any user may ask for `attempts`, and it must not show another file.
-std::vector<json> read_attempt_records(const std::string& state_dir, std::int64_t since) {
-    std::vector<json> out;
-    for (const std::string name : {nfq::AttemptLog::kRotatedFileName, nfq::AttemptLog::kFileName}) {
-        const auto text = read_text_file(state_dir + "/" + name, nfq::AttemptLog::kMaxReadBytes,
-                                         Symlinks::Refuse);
-        if (!text)
-            continue;
-        std::istringstream in(*text);
-        std::string line;
-        while (std::getline(in, line)) {
-            json j = json::parse(line, nullptr, false);
-            if (j.is_discarded() || !j.is_object() || !j.contains("type") || !j["type"].is_string())
-                continue;
-            const std::string type = j["type"].get<std::string>();
-            if (type != "attempt" && type != "counted")
-                continue;
-            if (!j.contains("epoch") || !j["epoch"].is_number_integer() ||
-                j["epoch"].get<std::int64_t>() < since)
-                continue;
-            out.push_back(std::move(j));
-        }
-    }
-    return out;
 }
 
 // The outcome of a real connection attempt, made in a child as another user.
@@ -851,7 +821,8 @@ class Controller {
     }
 
     Answer attempts(const ctl::Request& r) {
-        std::vector<json> records = read_attempt_records(options_.state_dir, r.since.value_or(0));
+        std::vector<json> records =
+            nfq::AttemptLog::read_records(options_.state_dir, r.since.value_or(0));
         if (r.user) {
             std::erase_if(records, [&](const json& j) {
                 return j.value("user", "") != *r.user && j.value("account", "") != *r.user &&
@@ -876,7 +847,7 @@ class Controller {
             std::string last_cwd, last_exe;
         };
         std::map<std::string, Row> rows;
-        for (const json& j : read_attempt_records(options_.state_dir, since)) {
+        for (const json& j : nfq::AttemptLog::read_records(options_.state_dir, since)) {
             Row& row = rows[j.value("account", "unknown")];
             if (j["type"] == "attempt") {
                 ++row.explained;

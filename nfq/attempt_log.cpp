@@ -18,8 +18,10 @@ namespace {
 
 using nlohmann::json;
 
-// Invalid UTF-8 (a command line is arbitrary bytes) becomes U+FFFD instead of an
-// exception; control characters are escaped by the serializer.
+// One record a line, written with one write() on an O_APPEND descriptor: a crash leaves
+// whole lines. Invalid UTF-8 (a command line is arbitrary bytes) becomes U+FFFD instead
+// of an exception; control characters and quotes are escaped by the serializer, so a
+// newline or quote in a folder name cannot end a record or forge a field.
 std::string dump(const json& j) {
     return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
 }
@@ -33,6 +35,8 @@ std::string log_path(const std::string& dir) {
 
 // The log is ours alone: a regular file with one link. A hard link planted at its
 // name would make us append, as root, to whatever file it shares an inode with.
+// (Likewise nothing is opened through a symlink, and rotation renames over whatever
+// sits at attempts.jsonl.1.)
 Result<void> check_own_file(int fd, const std::string& path) {
     struct stat st {};
     if (::fstat(fd, &st) != 0)
@@ -47,15 +51,30 @@ Result<void> check_own_file(int fd, const std::string& path) {
     return {};
 }
 
-// Parses one file's lines into recovery: the last checkpoint wins and resets the
-// per-uid explained counts; explained attempts after it are added up.
-void scan(const std::string& text, LogRecovery& out) {
+// One file of the log, never through a symlink: a file planted there could forge a
+// checkpoint (and make the reconciler skip attempts), or, as any user may ask the
+// daemon for `attempts`, show another file.
+Result<std::string> read_log_file(const std::string& dir, const char* name) {
+    return read_text_file(dir + "/" + name, AttemptLog::kMaxReadBytes, Symlinks::Refuse);
+}
+
+// Each line of text that is a JSON object; others (a torn line after a short write, an
+// edit by hand) are skipped.
+template <class OnRecord>
+void for_each_record(const std::string& text, OnRecord on_record) {
     std::istringstream in(text);
     std::string line;
     while (std::getline(in, line)) {
-        const json j = json::parse(line, nullptr, false);
-        if (j.is_discarded() || !j.is_object())
-            continue;  // a torn last line after a crash
+        json j = json::parse(line, nullptr, false);
+        if (!j.is_discarded() && j.is_object())
+            on_record(j);
+    }
+}
+
+// Parses one file's lines into recovery: the last checkpoint wins and resets the
+// per-uid explained counts; explained attempts after it are added up.
+void scan(const std::string& text, LogRecovery& out) {
+    for_each_record(text, [&](const json& j) {
         const std::string type = j.value("type", "");
         if (type == "checkpoint") {
             Checkpoint c;
@@ -78,7 +97,7 @@ void scan(const std::string& text, LogRecovery& out) {
         } else if (type == "attempt" && j.contains("uid") && j["uid"].is_number_unsigned()) {
             ++out.explained_since[j["uid"].get<std::uint32_t>()];
         }
-    }
+    });
 }
 
 }  // namespace
@@ -174,17 +193,35 @@ Result<AttemptLog> AttemptLog::open(const std::string& state_dir, std::uint64_t 
 
 LogRecovery AttemptLog::recover(const std::string& state_dir) {
     LogRecovery out;
-    const std::string path = log_path(state_dir);
-    // Never through a symlink: a file planted there could forge a checkpoint and make
-    // the reconciler skip attempts.
-    auto current = read_text_file(path, kMaxReadBytes, Symlinks::Refuse);
+    auto current = read_log_file(state_dir, kLogName);
     // The rotated file matters only when the current one has no checkpoint yet.
     if (!current || current->find("\"type\":\"checkpoint\"") == std::string::npos) {
-        if (auto previous = read_text_file(path + ".1", kMaxReadBytes, Symlinks::Refuse))
+        if (auto previous = read_log_file(state_dir, kRotatedName))
             scan(*previous, out);
     }
     if (current)
         scan(*current, out);
+    return out;
+}
+
+std::vector<json> AttemptLog::read_records(const std::string& state_dir, std::int64_t since) {
+    std::vector<json> out;
+    for (const char* name : {kRotatedName, kLogName}) {
+        const auto text = read_log_file(state_dir, name);
+        if (!text)
+            continue;
+        for_each_record(*text, [&](json& j) {
+            if (!j.contains("type") || !j["type"].is_string())
+                return;
+            const std::string type = j["type"].get<std::string>();
+            if (type != "attempt" && type != "counted")
+                return;
+            if (!j.contains("epoch") || !j["epoch"].is_number_integer() ||
+                j["epoch"].get<std::int64_t>() < since)
+                return;
+            out.push_back(std::move(j));
+        });
+    }
     return out;
 }
 

@@ -2,20 +2,17 @@
 // attempt, per counted-only summary and per reconciler checkpoint. It is also the
 // worker's memory: on start, the last checkpoint and the attempts after it tell the
 // reconciler exactly what is already recorded, so a restart counts nothing twice.
-//
-// Each record is written with one write() on an O_APPEND descriptor: a crash leaves
-// whole lines. Hostile strings (paths, command lines) are JSON-escaped: a newline or
-// quote in a folder name cannot end a record or forge a field. Nothing planted is
-// written through: the state directory and the log are opened (and read back) without
-// following a symlink, a log with more than one hard link is refused, and rotation
-// renames over whatever sits at attempts.jsonl.1.
+// Written and read back defensively: whole lines, escaped strings, nothing planted in
+// the state directory followed (the reasons are in attempt_log.cpp).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/error.h"
 #include "common/fd.h"
@@ -43,6 +40,10 @@ class AttemptLog final : public AttemptSink {
 
     // Reads the log (and its rotated predecessor when needed) back.
     [[nodiscard]] static LogRecovery recover(const std::string& state_dir);
+    // The attempt and counted-only records with an epoch at or after since, in time
+    // order: the rotated file, then the current one. Other lines are skipped.
+    [[nodiscard]] static std::vector<nlohmann::json> read_records(const std::string& state_dir,
+                                                                  std::int64_t since);
 
     [[nodiscard]] std::uint64_t write_errors() const { return write_errors_; }
     [[nodiscard]] const std::string& path() const { return path_; }
