@@ -1,5 +1,5 @@
-// The controller: from config file and accounts to the ruleset in the kernel, and the
-// signal loop that keeps it there. Shared by smtpfenced and smtpfencectl's dry run.
+// From config file and accounts to the ruleset in the kernel, shared by smtpfenced and
+// smtpfencectl's dry run; the daemon's loop that keeps it there is ctl/controller.h.
 #pragma once
 
 #include <string>

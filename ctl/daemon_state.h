@@ -1,0 +1,63 @@
+// What smtpfenced holds between events: the inputs in force and what happened to them.
+// One instance, owned by the Controller and shared by reference with its parts.
+#pragma once
+
+#include <cstdint>
+#include <ctime>
+#include <optional>
+#include <string>
+
+#include "ctl/control_server.h"
+#include "ctl/daemon.h"
+#include "policy/accounts.h"
+
+namespace smtpfence {
+
+// The config, csf.conf or managed list could not be used (at start, or on the last
+// reload): shown in status and systemd's STATUS= until a reload succeeds.
+struct InputError {
+    std::string message;
+    std::time_t since = 0;
+    bool fallback = false;  // the built-in defaults are in force (since the start)
+};
+
+// The table guard's restores of our table after foreign changes.
+struct HealStats {
+    std::uint64_t count = 0;
+    std::uint64_t failures = 0;
+    std::time_t last_at = 0;
+    std::string last_who;
+    std::string last_what;
+    std::int64_t last_restore_us = 0;
+    bool last_ok = false;
+    std::string last_error;
+};
+
+struct DaemonState {
+    std::optional<Desired> current;
+    bool removed = false;  // by `smtpfencectl remove`, until a reload
+    std::time_t applied_at = 0;
+    std::string csf_rules;  // "" when CSF's SMTP rules are not loaded
+    std::optional<InputError> input_error;
+    HealStats heal;
+
+    [[nodiscard]] bool enforcing() const {
+        return current && current->loaded.policy.enabled && !removed;
+    }
+    // One line for systemd's STATUS= (`systemctl status smtpfenced`).
+    [[nodiscard]] std::string status_line() const;
+};
+
+// Puts desired in force in state (applied now) and gives the control socket the access
+// its policy sets (CONTROL_ADMIN_GROUP, CONTROL_READ).
+void adopt(DaemonState& state, Desired desired, ctl::ControlServer& server);
+
+// Who may use the control socket under desired's policy; an unknown admin group is
+// warned about and leaves changes to root.
+[[nodiscard]] ctl::AccessPolicy control_access(const Desired& desired);
+
+// A user or group by name or number, as the protocol and the config accept them.
+[[nodiscard]] const Account* find_user(const AccountDb& db, const std::string& name);
+[[nodiscard]] const GroupEntry* find_group(const AccountDb& db, const std::string& name);
+
+}  // namespace smtpfence
