@@ -1,15 +1,17 @@
-// A fake nf_tables kernel behind nft::Transport, for unit tests without root: it
-// plays the kernel's side of nfnetlink batches (ACKs, refusals, silence).
+// A fake nf_tables kernel behind nft::Transport, for unit tests without root. By
+// default it only judges batch messages (verdict, refuse_whole_batch, silent): what
+// the batch tests need. With keeps_tables it also holds tables as the kernel does:
+// a batch changes them all or nothing, and table lookups and chain, set and element
+// dumps answer from them, so an nft::Engine runs its real operations against it.
 #pragma once
 
-#include <libmnl/libmnl.h>
-#include <linux/netfilter/nfnetlink.h>
 #include <linux/netlink.h>
 
-#include <cerrno>
-#include <cstring>
+#include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -19,9 +21,37 @@
 
 namespace smtpfence::testing {
 
-// Plays the kernel's side of nfnetlink batches.
+struct FakeChain {
+    std::optional<std::uint32_t> hook;  // base chains only
+    std::int32_t priority = 0;
+    std::string type;
+    std::size_t rules = 0;
+};
+
+struct FakeSet {
+    std::uint32_t flags = 0;
+    std::uint32_t key_type = 0;
+    std::uint32_t key_len = 0;
+    std::uint64_t handle = 0;
+    // Element key bytes -> its packet counter, when it has one.
+    std::map<std::vector<std::uint8_t>, std::optional<std::uint64_t>> elements;
+    // The uid/gid elements (4-byte keys) in host order.
+    [[nodiscard]] std::vector<std::uint32_t> u32_elements() const;
+};
+
+struct FakeTable {
+    std::uint32_t flags = 0;
+    std::optional<std::uint32_t> owner;
+    std::map<std::string, FakeChain> chains;
+    std::map<std::string, FakeSet> sets;
+    // Every chain without rules, as `nft flush table` leaves it.
+    void flush();
+};
+
 class FakeKernel final : public nft::Transport {
   public:
+    static constexpr std::uint32_t kPortId = 4242;
+
     // Decides the errno (0 = ok) for the index-th message of the batch (BEGIN/END
     // excluded) and an optional extended ACK offset into it.
     std::function<int(std::size_t index, const nlmsghdr* msg, std::uint32_t* offset)> verdict =
@@ -29,85 +59,41 @@ class FakeKernel final : public nft::Transport {
     int refuse_whole_batch = 0;  // errno for the BEGIN message (e.g. EPERM)
     bool silent = false;         // never answer
     std::size_t messages_seen = 0;
+    int sends = 0;
 
-    Result<void> send(std::span<const std::byte> bytes) override {
-        ++sends;
-        int len = static_cast<int>(bytes.size());
-        const auto* nlh = reinterpret_cast<const nlmsghdr*>(bytes.data());
-        std::size_t index = 0;
-        for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {
-            if (nlh->nlmsg_type == NFNL_MSG_BATCH_BEGIN) {
-                if (refuse_whole_batch != 0) {
-                    queue_ack(nlh, refuse_whole_batch, std::nullopt, "no permission");
-                    return {};
-                }
-                continue;
-            }
-            if (nlh->nlmsg_type == NFNL_MSG_BATCH_END)
-                continue;
-            ++messages_seen;
-            std::uint32_t offset = 0;
-            const int err = verdict(index++, nlh, &offset);
-            if ((nlh->nlmsg_flags & NLM_F_ACK) != 0 || err != 0) {
-                queue_ack(nlh, err, err != 0 && offset != 0 ? std::optional(offset) : std::nullopt,
-                          err != 0 ? "refused by fake kernel" : "");
-            }
-        }
-        return {};
-    }
+    bool keeps_tables = false;
+    std::map<std::string, FakeTable> tables;  // inet tables by name
+    std::size_t batches_committed = 0;        // batches that changed the tables
 
-    Result<std::size_t> receive(std::span<std::byte> buf, int) override {
-        if (silent || replies_.empty())
-            return fail(ETIMEDOUT, "wait for reply");
-        // Several ACKs per datagram, as the kernel batches them into one skb.
-        std::size_t used = 0;
-        while (!replies_.empty() && used + replies_.front().size() <= buf.size() && used < 512) {
-            std::memcpy(buf.data() + used, replies_.front().data(), replies_.front().size());
-            used += replies_.front().size();
-            replies_.pop_front();
-        }
-        return used;
-    }
-    [[nodiscard]] std::uint32_t portid() const override { return 4242; }
+    Result<void> send(std::span<const std::byte> bytes) override;
+    Result<std::size_t> receive(std::span<std::byte> buf, int timeout_ms) override;
+    [[nodiscard]] std::uint32_t portid() const override { return kPortId; }
     std::uint32_t next_seq() override { return seq_++; }
     Result<void> reserve_send(std::size_t) override { return {}; }
 
-    std::size_t pending_replies() const { return replies_.size(); }
-    int sends = 0;
+    [[nodiscard]] std::size_t pending_replies() const { return replies_.size(); }
+    // The table, or nullptr.
+    [[nodiscard]] const FakeTable* table(const std::string& name) const;
 
   private:
+    // A batch message applied to the tables of the open transaction: 0 or an errno.
+    int execute(const nlmsghdr* msg, std::map<std::string, FakeTable>& tx);
+    // Answers a request outside a batch (a lookup or a dump).
+    void answer(const nlmsghdr* req);
+    void answer_table(const nlmsghdr* req);
+    void answer_chains(const nlmsghdr* req);
+    void answer_sets(const nlmsghdr* req);
+    void answer_elements(const nlmsghdr* req);
+    // Queues a reply of type to req, its payload written by fill.
+    void queue_reply(const nlmsghdr* req, std::uint16_t type,
+                     const std::function<void(nlmsghdr*)>& fill);
     void queue_ack(const nlmsghdr* req, int err, std::optional<std::uint32_t> offset,
-                   const std::string& text) {
-        std::vector<char> out(NLMSG_SPACE(sizeof(nlmsgerr)) + 256, 0);
-        auto* nlh = reinterpret_cast<nlmsghdr*>(out.data());
-        nlh->nlmsg_type = NLMSG_ERROR;
-        nlh->nlmsg_seq = req->nlmsg_seq;
-        nlh->nlmsg_pid = 4242;
-        nlh->nlmsg_flags = NLM_F_CAPPED;
-        auto* e = reinterpret_cast<nlmsgerr*>(out.data() + NLMSG_HDRLEN);
-        e->error = -err;
-        e->msg = *req;
-        std::size_t len = NLMSG_HDRLEN + sizeof(nlmsgerr);
-        auto put = [&](std::uint16_t type, const void* data, std::size_t n) {
-            auto* a = reinterpret_cast<nlattr*>(out.data() + NLMSG_ALIGN(len));
-            a->nla_type = type;
-            a->nla_len = static_cast<std::uint16_t>(NLA_HDRLEN + n);
-            std::memcpy(reinterpret_cast<char*>(a) + NLA_HDRLEN, data, n);
-            len = NLMSG_ALIGN(len) + NLA_ALIGN(a->nla_len);
-        };
-        if (err != 0 && !text.empty()) {
-            nlh->nlmsg_flags |= NLM_F_ACK_TLVS;
-            put(NLMSGERR_ATTR_MSG, text.c_str(), text.size() + 1);
-            if (offset)
-                put(NLMSGERR_ATTR_OFFS, &*offset, sizeof *offset);
-        }
-        nlh->nlmsg_len = static_cast<std::uint32_t>(len);
-        out.resize(NLMSG_ALIGN(len));
-        replies_.push_back(std::move(out));
-    }
+                   const std::string& text);
+    void queue_done(const nlmsghdr* req);
 
     std::deque<std::vector<char>> replies_;
     std::uint32_t seq_ = 100;
+    std::uint64_t next_handle_ = 1;
 };
 
 }  // namespace smtpfence::testing
