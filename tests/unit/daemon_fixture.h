@@ -17,7 +17,7 @@
 #include "ctl/worker_host.h"
 #include "nft/engine.h"
 #include "tests/unit/fake_kernel.h"
-#include "tests/unit/temp_dir.h"
+#include "tests/support/temp_dir.h"
 
 namespace smtpfence::testing {
 
