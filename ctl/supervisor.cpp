@@ -25,10 +25,16 @@ void WorkerSupervisor::set_argv(std::vector<std::string> argv) {
 
 void WorkerSupervisor::start() {
     restart_pending_ = false;
+    // The worker ends when this process does (nfq/worker.cpp, follow_daemon). The kernel
+    // ties that to the thread that forks: the daemon has one thread, which forks here.
+    std::string daemon_pid = std::to_string(::getpid());
+    std::string daemon_pid_option = "--daemon-pid";
     std::vector<char*> args;
-    args.reserve(argv_.size() + 1);
+    args.reserve(argv_.size() + 3);
     for (std::string& a : argv_)
         args.push_back(a.data());
+    args.push_back(daemon_pid_option.data());
+    args.push_back(daemon_pid.data());
     args.push_back(nullptr);
     const pid_t pid = fork();
     if (pid < 0) {

@@ -2,6 +2,7 @@
 
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
@@ -446,11 +447,32 @@ int serve(Worker& worker, Queue& queue, const Wakeups& wakeups, const std::strin
     }
 }
 
+// Ends with the daemon that started us. Outside systemd (whose cgroup would end us) a
+// worker that outlived a `kill -9` of its daemon kept the queue from the next daemon's
+// workers and recorded with the old configuration. The parent-death signal is set here,
+// not in the daemon's child before exec: exec clears it, as the worker gains the
+// capabilities the daemon dropped. SIGTERM is blocked by now, so it arrives at serve(),
+// whose stop() answers and records what waits for us. The daemon may have died before
+// prctl took effect: then our parent is another process already, and we stop at once.
+bool follow_daemon(pid_t daemon) {
+    if (daemon <= 0)
+        return true;  // started by hand
+    if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) {
+        log::error("prctl(PR_SET_PDEATHSIG): " + errno_text(errno));
+        return false;
+    }
+    if (::getppid() != daemon) {
+        log::notice("smtpfenced (pid " + std::to_string(daemon) + ") is gone: not starting");
+        return false;
+    }
+    return true;
+}
+
 }  // namespace
 
 int run_worker(const WorkerOptions& options) {
     const std::optional<Wakeups> wakeups = open_wakeups(options.reconcile_ms);
-    if (!wakeups)
+    if (!wakeups || !follow_daemon(options.daemon_pid))
         return 1;
     auto nl = nft::NetlinkSocket::open();
     if (!nl) {

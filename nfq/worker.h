@@ -3,6 +3,8 @@
 // exactly once.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -20,6 +22,9 @@ struct WorkerOptions {
     std::string table = "smtpfence";
     std::uint16_t queue_num = 2525;
     int queue_fd = -1;  // the NFQUEUE socket inherited from the daemon, -1: bind our own
+    // The smtpfenced that started us: the worker ends with it (follow_daemon in
+    // worker.cpp). 0: started by hand, nothing to follow.
+    pid_t daemon_pid = 0;
     std::string state_dir = "/var/lib/smtpfence";
     std::string passwd_path = "/etc/passwd";
     std::string group_path = "/etc/group";

@@ -15,6 +15,8 @@ int run(int argc, char** argv) {
     app.add_option("--queue-num", options.queue_num, "NFQUEUE number")->capture_default_str();
     app.add_option("--queue-fd", options.queue_fd,
                    "an NFQUEUE socket already bound to --queue-num, inherited from smtpfenced");
+    app.add_option("--daemon-pid", options.daemon_pid,
+                   "the smtpfenced that started this worker: exit when it does");
     app.add_option("--state-dir", options.state_dir, "where attempts.jsonl lives")
         ->capture_default_str();
     app.add_option("--passwd", options.passwd_path, "passwd(5) file")->capture_default_str();
