@@ -263,6 +263,9 @@ int run_daemon(const DaemonOptions& options) {
         log::error(session.error().message());
         return kExitFailure;
     }
+    // The control socket is ours, so no other daemon runs: a worker an earlier one left
+    // running holds our queue. Ended while we may still read its /proc entries.
+    end_stale_workers(options.table, options.state_dir);
     // Least privilege (common/privileges.h): the control and netlink sockets are open.
     if (auto dropped = drop_to(kDaemonCapabilities, kDaemonBoundingSet); !dropped) {
         log::error(dropped.error().message());

@@ -13,6 +13,21 @@
 
 namespace smtpfence {
 
+// How long a worker has to stop on SIGTERM (it answers and records what waits for it)
+// before SIGKILL.
+inline constexpr std::chrono::seconds kStopGrace{3};
+
+// Ends every smtpfence-worker of this table that an earlier daemon left running (one
+// killed before its worker could follow it, see nfq/worker.cpp, or a worker started by
+// hand): same network namespace, and --table and --state-dir as worker_argv() writes
+// them. Such a worker holds the queue this daemon is about to bind and records with the
+// old configuration. Each gets SIGTERM, then SIGKILL after kStopGrace, and the SYNs
+// still waiting in its queue are then answered as after any worker's death. Call it
+// after the control socket is ours (a second daemon must stop before) and before
+// dropping privileges: reading another process's exe and taking its descriptor need
+// CAP_SYS_PTRACE.
+void end_stale_workers(const std::string& table, const std::string& state_dir);
+
 class WorkerSupervisor {
   public:
     using Clock = std::chrono::steady_clock;
@@ -35,7 +50,7 @@ class WorkerSupervisor {
     // Restarts the worker if a restart is due; returns ms until the next one is due
     // (-1: none pending), for poll().
     int tick();
-    // SIGTERM, then SIGKILL after a grace period.
+    // SIGTERM, then SIGKILL after kStopGrace.
     void stop();
 
     // A descriptor the worker inherits (the NFQUEUE socket the daemon holds; its
