@@ -73,6 +73,7 @@ Controller::Controller(const DaemonOptions& options, nft::Engine& engine,
       config_watch_(policy_files(options)),
       worker_(options, kernel.queue),
       guard_(options.table, engine, state_),
+      first_apply_(options, engine, state_, worker_),
       allowlist_(options, engine, kernel, state_, server),
       handlers_(options, engine, state_, worker_, guard_, allowlist_, server,
                 [this] { return reload(); }) {}
@@ -92,7 +93,7 @@ Result<void> Controller::start(Desired desired) {
     // Events first, so that nothing done to the table after our apply goes unseen.
     guard_.watch_events();
     worker_.hold_queue_before_apply(desired);
-    if (auto r = apply_desired(engine_, options_, desired); !r)
+    if (auto r = first_apply_.apply(desired); !r)
         return r;
     adopt(state_, std::move(desired), server_);
     look_for_csf_rules();
@@ -133,6 +134,7 @@ int Controller::run(int signal_fd) {
         }
         if (std::chrono::steady_clock::now() >= next_watch) {
             next_watch = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+            first_apply_.retry_if_due();
             guard_.check();
             watch_files();
         }
@@ -206,6 +208,7 @@ Result<void> Controller::reload() {
         return std::unexpected(desired.error());
     }
     state_.input_error.reset();
+    state_.retry.reset();
     state_.removed = false;
     adopt(state_, std::move(*desired), server_);
     look_for_csf_rules();
@@ -297,8 +300,7 @@ int run_daemon(const DaemonOptions& options) {
     }
     if (auto started = controller.start(std::move(*inputs)); !started) {
         log::error(started.error().message());
-        log::error(
-            "nothing was changed in the kernel; a table left by a previous run stays in force");
+        log::error("nothing was changed in the kernel");
         return kExitFailure;
     }
     if (!options.foreground) {

@@ -13,6 +13,7 @@
 #include "ctl/control_server.h"
 #include "ctl/daemon.h"
 #include "ctl/daemon_state.h"
+#include "ctl/first_apply.h"
 #include "ctl/handlers.h"
 #include "ctl/table_guard.h"
 #include "ctl/worker_host.h"
@@ -34,8 +35,9 @@ class Controller {
     // When read_inputs() failed at start: the built-in defaults instead (fail closed:
     // compute_fallback), and the error kept in status until a reload succeeds.
     [[nodiscard]] Result<Desired> fallback_inputs(const Error& why);
-    // The first apply of what read_inputs() returned; an error here ends the daemon
-    // before it detaches.
+    // The first apply of what read_inputs() returned. An error ends the daemon before
+    // it detaches, unless a table a previous run left is in force: then that table
+    // stays, the daemon serves, and the apply is tried again (FirstApply).
     [[nodiscard]] Result<void> start(Desired desired);
     // Until SIGTERM/SIGINT; returns the exit code.
     [[nodiscard]] int run(int signal_fd);
@@ -60,6 +62,7 @@ class Controller {
     DaemonState state_;
     WorkerHost worker_;
     TableGuard guard_;
+    FirstApply first_apply_;
     AllowlistSync allowlist_;
     Handlers handlers_;
 };

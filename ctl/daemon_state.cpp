@@ -1,9 +1,28 @@
 #include "ctl/daemon_state.h"
 
+#include <algorithm>
+
 #include "common/log.h"
 #include "common/text.h"
 
 namespace smtpfence {
+
+ApplyRetry ApplyRetry::after(std::string error, Clock::time_point now) {
+    return ApplyRetry{std::move(error), std::time(nullptr), kFirstDelay, now + kFirstDelay};
+}
+
+void ApplyRetry::failed_again(std::string error_now, Clock::time_point now) {
+    error = std::move(error_now);
+    delay = std::min(delay * 2, kMaxDelay);
+    at = now + delay;
+}
+
+std::string DaemonState::error_text() const {
+    std::string text = input_error ? input_error->message : std::string();
+    if (retry)
+        text += (text.empty() ? "" : "; ") + retry->error;
+    return text;
+}
 
 std::string DaemonState::status_line() const {
     std::string line;
@@ -15,10 +34,11 @@ std::string DaemonState::status_line() const {
         line = "NOT enforcing: SMTP_BLOCK is \"0\"";
     else
         line = "enforcing: " + describe(*current);
-    if (input_error) {
-        line = "CONFIGURATION ERROR: " + input_error->message + "; " +
-               (input_error->fallback ? "the built-in defaults are in force"
-                                      : "the rules in force are unchanged") +
+    if (input_error || retry) {
+        line = "CONFIGURATION ERROR: " + error_text() + "; " +
+               (retry                   ? "the table a previous run left is in force"
+                : input_error->fallback ? "the built-in defaults are in force"
+                                        : "the rules in force are unchanged") +
                "; " + line;
     }
     if (heal.count > 0)

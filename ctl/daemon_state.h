@@ -2,6 +2,7 @@
 // One instance, owned by the Controller and shared by reference with its parts.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <ctime>
 #include <optional>
@@ -19,6 +20,26 @@ struct InputError {
     std::string message;
     std::time_t since = 0;
     bool fallback = false;  // the built-in defaults are in force (since the start)
+};
+
+// The first apply failed while a table a previous run left was in force: that table
+// stays, the policy in force is applied again at `at` (and by a reload), waiting twice
+// as long after each failure, and the error is shown in status until an apply succeeds.
+struct ApplyRetry {
+    using Clock = std::chrono::steady_clock;
+    static constexpr std::chrono::seconds kFirstDelay{1};
+    static constexpr std::chrono::seconds kMaxDelay{60};
+
+    std::string error;
+    std::time_t since = 0;
+    std::chrono::seconds delay = kFirstDelay;
+    Clock::time_point at;  // the next attempt
+
+    // The first failure, at now: the next attempt after kFirstDelay.
+    [[nodiscard]] static ApplyRetry after(std::string error, Clock::time_point now);
+    // Another failure, at now: the delay doubled (kMaxDelay at most), then the next attempt.
+    void failed_again(std::string error, Clock::time_point now);
+    [[nodiscard]] bool due(Clock::time_point now) const { return now >= at; }
 };
 
 // The table guard's restores of our table after foreign changes.
@@ -39,11 +60,14 @@ struct DaemonState {
     std::time_t applied_at = 0;
     std::string csf_rules;  // "" when CSF's SMTP rules are not loaded
     std::optional<InputError> input_error;
+    std::optional<ApplyRetry> retry;
     HealStats heal;
 
     [[nodiscard]] bool enforcing() const {
         return current && current->loaded.policy.enabled && !removed;
     }
+    // The messages of input_error and retry, for status; "" without either.
+    [[nodiscard]] std::string error_text() const;
     // One line for systemd's STATUS= (`systemctl status smtpfenced`).
     [[nodiscard]] std::string status_line() const;
 };

@@ -116,7 +116,13 @@ Answer Handlers::status() {
     j["version"] = SMTPFENCE_VERSION;
     j["enforcing"] = state_.enforcing();
     j["summary"] = summary(state_);
-    if (const std::optional<InputError>& error = state_.input_error) {
+    if (const std::optional<ApplyRetry>& retry = state_.retry) {
+        j["config_error"] = {
+            {"message", state_.error_text()},
+            {"since", state_.input_error ? state_.input_error->since : retry->since},
+            {"in_force", "the table a previous run left (applied again within " +
+                             std::to_string(retry->delay.count()) + " s, and on reload)"}};
+    } else if (const std::optional<InputError>& error = state_.input_error) {
         j["config_error"] = {{"message", error->message},
                              {"since", error->since},
                              {"in_force", error->fallback ? "built-in defaults"

@@ -44,7 +44,9 @@ void TableGuard::on_change(const nft::ForeignChange& change) {
 }
 
 void TableGuard::check() {
-    if (!state_.enforcing() || !state_.current)
+    // While the first apply is retried the table a previous run left is what is in
+    // force: putting state_.current back is the retry's job (FirstApply).
+    if (!state_.enforcing() || !state_.current || state_.retry)
         return;
     auto header = engine_.table_header(table_);
     if (!header) {

@@ -27,7 +27,8 @@ class TableGuard {
 
     // Someone else changed the table: put the desired state back at once.
     void on_change(const nft::ForeignChange& change);
-    // Is the table there, and ours? Restores it when not.
+    // Is the table there, and ours? Restores it when not; waits while the first apply
+    // is retried (state.retry).
     void check();
     // Applies the desired table again, counted in state.heal; left alone while
     // nothing is enforced.

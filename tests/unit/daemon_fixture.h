@@ -1,7 +1,7 @@
-// smtpfenced's parts (state, table guard, worker host, allowlist sync, handlers) built
-// as the Controller builds them, on files in a temporary directory and a fake kernel
-// that keeps tables: what the handler and table guard tests share. The worker is off
-// (--no-worker), so nothing is forked or bound.
+// smtpfenced's parts (state, table guard, first apply, worker host, allowlist sync,
+// handlers) built as the Controller builds them, on files in a temporary directory and
+// a fake kernel that keeps tables: what the handler, table guard and first apply tests
+// share. The worker is off (--no-worker), so nothing is forked or bound.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -12,12 +12,13 @@
 #include "ctl/control_server.h"
 #include "ctl/daemon.h"
 #include "ctl/daemon_state.h"
+#include "ctl/first_apply.h"
 #include "ctl/handlers.h"
 #include "ctl/table_guard.h"
 #include "ctl/worker_host.h"
 #include "nft/engine.h"
-#include "tests/unit/fake_kernel.h"
 #include "tests/support/temp_dir.h"
+#include "tests/unit/fake_kernel.h"
 
 namespace smtpfence::testing {
 
@@ -72,6 +73,7 @@ class DaemonPartsTest : public ::testing::Test {
     DaemonState state;
     WorkerHost worker{options, features.queue};
     TableGuard guard{options.table, engine, state};
+    FirstApply first_apply{options, engine, state, worker};
     AllowlistSync allowlist{options, engine, features, state, server};
     // What the `reload` request gets from the daemon's reload.
     Result<void> reload_result;

@@ -1,0 +1,45 @@
+#include "ctl/first_apply.h"
+
+#include <ctime>
+#include <string>
+
+#include "common/log.h"
+#include "ctl/service_notify.h"
+
+namespace smtpfence {
+
+Result<void> FirstApply::apply(const Desired& desired, ApplyRetry::Clock::time_point now) {
+    auto r = apply_desired(engine_, options_, desired);
+    if (r || !previous_table_in_force())
+        return r;
+    log::error(r.error().message());
+    log::warning("table inet " + options_.table +
+                 " left by a previous run stays in force; applying again in 1 s "
+                 "(then less often) and on each reload");
+    state_.retry = ApplyRetry::after(r.error().message(), now);
+    return {};
+}
+
+void FirstApply::retry_if_due(ApplyRetry::Clock::time_point now) {
+    std::optional<ApplyRetry>& retry = state_.retry;
+    if (!retry || state_.removed || !state_.current || !retry->due(now))
+        return;
+    if (auto r = apply_desired(engine_, options_, *state_.current); !r) {
+        retry->failed_again(r.error().message(), now);
+        log::error(retry->error + "; the table a previous run left stays in force; " +
+                   "applying again in " + std::to_string(retry->delay.count()) + " s");
+        service::status(state_.status_line());
+        return;
+    }
+    retry.reset();
+    worker_.sync(state_);
+    service::status(state_.status_line());
+}
+
+bool FirstApply::previous_table_in_force() {
+    auto header = engine_.table_header(options_.table);
+    return header && header->has_value() &&
+           (!(*header)->owner || *(*header)->owner == engine_.portid());
+}
+
+}  // namespace smtpfence
