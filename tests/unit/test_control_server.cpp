@@ -1,18 +1,21 @@
 // The control socket without root: a ControlServer on a socket in a temporary directory,
 // its loop on a thread of its own as the daemon runs it, and clients that behave (ctl::call)
 // or do not (raw sockets that send garbage, too much, or nothing at all).
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -591,34 +594,145 @@ TEST_F(ControlServerTest, CallTimesOutWhenNobodyAnswers) {
     EXPECT_LT(took, 3s);
 }
 
-// Access decided from the kernel's word about the peer. Only a non-root test run can
-// be refused: uid 0 is always allowed.
+// Access decided from the kernel's word about the peer. Root is always allowed, so the
+// peer of these tests is never root: this process when it is not root; as root (as
+// scripts/test runs the unit tests) a child that becomes uid and gid 65534 first (nobody
+// and nogroup on Debian; only the kernel's word counts, not an account).
+class NonRootClient {
+  public:
+    using Reply = std::expected<std::string, ClientError>;
+
+    // Forks the child, when root, now: before the server's loop thread starts, so that
+    // the child is a copy of a process with one thread. Its connects wait in the
+    // listen backlog until the loop runs. The directories from top down to the socket
+    // are opened to the child (search only).
+    NonRootClient(const std::string& top, std::string path, std::vector<Request> requests)
+        : path_(std::move(path)), requests_(std::move(requests)) {
+        if (::getuid() != 0)
+            return;
+        uid_ = kNobody;
+        gid_ = kNobody;
+        for (std::filesystem::path d = std::filesystem::path(path_).parent_path();
+             d.string().size() >= top.size(); d = d.parent_path())
+            EXPECT_EQ(::chmod(d.c_str(), 0711), 0) << d << ": " << errno_text(errno);
+        int fds[2];
+        if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
+            ADD_FAILURE() << "socketpair: " << errno_text(errno);
+            return;
+        }
+        UniqueFd ours(fds[0]);
+        UniqueFd theirs(fds[1]);
+        child_ = ::fork();
+        if (child_ < 0) {
+            ADD_FAILURE() << "fork: " << errno_text(errno);
+            return;
+        }
+        if (child_ == 0) {
+            ours.reset();
+            run_child(theirs.get());
+        }
+        from_child_ = std::move(ours);
+    }
+    NonRootClient(const NonRootClient&) = delete;
+    NonRootClient& operator=(const NonRootClient&) = delete;
+    ~NonRootClient() {
+        if (child_ > 0) {
+            from_child_.reset();
+            ::waitpid(child_, nullptr, 0);
+        }
+    }
+
+    [[nodiscard]] uid_t uid() const { return uid_; }
+    [[nodiscard]] gid_t gid() const { return gid_; }
+
+    // The replies to the requests, in order: called once the server's loop runs.
+    std::vector<Reply> replies() {
+        std::vector<Reply> out;
+        if (::getuid() != 0) {
+            for (const Request& r : requests_)
+                out.push_back(call(path_, r, kCallTimeout));
+            return out;
+        }
+        const Received got = read_until_closed(from_child_.get());
+        int status = 0;
+        EXPECT_EQ(::waitpid(child_, &status, 0), child_);
+        child_ = 0;
+        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+            << "the client child (uid " << uid_ << ") ended with status " << status
+            << (WIFEXITED(status) && WEXITSTATUS(status) == kCannotDrop
+                    ? ": it could not become that uid"
+                    : "");
+        const json all = json::parse(got.data, nullptr, false);
+        if (all.is_discarded() || !all.is_array()) {
+            ADD_FAILURE() << "not the child's replies: " << got.data;
+            return out;
+        }
+        for (const json& r : all) {
+            if (r.contains("reply"))
+                out.emplace_back(r["reply"].get<std::string>());
+            else
+                out.emplace_back(
+                    std::unexpected(ClientError{.unreachable = r.value("unreachable", false),
+                                                .message = r.value("error", "")}));
+        }
+        return out;
+    }
+
+  private:
+    static constexpr uid_t kNobody = 65534;  // and gid: nobody and nogroup on Debian
+    static constexpr int kCannotDrop = 3;    // the child's exit code when setuid fails
+
+    // In the child: becomes uid_ and gid_ with no supplementary groups, makes the calls
+    // and sends their outcomes to the parent as one JSON array.
+    [[noreturn]] void run_child(int to_parent) const {
+        if (::setgroups(0, nullptr) != 0 || ::setgid(gid_) != 0 || ::setuid(uid_) != 0)
+            std::_Exit(kCannotDrop);
+        json all = json::array();
+        for (const Request& r : requests_) {
+            const Reply reply = call(path_, r, kCallTimeout);
+            if (reply)
+                all.push_back({{"reply", *reply}});
+            else
+                all.push_back(
+                    {{"error", reply.error().message}, {"unreachable", reply.error().unreachable}});
+        }
+        send_all(to_parent, all.dump());
+        std::_Exit(0);
+    }
+
+    std::string path_;
+    std::vector<Request> requests_;
+    uid_t uid_ = ::getuid();
+    gid_t gid_ = ::getgid();
+    pid_t child_ = 0;
+    UniqueFd from_child_;
+};
+
 TEST_F(ControlServerTest, NonAdminPeerIsRefusedAndTheHandlerNotCalled) {
-    if (::getuid() == 0)
-        GTEST_SKIP() << "running as root, whom access_problem always allows; the refusal is "
-                        "covered by AccessProblem.* with made-up peers";
     auto server = ControlServer::listen(path_);
     ASSERT_TRUE(server) << server.error().message();
-    // An admin group this process is not in.
-    server->set_access(AccessPolicy{.admin_gid = ::getgid() + 1, .read_all = false});
+    NonRootClient client(dir_.path(), path_,
+                         {request(Command::Status), request(Command::Allow, "mallory")});
+    // An admin group the client is not in.
+    server->set_access(AccessPolicy{.admin_gid = client.gid() + 1, .read_all = false});
     std::atomic<int> calls{0};
     ServerLoop loop(*server, [&](const Request&, const Peer&, int) {
         ++calls;
         return std::optional<std::string>(encode_ok(json::object()));
     });
-    const std::string uid = std::to_string(::getuid());
-    const std::string gid = std::to_string(::getgid() + 1);
+    const std::string uid = std::to_string(client.uid());
+    const std::string gid = std::to_string(client.gid() + 1);
 
-    auto reply = call(path_, request(Command::Status), kCallTimeout);
-    ASSERT_TRUE(reply) << reply.error().message;
-    EXPECT_EQ(error_of(*reply),
+    const auto replies = client.replies();
+    ASSERT_EQ(replies.size(), 2U);
+    ASSERT_TRUE(replies[0]) << replies[0].error().message;
+    EXPECT_EQ(error_of(*replies[0]),
               CodeAndMessage("permission_denied",
                              "status is not allowed for uid " + uid +
                                  ": it needs root or a member of gid " + gid +
                                  " (CONTROL_ADMIN_GROUP), or CONTROL_READ = \"all\""));
-    reply = call(path_, request(Command::Allow, "mallory"), kCallTimeout);
-    ASSERT_TRUE(reply) << reply.error().message;
-    EXPECT_EQ(error_of(*reply),
+    ASSERT_TRUE(replies[1]) << replies[1].error().message;
+    EXPECT_EQ(error_of(*replies[1]),
               CodeAndMessage("permission_denied", "allow is not allowed for uid " + uid +
                                                       ": it needs root or a member of gid " + gid +
                                                       " (CONTROL_ADMIN_GROUP)"));
@@ -628,43 +742,42 @@ TEST_F(ControlServerTest, NonAdminPeerIsRefusedAndTheHandlerNotCalled) {
 }
 
 TEST_F(ControlServerTest, ReadAllLetsANonAdminPeerReadButNotChange) {
-    if (::getuid() == 0)
-        GTEST_SKIP() << "running as root, whom access_problem always allows; CONTROL_READ is "
-                        "covered by AccessProblem.* with made-up peers";
     auto server = ControlServer::listen(path_);
     ASSERT_TRUE(server) << server.error().message();
     server->set_access(AccessPolicy{.admin_gid = std::nullopt, .read_all = true});
+    NonRootClient client(dir_.path(), path_,
+                         {request(Command::List), request(Command::Deny, "alice")});
     std::atomic<int> calls{0};
     ServerLoop loop(*server, [&](const Request&, const Peer&, int) {
         ++calls;
         return std::optional<std::string>(encode_ok(json::object()));
     });
-    auto reply = call(path_, request(Command::List), kCallTimeout);
-    ASSERT_TRUE(reply) << reply.error().message;
-    EXPECT_EQ(*reply, R"({"ok":true,"result":{},"v":1})");
+    const auto replies = client.replies();
+    ASSERT_EQ(replies.size(), 2U);
+    ASSERT_TRUE(replies[0]) << replies[0].error().message;
+    EXPECT_EQ(*replies[0], R"({"ok":true,"result":{},"v":1})");
 
-    reply = call(path_, request(Command::Deny, "alice"), kCallTimeout);
-    ASSERT_TRUE(reply) << reply.error().message;
-    EXPECT_EQ(error_of(*reply),
+    ASSERT_TRUE(replies[1]) << replies[1].error().message;
+    EXPECT_EQ(error_of(*replies[1]),
               CodeAndMessage("permission_denied",
-                             "deny is not allowed for uid " + std::to_string(::getuid()) +
+                             "deny is not allowed for uid " + std::to_string(client.uid()) +
                                  ": it needs root (set CONTROL_ADMIN_GROUP to delegate)"));
     loop.stop();
     EXPECT_EQ(calls, 1);
 }
 
 TEST_F(ControlServerTest, PrimaryGroupAsAdminGroupGrantsChanges) {
-    if (::getuid() == 0)
-        GTEST_SKIP() << "running as root, whom access_problem always allows whatever the group";
     auto server = ControlServer::listen(path_);
     ASSERT_TRUE(server) << server.error().message();
-    server->set_access(open_to_me());
+    NonRootClient client(dir_.path(), path_, {request(Command::Allow, "alice")});
+    server->set_access(AccessPolicy{.admin_gid = client.gid(), .read_all = false});
     ServerLoop loop(*server, [&](const Request& r, const Peer&, int) {
         return std::optional<std::string>(encode_ok({{"allowed", r.user.value()}}));
     });
-    auto reply = call(path_, request(Command::Allow, "alice"), kCallTimeout);
-    ASSERT_TRUE(reply) << reply.error().message;
-    EXPECT_EQ(*reply, R"({"ok":true,"result":{"allowed":"alice"},"v":1})");
+    const auto replies = client.replies();
+    ASSERT_EQ(replies.size(), 1U);
+    ASSERT_TRUE(replies[0]) << replies[0].error().message;
+    EXPECT_EQ(*replies[0], R"({"ok":true,"result":{"allowed":"alice"},"v":1})");
 }
 
 TEST_F(ControlServerTest, RootIsAllowedWithoutAnyAccessSettings) {
