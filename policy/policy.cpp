@@ -100,15 +100,6 @@ Result<std::vector<std::uint16_t>> parse_ports(const Setting& s,
     return std::vector<std::uint16_t>(ports.begin(), ports.end());
 }
 
-std::string upper(std::string_view s) {
-    std::string out(s);
-    for (char& c : out) {
-        if (c >= 'a' && c <= 'z')
-            c = static_cast<char>(c - 'a' + 'A');
-    }
-    return out;
-}
-
 // Levenshtein distance, for "did you mean" hints. Only called for strings whose
 // lengths differ by at most 2 and a known key (≤ 15 chars), so it stays tiny even
 // when the unknown name is a 10 MB line.
@@ -169,7 +160,7 @@ const std::array<KeyHandler, 19> kHandlers = {{
      }},
     {"MTA_USERS",
      [](const Setting& s, Policy& p, std::vector<std::string>& w) -> Result<void> {
-         if (upper(s.entry.value) == "AUTO") {
+         if (text::upper(s.entry.value) == "AUTO") {
              p.mta_users = kAutoMtaUsers;
              p.mta_users_auto = true;
              return {};
@@ -179,7 +170,7 @@ const std::array<KeyHandler, 19> kHandlers = {{
          // "auto,exim" most likely means "the usual MTA users and exim"; read as two names
          // it would drop the usual ones and block the MTA. Ask instead of guessing.
          if (std::any_of(users->begin(), users->end(),
-                         [](const std::string& u) { return upper(u) == "AUTO"; })) {
+                         [](const std::string& u) { return text::upper(u) == "AUTO"; })) {
              return s.bad("\"auto\" alone, or a list of user names without \"auto\"");
          }
          p.mta_users = std::move(*users);
@@ -188,7 +179,7 @@ const std::array<KeyHandler, 19> kHandlers = {{
      }},
     {"DROP_OUT",
      [](const Setting& s, Policy& p, std::vector<std::string>&) -> Result<void> {
-         const std::string v = upper(s.entry.value);
+         const std::string v = text::upper(s.entry.value);
          if (v == "REJECT") {
              p.action = BlockAction::Reject;
          } else if (v == "DROP") {
@@ -220,7 +211,7 @@ const std::array<KeyHandler, 19> kHandlers = {{
      }},
     {"CONTROL_READ",
      [](const Setting& s, Policy& p, std::vector<std::string>&) -> Result<void> {
-         const std::string v = upper(s.entry.value);
+         const std::string v = text::upper(s.entry.value);
          if (v == "ADMIN") {
              p.control_read_all = false;
          } else if (v == "ALL") {
@@ -232,7 +223,7 @@ const std::array<KeyHandler, 19> kHandlers = {{
      }},
     {"DA_PIPELINE",
      [](const Setting& s, Policy& p, std::vector<std::string>&) -> Result<void> {
-         const std::string v = upper(s.entry.value);
+         const std::string v = text::upper(s.entry.value);
          if (v == "AUTO") {
              p.da_pipeline = DaPipeline::Auto;
          } else if (v == "1") {
@@ -246,7 +237,7 @@ const std::array<KeyHandler, 19> kHandlers = {{
      }},
     {"TABLE_OWNER",
      [](const Setting& s, Policy& p, std::vector<std::string>&) -> Result<void> {
-         const std::string v = upper(s.entry.value);
+         const std::string v = text::upper(s.entry.value);
          if (v == "AUTO") {
              p.table_owner = TableOwner::Auto;
          } else if (v == "1") {
@@ -290,7 +281,7 @@ std::unexpected<Error> unknown_key(const Setting& s) {
         longest = std::max(longest, h.key.size());
     if (s.entry.key.size() > longest + 2)
         return fail(0, s.where(), detail);
-    const std::string wanted = upper(s.entry.key);
+    const std::string wanted = text::upper(s.entry.key);
     std::string_view best;
     std::size_t best_distance = 3;
     for (const KeyHandler& h : kHandlers) {
