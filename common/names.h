@@ -1,5 +1,6 @@
 // The one rule for user and group names, wherever they come from (smtpfence.conf,
-// csf.conf, allow.list, the control socket, DirectAdmin's files).
+// csf.conf, allow.list, the control socket). DirectAdmin's usage files take only the
+// stricter plain login names (nfq/da_sink.h, is_da_account_name).
 #pragma once
 
 #include <cstddef>
@@ -8,8 +9,9 @@
 
 namespace smtpfence {
 
-// shadow-utils' default limit for a user or group name (useradd(8) on Debian and EL).
-inline constexpr std::size_t kMaxAccountNameBytes = 32;
+// useradd(8) makes names of at most 32 bytes, but directories (LDAP, sssd) and other
+// tools make longer ones; 64 is what allow.list and the control socket always took.
+inline constexpr std::size_t kMaxAccountNameBytes = 64;
 
 // A user or group name as useradd(8)/groupadd(8) accept them by default, or a numeric
 // id: letters, digits, '.', '_', '-', an optional final '$' (a Samba machine account),

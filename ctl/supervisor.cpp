@@ -55,6 +55,30 @@ std::optional<std::string> option_value(const std::vector<std::string>& args,
     return std::nullopt;
 }
 
+// Whether every uid of pid (real, effective, saved, fs) is 0: our workers keep uid 0
+// (docs/least-privilege.md). A process a user started, whatever it is named and
+// whatever arguments it was given, is not one of them and is never signalled.
+bool runs_as_root(pid_t pid) {
+    auto status = read_text_file(proc_path(pid, "status"), 64 * 1024);
+    if (!status)
+        return false;
+    const std::size_t at = status->find("\nUid:");
+    if (at == std::string::npos)
+        return false;
+    std::string_view line(*status);
+    line.remove_prefix(at + 5);
+    line = line.substr(0, line.find('\n'));
+    int ids = 0;
+    while (!(line = text::trim(line)).empty()) {
+        const std::size_t end = line.find_first_of(" \t");
+        if (line.substr(0, end) != "0")
+            return false;
+        ++ids;
+        line.remove_prefix(end == std::string_view::npos ? line.size() : end);
+    }
+    return ids == 4;
+}
+
 bool same_file(const std::string& a, const std::string& b) {
     struct stat sa {};
     struct stat sb {};
@@ -70,8 +94,8 @@ struct StaleWorker {
 };
 
 // Whether pid is a smtpfence-worker of this table: its executable (" (deleted)" once a
-// package upgrade replaced it), its network namespace (a table is per namespace) and
-// its --table and --state-dir. A pid reused by anything else fails one of these.
+// package upgrade replaced it), uid 0, its network namespace (a table is per namespace)
+// and its --table and --state-dir. A pid reused by anything else fails one of these.
 std::optional<StaleWorker> our_worker(pid_t pid, const std::string& table,
                                       const std::string& state_dir) {
     const std::vector<std::string> args = arguments_of(pid);
@@ -83,7 +107,7 @@ std::optional<StaleWorker> our_worker(pid_t pid, const std::string& table,
     std::string exe = std::filesystem::read_symlink(proc_path(pid, "exe"), ec).filename().string();
     if (exe.ends_with(" (deleted)"))
         exe.resize(exe.size() - std::string_view(" (deleted)").size());
-    if (ec || exe != "smtpfence-worker" ||
+    if (ec || exe != "smtpfence-worker" || !runs_as_root(pid) ||
         !same_file(proc_path(pid, "ns/net"), "/proc/self/ns/net"))
         return std::nullopt;
     StaleWorker w;
@@ -149,7 +173,10 @@ void end_stale_worker(const StaleWorker& w, const Pidfd& process) {
     (void)process.wait_exit(kStopGrace);
     std::string queue = "any SYN that waited for it was dropped (and may be counted twice)";
     if (queue_fd.valid()) {
-        auto q = nfq::Queue::adopt(queue_fd.release(), w.queue_num);
+        // The queue owns the descriptor once adopted; until then queue_fd does.
+        auto q = nfq::Queue::adopt(queue_fd.get(), w.queue_num);
+        if (q)
+            (void)queue_fd.release();
         Result<void> released = q ? q->release_waiting() : Result<void>(std::unexpected(q.error()));
         queue = released ? "the SYNs that waited for it were answered"
                          : "answer the SYNs that waited for it: " + released.error().message();

@@ -44,9 +44,7 @@ void TableGuard::on_change(const nft::ForeignChange& change) {
 }
 
 void TableGuard::check() {
-    // While the first apply is retried the table a previous run left is what is in
-    // force: putting state_.current back is the retry's job (FirstApply).
-    if (!state_.enforcing() || !state_.current || state_.retry)
+    if (!state_.enforcing() || !state_.current)
         return;
     auto header = engine_.table_header(table_);
     if (!header) {
@@ -55,7 +53,17 @@ void TableGuard::check() {
     }
     const std::optional<nft::Engine::TableHeader>& found = *header;
     if (!found) {
+        // Also while the first apply is retried: the table a previous run left was in
+        // force, and with it gone nothing is; waiting for the retry (up to a minute)
+        // would leave SMTP open. A restore that succeeds is the retry done.
+        const std::uint64_t healed = state_.heal.count;
         restore("unknown (found by the check each second)", "table missing");
+        if (state_.heal.count != healed)
+            state_.retry.reset();
+    } else if (state_.retry) {
+        // The table a previous run left is in force: changing it is the retry's job
+        // (FirstApply), not a self-heal.
+        return;
     } else if (state_.current->spec.owned && found->owner != engine_.portid()) {
         restore("unknown (found by the check each second)", "table not owned by us");
     }

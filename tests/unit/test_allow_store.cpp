@@ -134,8 +134,8 @@ TEST(ParseManagedAllow, BadNamesAreErrors) {
     EXPECT_EQ(parse_error("group web/mail\n"),
               "/etc/smtpfence/allow.list:1: name \"web/mail\": contains \"/\"" + kAllowed);
     EXPECT_EQ(
-        parse_error("user " + std::string(33, 'a') + "\n"),
-        "/etc/smtpfence/allow.list:1: name \"" + std::string(33, 'a') + "\": longer than 32 bytes");
+        parse_error("user " + std::string(65, 'a') + "\n"),
+        "/etc/smtpfence/allow.list:1: name \"" + std::string(65, 'a') + "\": longer than 64 bytes");
     // Terminal escapes in a hand-edited file are shown, not sent to the terminal.
     EXPECT_EQ(parse_error("user ok\nuser ev\x1b[2Jil\n"),
               "/etc/smtpfence/allow.list:2: name \"ev\\x1b[2Jil\": contains \"\\x1b\"" + kAllowed);

@@ -184,7 +184,7 @@ TEST(Policy, BadAllowUsers) {
               "comma-separated list of user names or numeric uids (0-4294967294); \"b@d\" is not "
               "one");
     for (const std::string& item :
-         {std::string(33, 'u'), std::string("-bob"), std::string("bo b"), std::string("a$b"),
+         {std::string(65, 'u'), std::string("-bob"), std::string("bo b"), std::string("a$b"),
           std::string("$"), std::string("4294967295"), std::string("99999999999999999999"),
           std::string("j\xc3\xb6rg"), std::string("x:y"), std::string("a/b")}) {
         const std::string m = bad("SMTP_ALLOWUSER", item);

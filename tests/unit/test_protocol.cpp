@@ -203,16 +203,16 @@ TEST(Protocol, NamesAreValidated) {
     expect_refused(R"({"v":1,"cmd":"check","user":"a$b"})", ErrorCode::InvalidArgument,
                    R"(user name "a$b": contains "$" (allowed: letters, digits, '.', '_', '-', )"
                    R"(a final '$'))");
-    expect_refused(R"({"v":1,"cmd":"check","user":")" + std::string(33, 'u') + R"("})",
+    expect_refused(R"({"v":1,"cmd":"check","user":")" + std::string(65, 'u') + R"("})",
                    ErrorCode::InvalidArgument,
-                   "user name \"" + std::string(33, 'u') + "\": longer than 32 bytes");
+                   "user name \"" + std::string(65, 'u') + "\": longer than 64 bytes");
     expect_refused(R"({"v":1,"cmd":"check","user":1001})", ErrorCode::BadRequest,
                    R"(field "user" must be a string)");
     expect_refused(R"({"v":1,"cmd":"allow","group":null})", ErrorCode::BadRequest,
                    R"(field "group" must be a string)");
 
-    EXPECT_EQ(parsed(R"({"v":1,"cmd":"allow","user":")" + std::string(32, 'u') + R"("})").user,
-              std::string(32, 'u'));
+    EXPECT_EQ(parsed(R"({"v":1,"cmd":"allow","user":")" + std::string(64, 'u') + R"("})").user,
+              std::string(64, 'u'));
     EXPECT_EQ(parsed(R"({"v":1,"cmd":"allow","user":"1001"})").user, "1001");
     EXPECT_EQ(parsed(R"({"v":1,"cmd":"allow","user":"WS01$"})").user, "WS01$");
 }
@@ -222,7 +222,7 @@ TEST(Protocol, NameProblem) {
         EXPECT_EQ(name_problem(ok), "") << ok;
     EXPECT_EQ(name_problem(""), "empty");
     EXPECT_EQ(name_problem("-alice"), "starts with '-'");
-    EXPECT_EQ(name_problem(std::string(33, 'a')), "longer than 32 bytes");
+    EXPECT_EQ(name_problem(std::string(65, 'a')), "longer than 64 bytes");
     EXPECT_EQ(name_problem("al/ice"),
               R"(contains "/" (allowed: letters, digits, '.', '_', '-', a final '$'))");
     EXPECT_EQ(name_problem("$x"),

@@ -71,7 +71,7 @@ TEST(AccountName, OneRuleForEveryInput) {
     EXPECT_EQ(account_name_problem(""), "empty");
     EXPECT_EQ(account_name_problem("-alice"), "starts with '-'");
     EXPECT_EQ(account_name_problem(std::string(kMaxAccountNameBytes + 1, 'a')),
-              "longer than 32 bytes");
+              "longer than 64 bytes");
     EXPECT_EQ(account_name_problem("$"),
               R"(contains "$" (allowed: letters, digits, '.', '_', '-', a final '$'))");
     EXPECT_EQ(account_name_problem("a$b"),
