@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/names.h"
 #include "policy/policy.h"
 
 namespace smtpfence::fuzz {
@@ -45,8 +46,8 @@ inline bool same_policy(const Policy& a, const Policy& b) {
            a.log_blocked == b.log_blocked && a.log_uid == b.log_uid;
 }
 
-// A user or group as the policy keeps it: a portable name of at most 32 bytes (a final
-// '$' allowed) or a numeric id below 2^32 - 1.
+// A user or group as the policy keeps it: a portable name of at most kMaxAccountNameBytes
+// bytes (a final '$' allowed) or a numeric id below 2^32 - 1.
 inline bool is_account(std::string_view s) {
     const auto digit = [](char c) { return c >= '0' && c <= '9'; };
     if (!s.empty() && std::all_of(s.begin(), s.end(), digit)) {
@@ -54,7 +55,7 @@ inline bool is_account(std::string_view s) {
         const std::string_view value = nonzero == std::string_view::npos ? "0" : s.substr(nonzero);
         return value.size() < 10 || (value.size() == 10 && value <= "4294967294");
     }
-    if (s.empty() || s.size() > 32)
+    if (s.empty() || s.size() > kMaxAccountNameBytes)
         return false;
     if (s.back() == '$')
         s.remove_suffix(1);
