@@ -7,6 +7,9 @@
 //   # comment
 //   user alice
 //   group webmail
+//   user alice to smtp.sendgrid.net:587        relay exceptions (policy/destination.h)
+//   group webmail to 198.51.100.0/24
+//   everyone to [2001:db8::25]:25
 #pragma once
 
 #include <string>
@@ -15,12 +18,15 @@
 
 #include "common/error.h"
 #include "common/names.h"
+#include "policy/destination.h"
 
 namespace smtpfence {
 
 struct ManagedAllow {
     std::vector<std::string> users;   // in file order, unique
     std::vector<std::string> groups;  // in file order, unique
+    // In file order, no two the same rule; origin is "PATH:LINE".
+    std::vector<DestException> exceptions;
 };
 
 enum class AllowKind { User, Group };
@@ -42,5 +48,12 @@ struct AllowChange {
 };
 [[nodiscard]] Result<AllowChange> change_managed_allow(const std::string& path, AllowKind kind,
                                                        const std::string& name, bool add);
+
+// The same for a relay exception (compared by DestException::same_rule). The
+// destination is written in its canonical form; an added exception without an origin
+// gets path as its origin.
+[[nodiscard]] Result<AllowChange> change_managed_exception(const std::string& path,
+                                                           const DestException& exception,
+                                                           bool add);
 
 }  // namespace smtpfence

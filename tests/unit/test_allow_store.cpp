@@ -110,10 +110,12 @@ TEST(ParseManagedAllow, DuplicatesAreKeptOnceAtTheirFirstPlace) {
 }
 
 TEST(ParseManagedAllow, ErrorsNamePathAndLine) {
-    EXPECT_EQ(parse_error("user alice\n\nfriend bob\n"),
-              "/etc/smtpfence/allow.list:3: unknown entry \"friend\" (expected user or group)");
-    EXPECT_EQ(parse_error("User alice\n"),
-              "/etc/smtpfence/allow.list:1: unknown entry \"User\" (expected user or group)");
+    EXPECT_EQ(
+        parse_error("user alice\n\nfriend bob\n"),
+        "/etc/smtpfence/allow.list:3: unknown entry \"friend\" (expected user, group or everyone)");
+    EXPECT_EQ(
+        parse_error("User alice\n"),
+        "/etc/smtpfence/allow.list:1: unknown entry \"User\" (expected user, group or everyone)");
     EXPECT_EQ(parse_error("# c\nuser\n"),
               "/etc/smtpfence/allow.list:2: expected \"user NAME\" or \"group NAME\", got "
               "\"user\"");
@@ -291,7 +293,8 @@ TEST(ChangeManagedAllow, ABrokenFileIsNotOverwritten) {
     const std::string path = dir.write("allow.list", broken);
     auto r = change_managed_allow(path, AllowKind::User, "carol", true);
     ASSERT_FALSE(r);
-    EXPECT_EQ(r.error().message(), path + ":2: unknown entry \"friend\" (expected user or group)");
+    EXPECT_EQ(r.error().message(),
+              path + ":2: unknown entry \"friend\" (expected user, group or everyone)");
     EXPECT_EQ(slurp(path), broken);
 }
 
@@ -348,6 +351,143 @@ TEST(ChangeManagedAllow, ConcurrentWritersLoseNothing) {
     EXPECT_EQ(lines, expected);
     EXPECT_EQ(list->groups, (Names{"shared"}));
     EXPECT_EQ(stat_of(path).st_mode & 07777, 0644U);
+}
+
+// The exceptions of a list as their file lines, for one comparison.
+Names exception_lines(const ManagedAllow& list) {
+    Names out;
+    for (const DestException& e : list.exceptions)
+        out.push_back(e.text() + " @" + e.origin);
+    return out;
+}
+
+DestException exception(SubjectKind kind, std::string name, std::string_view dest) {
+    auto to = parse_destination(dest);
+    EXPECT_TRUE(to) << dest;
+    return DestException{{kind, std::move(name)}, to.value_or(Destination{}), ""};
+}
+
+TEST(ParseManagedAllow, RelayExceptions) {
+    auto r = parse_managed_allow(
+        "user alice\n"
+        "user alice to SMTP.SendGrid.net:587\n"
+        "group webmail to 198.51.100.0/24\n"
+        "  everyone\tto   [2001:db8::25]:25  \n"
+        "user 1001 to smtp.sendgrid.net:587\n"
+        "user alice to smtp.sendgrid.net:587\n"  // a repeat, kept once
+        "group webmail\n",
+        "allow.list");
+    ASSERT_TRUE(r) << r.error().message();
+    EXPECT_EQ(r->users, (Names{"alice"}));
+    EXPECT_EQ(r->groups, (Names{"webmail"}));
+    EXPECT_EQ(exception_lines(*r), (Names{
+                                       "alice to smtp.sendgrid.net:587 @allow.list:2",
+                                       "group webmail to 198.51.100.0/24 @allow.list:3",
+                                       "everyone to [2001:db8::25]:25 @allow.list:4",
+                                       "1001 to smtp.sendgrid.net:587 @allow.list:5",
+                                   }));
+    EXPECT_EQ(r->exceptions[0].who, (Subject{SubjectKind::User, "alice"}));
+    EXPECT_EQ(r->exceptions[1].who, (Subject{SubjectKind::Group, "webmail"}));
+    EXPECT_EQ(r->exceptions[2].who, (Subject{SubjectKind::Everyone, ""}));
+}
+
+TEST(ParseManagedAllow, BadExceptionsNamePathLineAndValue) {
+    EXPECT_EQ(parse_error("user alice\nuser alice to smtp.example.com:0\n"),
+              "/etc/smtpfence/allow.list:2: smtp.example.com:0: port 0 is out of range "
+              "(1-65535)");
+    EXPECT_EQ(parse_error("group webmail to 198.51.100.7/24\n"),
+              "/etc/smtpfence/allow.list:1: 198.51.100.7/24: host bits set (did you mean "
+              "198.51.100.0/24?)");
+    EXPECT_EQ(parse_error("everyone to 0.0.0.0/0\n"),
+              "/etc/smtpfence/allow.list:1: 0.0.0.0/0: a /0 network covers every address; to "
+              "let an account reach any host, use `smtpfencectl allow USER` (or --group GROUP) "
+              "instead");
+    EXPECT_EQ(parse_error("everyone\n"),
+              "/etc/smtpfence/allow.list:1: expected \"everyone to HOST[:PORT]\"");
+    EXPECT_EQ(parse_error("everyone to a.example b.example\n"),
+              "/etc/smtpfence/allow.list:1: expected \"everyone to HOST[:PORT]\"");
+    EXPECT_EQ(parse_error("user alice to\n"),
+              "/etc/smtpfence/allow.list:1: expected \"user NAME to HOST[:PORT]\"");
+    EXPECT_EQ(parse_error("group mail to a.example 25\n"),
+              "/etc/smtpfence/allow.list:1: expected \"group NAME to HOST[:PORT]\"");
+    EXPECT_EQ(parse_error("user -rf to a.example\n"),
+              "/etc/smtpfence/allow.list:1: name \"-rf\": starts with '-'");
+}
+
+TEST(ChangeManagedException, AddRemoveAndRoundTrip) {
+    TempDir dir;
+    // An allow.list of an older version: users and groups only; read unchanged.
+    const std::string path = dir.write("allow.list", "user alice\ngroup webmail\n");
+    const DestException relay = exception(SubjectKind::User, "alice", "smtp.sendgrid.net:587");
+    auto added = change_managed_exception(path, relay, true);
+    ASSERT_TRUE(added) << added.error().message();
+    EXPECT_TRUE(added->changed);
+    EXPECT_EQ(added->list.users, (Names{"alice"}));
+    EXPECT_EQ(added->list.groups, (Names{"webmail"}));
+    EXPECT_EQ(exception_lines(added->list),
+              (Names{"alice to smtp.sendgrid.net:587 @" + path}));  // no origin given: the file
+
+    ASSERT_TRUE(change_managed_exception(
+        path, exception(SubjectKind::Group, "webmail", "198.51.100.0/24"), true));
+    ASSERT_TRUE(change_managed_exception(
+        path, exception(SubjectKind::Everyone, "", "[2001:db8::25]:25"), true));
+    EXPECT_EQ(entries(slurp(path)),
+              (Names{"user alice", "group webmail", "user alice to smtp.sendgrid.net:587",
+                     "group webmail to 198.51.100.0/24", "everyone to [2001:db8::25]:25"}));
+
+    // Adding a present one (origin aside) changes nothing, not even the file.
+    const struct stat before = stat_of(path);
+    DestException again = relay;
+    again.origin = "elsewhere:1";
+    auto same = change_managed_exception(path, again, true);
+    ASSERT_TRUE(same) << same.error().message();
+    EXPECT_FALSE(same->changed);
+    EXPECT_EQ(stat_of(path).st_ino, before.st_ino);
+
+    // Another port is another exception; the group's is not the user's.
+    auto other_port = change_managed_exception(
+        path, exception(SubjectKind::User, "alice", "smtp.sendgrid.net:465"), false);
+    ASSERT_TRUE(other_port);
+    EXPECT_FALSE(other_port->changed);
+    auto other_kind = change_managed_exception(
+        path, exception(SubjectKind::Group, "alice", "smtp.sendgrid.net:587"), false);
+    ASSERT_TRUE(other_kind);
+    EXPECT_FALSE(other_kind->changed);
+
+    auto removed = change_managed_exception(path, relay, false);
+    ASSERT_TRUE(removed) << removed.error().message();
+    EXPECT_TRUE(removed->changed);
+    EXPECT_EQ(entries(slurp(path)),
+              (Names{"user alice", "group webmail", "group webmail to 198.51.100.0/24",
+                     "everyone to [2001:db8::25]:25"}));
+    // What we wrote reads back the same.
+    auto back = load_managed_allow(path);
+    ASSERT_TRUE(back) << back.error().message();
+    ASSERT_EQ(back->exceptions.size(), removed->list.exceptions.size());
+    for (std::size_t i = 0; i < back->exceptions.size(); ++i)
+        EXPECT_TRUE(back->exceptions[i].same_rule(removed->list.exceptions[i])) << i;
+    // Removing a user's allow leaves their exceptions alone, and the other way round.
+    ASSERT_TRUE(change_managed_allow(path, AllowKind::Group, "webmail", false));
+    EXPECT_EQ(entries(slurp(path)), (Names{"user alice", "group webmail to 198.51.100.0/24",
+                                           "everyone to [2001:db8::25]:25"}));
+}
+
+TEST(ChangeManagedException, InvalidOnesAreRefusedBeforeTouchingAnything) {
+    TempDir dir;
+    const std::string path = dir.path() + "/allow.list";
+    auto r = change_managed_exception(path, exception(SubjectKind::User, "a b", "a.example"), true);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().message(), "name \"a b\": contains \" \"" + kAllowed);
+    auto e =
+        change_managed_exception(path, exception(SubjectKind::Everyone, "x", "a.example"), true);
+    ASSERT_FALSE(e);
+    EXPECT_EQ(e.error().message(), "everyone: takes no name (got \"x\")");
+    DestException zero = exception(SubjectKind::User, "alice", "a.example");
+    zero.to.port = 0;  // built by hand, not parsed
+    auto z = change_managed_exception(path, zero, true);
+    ASSERT_FALSE(z);
+    EXPECT_EQ(z.error().message(), "a.example:0: port 0 is out of range (1-65535)");
+    EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
 }
 
 }  // namespace
