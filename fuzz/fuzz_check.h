@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/names.h"
+#include "policy/destination.h"
 #include "policy/policy.h"
 
 namespace smtpfence::fuzz {
@@ -43,7 +44,14 @@ inline bool same_policy(const Policy& a, const Policy& b) {
            a.control_read_all == b.control_read_all && a.da_pipeline == b.da_pipeline &&
            a.table_owner == b.table_owner && a.da_attempt_weight == b.da_attempt_weight &&
            a.da_block_cracking == b.da_block_cracking && a.redirect == b.redirect &&
-           a.log_blocked == b.log_blocked && a.log_uid == b.log_uid;
+           a.log_blocked == b.log_blocked && a.log_uid == b.log_uid &&
+           std::equal(a.allow_dest.begin(), a.allow_dest.end(), b.allow_dest.begin(),
+                      b.allow_dest.end(),
+                      [](const DestException& x, const DestException& y) {
+                          return x.same_rule(y) && x.origin == y.origin;
+                      }) &&
+           a.dest_ttl_min == b.dest_ttl_min && a.dest_ttl_max == b.dest_ttl_max &&
+           a.dest_grace == b.dest_grace;
 }
 
 // A user or group as the policy keeps it: a portable name of at most kMaxAccountNameBytes
@@ -78,6 +86,16 @@ inline bool are_accounts(const std::vector<std::string>& items) {
     return true;
 }
 
+// A relay exception as the policy keeps it: a valid subject, a destination whose
+// canonical text reads back the same, never a /0 network.
+inline bool is_dest_exception(const DestException& e) {
+    const bool who_ok =
+        e.who.kind == SubjectKind::Everyone ? e.who.name.empty() : is_account(e.who.name);
+    const auto again = parse_destination(e.to.text());
+    return who_ok && again && *again == e.to && (e.to.is_name() || e.to.network->prefix != 0) &&
+           !e.origin.empty();
+}
+
 // What every loaded policy holds, whatever the file said.
 inline void check_policy(const Policy& p) {
     check(!p.ports.empty(), "ports empty");
@@ -94,6 +112,11 @@ inline void check_policy(const Policy& p) {
     check(p.observe_rate >= 1 && p.observe_rate <= 100000, "observe_rate out of range");
     check(p.observe_burst >= 1 && p.observe_burst <= 100000, "observe_burst out of range");
     check(p.da_attempt_weight <= 1000, "da_attempt_weight out of range");
+    check(std::all_of(p.allow_dest.begin(), p.allow_dest.end(), is_dest_exception), "allow_dest");
+    check(p.dest_ttl_min.count() >= 1 && p.dest_ttl_max >= p.dest_ttl_min &&
+              p.dest_ttl_max.count() <= 86400,
+          "dest_ttl_min/max out of range");
+    check(p.dest_grace.count() >= 0 && p.dest_grace.count() <= 86400, "dest_grace out of range");
 }
 
 }  // namespace smtpfence::fuzz

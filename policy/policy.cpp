@@ -100,6 +100,75 @@ Result<std::vector<std::uint16_t>> parse_ports(const Setting& s,
     return std::vector<std::uint16_t>(ports.begin(), ports.end());
 }
 
+// SMTP_ALLOWDEST: WHO=DEST entries separated by commas or spaces; WHO is a user (name
+// or uid), %group (name or gid) or * (everyone).
+Result<Subject> parse_who(std::string_view who) {
+    Subject out{SubjectKind::User, std::string(who)};
+    if (who == "*")
+        return Subject{SubjectKind::Everyone, ""};
+    if (who.starts_with('%')) {
+        out = Subject{SubjectKind::Group, std::string(who.substr(1))};
+    }
+    const bool ok = text::is_all_digits(out.name)
+                        ? text::parse_unsigned(out.name, kMaxId).has_value()
+                        : is_valid_account_name(out.name);
+    if (!ok) {
+        return fail(0, "",
+                    "\"" + printable(who) +
+                        "\" is not a user, %group (names or numeric ids up to " +
+                        std::to_string(kMaxId) + ") or *");
+    }
+    return out;
+}
+
+Result<std::vector<DestException>> parse_allow_dest(const Setting& s,
+                                                    std::vector<std::string>& warnings) {
+    std::vector<DestException> out;
+    std::string_view rest = s.entry.value;
+    const auto separator = [](char c) { return c == ',' || text::is_space(c); };
+    while (!rest.empty()) {
+        const auto start = std::find_if_not(rest.begin(), rest.end(), separator);
+        const auto end = std::find_if(start, rest.end(), separator);
+        const std::string_view item(start, end);
+        rest.remove_prefix(static_cast<std::size_t>(end - rest.begin()));
+        if (item.empty())
+            continue;
+        const auto entry_error = [&](const std::string& problem) {
+            return fail(0, s.where(),
+                        s.entry.key + ": entry \"" + printable(item) + "\": " + problem);
+        };
+        const auto eq = item.find('=');
+        if (eq == std::string_view::npos) {
+            return entry_error(
+                "expected WHO=HOST[:PORT] (WHO: a user, %group or * for "
+                "everyone)");
+        }
+        auto who = parse_who(item.substr(0, eq));
+        if (!who)
+            return entry_error(who.error().detail);
+        auto to = parse_destination(item.substr(eq + 1));
+        if (!to)
+            return entry_error(to.error().detail);
+        DestException e{std::move(*who), std::move(*to), s.where()};
+        if (std::any_of(out.begin(), out.end(),
+                        [&](const DestException& x) { return x.same_rule(e); })) {
+            warnings.push_back(s.warning("\"" + e.text() + "\" is listed more than once"));
+            continue;
+        }
+        out.push_back(std::move(e));
+    }
+    return out;
+}
+
+Result<std::chrono::seconds> parse_seconds(const Setting& s, std::uint32_t min) {
+    // A day: a DNS answer trusted longer, or a gone address kept longer, is a mistake.
+    constexpr std::uint32_t kMaxSeconds = 86400;
+    auto n = parse_number<std::uint32_t>(s, min, kMaxSeconds);
+    if (!n)
+        return std::unexpected(std::move(n.error()));
+    return std::chrono::seconds(*n);
+}
+
 // Levenshtein distance, for "did you mean" hints. Only called for strings whose
 // lengths differ by at most 2 and a known key (≤ 15 chars), so it stays tiny even
 // when the unknown name is a 10 MB line.
@@ -136,7 +205,7 @@ Result<void> assign(Result<T> parsed, U& target) {
     return {};
 }
 
-const std::array<KeyHandler, 19> kHandlers = {{
+const std::array<KeyHandler, 23> kHandlers = {{
     {"SMTP_BLOCK",
      [](const Setting& s, Policy& p, std::vector<std::string>&) {
          return assign(parse_bool(s), p.enabled);
@@ -270,7 +339,42 @@ const std::array<KeyHandler, 19> kHandlers = {{
      [](const Setting& s, Policy& p, std::vector<std::string>&) {
          return assign(parse_bool(s), p.log_uid);
      }},
+    {"SMTP_ALLOWDEST",
+     [](const Setting& s, Policy& p, std::vector<std::string>& w) {
+         return assign(parse_allow_dest(s, w), p.allow_dest);
+     }},
+    {"DEST_TTL_MIN",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         return assign(parse_seconds(s, 1), p.dest_ttl_min);
+     }},
+    {"DEST_TTL_MAX",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         return assign(parse_seconds(s, 1), p.dest_ttl_max);
+     }},
+    {"DEST_GRACE",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         return assign(parse_seconds(s, 0), p.dest_grace);
+     }},
 }};
+
+// DEST_TTL_MAX below DEST_TTL_MIN: the later of the two lines given is the mistake.
+Result<void> check_dest_ttls(const conf::ConfFile& conf, const Policy& p) {
+    if (p.dest_ttl_max >= p.dest_ttl_min)
+        return {};
+    const conf::Entry* min = conf.find("DEST_TTL_MIN");
+    const conf::Entry* max = conf.find("DEST_TTL_MAX");
+    const auto shown = [](std::chrono::seconds v, const conf::Entry* given) {
+        return std::to_string(v.count()) + (given == nullptr ? ", the default" : "");
+    };
+    if (max != nullptr && (min == nullptr || max->line > min->line)) {
+        return fail(0, conf.path + ":" + std::to_string(max->line),
+                    "DEST_TTL_MAX: " + std::to_string(p.dest_ttl_max.count()) +
+                        " is below DEST_TTL_MIN (" + shown(p.dest_ttl_min, min) + ")");
+    }
+    return fail(0, conf.path + ":" + std::to_string(min->line),
+                "DEST_TTL_MIN: " + std::to_string(p.dest_ttl_min.count()) +
+                    " is above DEST_TTL_MAX (" + shown(p.dest_ttl_max, max) + ")");
+}
 
 std::unexpected<Error> unknown_key(const Setting& s) {
     std::string detail = "unknown setting \"" + printable(s.entry.key) + "\"";
@@ -315,6 +419,8 @@ Result<LoadedPolicy> policy_from_conf(const conf::ConfFile& conf) {
         if (!done)
             return std::unexpected(std::move(done.error()));
     }
+    if (auto ttls = check_dest_ttls(conf, loaded.policy); !ttls)
+        return std::unexpected(std::move(ttls.error()));
     for (const conf::SkippedLine& skipped : conf.skipped) {
         loaded.warnings.push_back(conf.path + ":" + std::to_string(skipped.line) + ": " +
                                   text::printable(skipped.text) +

@@ -4,6 +4,7 @@
 // re-resolved whenever /etc/passwd or /etc/group change.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -11,6 +12,7 @@
 
 #include "common/conf_reader.h"
 #include "common/error.h"
+#include "policy/destination.h"
 
 namespace smtpfence {
 
@@ -70,6 +72,15 @@ struct Policy {
     // (lfd's UID tracking and admins' greps read them).
     bool log_blocked = false;  // DROP_OUT_LOGGING
     bool log_uid = false;      // DROP_UID_LOGGING: the line carries UID= and GID=
+    // Relay exceptions (docs/relay-exceptions.md): who may reach which HOST[:PORT]
+    // despite the block, in the admin's order; origin "FILE:LINE".
+    std::vector<DestException> allow_dest;  // SMTP_ALLOWDEST
+    // The addresses of an exception's DNS name are trusted for the answer's TTL clamped
+    // to [min, max] (a failing name is retried on the same backoff), and kept for grace
+    // after they leave the answer (a client may hold an older one). Whole seconds.
+    std::chrono::seconds dest_ttl_min{30};    // DEST_TTL_MIN, 1-86400
+    std::chrono::seconds dest_ttl_max{3600};  // DEST_TTL_MAX, DEST_TTL_MIN-86400
+    std::chrono::seconds dest_grace{900};     // DEST_GRACE, 0-86400
 };
 
 struct LoadedPolicy {

@@ -66,6 +66,10 @@ void expect_same_policy(const Policy& got, const Policy& want) {
     EXPECT_EQ(got.redirect, want.redirect) << "redirect";
     EXPECT_EQ(got.log_blocked, want.log_blocked) << "log_blocked";
     EXPECT_EQ(got.log_uid, want.log_uid) << "log_uid";
+    EXPECT_EQ(got.allow_dest.size(), want.allow_dest.size()) << "allow_dest";
+    EXPECT_EQ(got.dest_ttl_min, want.dest_ttl_min) << "dest_ttl_min";
+    EXPECT_EQ(got.dest_ttl_max, want.dest_ttl_max) << "dest_ttl_max";
+    EXPECT_EQ(got.dest_grace, want.dest_grace) << "dest_grace";
 }
 
 // (Hand-written matching rather than std::regex: g++ 12 at -O2 with the sanitizers

@@ -432,5 +432,102 @@ TEST(Policy, DirectAdminKeysTogetherAndTheirLines) {
     EXPECT_TRUE(p.da_block_cracking);
 }
 
+// Relay exceptions as "TEXT @ORIGIN", for one comparison.
+std::vector<std::string> exceptions_of(const Policy& p) {
+    std::vector<std::string> out;
+    for (const DestException& e : p.allow_dest)
+        out.push_back(e.text() + " @" + e.origin);
+    return out;
+}
+
+TEST(Policy, RelayExceptionKeysDefaults) {
+    const Policy p = map_ok("");
+    EXPECT_TRUE(p.allow_dest.empty());
+    EXPECT_EQ(p.dest_ttl_min, std::chrono::seconds(30));
+    EXPECT_EQ(p.dest_ttl_max, std::chrono::seconds(3600));
+    EXPECT_EQ(p.dest_grace, std::chrono::seconds(900));
+}
+
+TEST(Policy, AllowDest) {
+    auto loaded =
+        map("# relays\n"
+            "SMTP_ALLOWDEST = \"alice=smtp.sendgrid.net:587, %webmail=198.51.100.0/24,"
+            "*=SMTP.example-relay.net:587  bob=[2001:db8::25]:25,,1001=2001:db8::/32\t"
+            "%2000=192.0.2.1 alice=smtp.sendgrid.net:587\"\n");
+    ASSERT_TRUE(loaded) << loaded.error().message();
+    EXPECT_EQ(exceptions_of(loaded->policy),
+              (std::vector<std::string>{
+                  "alice to smtp.sendgrid.net:587 @smtpfence.conf:2",
+                  "group webmail to 198.51.100.0/24 @smtpfence.conf:2",
+                  "everyone to smtp.example-relay.net:587 @smtpfence.conf:2",
+                  "bob to [2001:db8::25]:25 @smtpfence.conf:2",
+                  "1001 to 2001:db8::/32 @smtpfence.conf:2",
+                  "group 2000 to 192.0.2.1 @smtpfence.conf:2",
+              }));
+    EXPECT_EQ(loaded->policy.allow_dest[2].who, (Subject{SubjectKind::Everyone, ""}));
+    EXPECT_EQ(loaded->warnings,
+              (std::vector<std::string>{"smtpfence.conf:2: SMTP_ALLOWDEST: \"alice to "
+                                        "smtp.sendgrid.net:587\" is listed more than once"}));
+    EXPECT_TRUE(map_ok("SMTP_ALLOWDEST = \"\"").allow_dest.empty());
+}
+
+TEST(Policy, BadAllowDestNamesFileLineKeyAndEntry) {
+    const std::string who_problem =
+        " is not a user, %group (names or numeric ids up to 4294967294) or *";
+    const struct {
+        std::string value;
+        std::string entry;  // the entry named
+        std::string problem;
+    } cases[] = {
+        {"alice=smtp.example.com:0", "alice=smtp.example.com:0",
+         "port 0 is out of range (1-65535)"},
+        {"alice=a.example, smtp.example.com:587", "smtp.example.com:587",
+         "expected WHO=HOST[:PORT] (WHO: a user, %group or * for everyone)"},
+        {"%=a.example", "%=a.example", "\"%\"" + who_problem},
+        {"4294967295=a.example", "4294967295=a.example", "\"4294967295\"" + who_problem},
+        {"=a.example", "=a.example", "\"\"" + who_problem},
+        {"*=0.0.0.0/0", "*=0.0.0.0/0",
+         "a /0 network covers every address; to let an account reach any host, use "
+         "`smtpfencectl allow USER` (or --group GROUP) instead"},
+        {"bob=2001:db8:1:2:3:4:5:6:25", "bob=2001:db8:1:2:3:4:5:6:25",
+         "an IPv6 address with a port needs brackets: [2001:db8:1:2:3:4:5:6]:25"},
+        {"bob=", "bob=", "empty (expected HOST[:PORT])"},
+    };
+    for (const auto& c : cases) {
+        EXPECT_EQ(bad("SMTP_ALLOWDEST", c.value),
+                  "smtpfence.conf:1: SMTP_ALLOWDEST: entry \"" + c.entry + "\": " + c.problem);
+    }
+    EXPECT_EQ(map_error("# c\nSMTP_ALLOWDEST = \"alice=a.example:587 bob=b\x01.example\"\n"),
+              "smtpfence.conf:2: SMTP_ALLOWDEST: entry \"bob=b\\x01.example\": control "
+              "characters are not allowed");
+}
+
+TEST(Policy, DestTimes) {
+    const Policy p = map_ok("DEST_TTL_MIN = \"5\"\nDEST_TTL_MAX = \"86400\"\nDEST_GRACE = \"0\"\n");
+    EXPECT_EQ(p.dest_ttl_min, std::chrono::seconds(5));
+    EXPECT_EQ(p.dest_ttl_max, std::chrono::seconds(86400));
+    EXPECT_EQ(p.dest_grace, std::chrono::seconds(0));
+    EXPECT_EQ(map_ok("DEST_TTL_MIN = \"60\"\nDEST_TTL_MAX = \"60\"\n").dest_ttl_max,
+              std::chrono::seconds(60));
+    EXPECT_EQ(bad("DEST_TTL_MIN", "0"),
+              "smtpfence.conf:1: DEST_TTL_MIN: bad value \"0\": expected a number from 1 to 86400");
+    EXPECT_EQ(bad("DEST_TTL_MAX", "86401"),
+              "smtpfence.conf:1: DEST_TTL_MAX: bad value \"86401\": expected a number from 1 to "
+              "86400");
+    EXPECT_EQ(bad("DEST_GRACE", "15m"),
+              "smtpfence.conf:1: DEST_GRACE: bad value \"15m\": expected a number from 0 to 86400");
+}
+
+TEST(Policy, DestTtlMaxBelowMinBlamesTheLaterLine) {
+    EXPECT_EQ(map_error("DEST_TTL_MIN = \"600\"\nDEST_TTL_MAX = \"300\"\n"),
+              "smtpfence.conf:2: DEST_TTL_MAX: 300 is below DEST_TTL_MIN (600)");
+    EXPECT_EQ(map_error("DEST_TTL_MAX = \"300\"\nDEST_TTL_MIN = \"600\"\n"),
+              "smtpfence.conf:2: DEST_TTL_MIN: 600 is above DEST_TTL_MAX (300)");
+    EXPECT_EQ(map_error("# c\nDEST_TTL_MIN = \"7200\"\n"),
+              "smtpfence.conf:2: DEST_TTL_MIN: 7200 is above DEST_TTL_MAX (3600, the default)");
+    EXPECT_EQ(map_error("DEST_TTL_MAX = \"10\"\n"),
+              "smtpfence.conf:1: DEST_TTL_MAX: 10 is below DEST_TTL_MIN (30, the default)");
+}
+
 }  // namespace
 }  // namespace smtpfence
