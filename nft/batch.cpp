@@ -30,7 +30,8 @@ std::uint16_t op_flags(Op op) {
 
 // Room reserved for building one message. libnftnl writes attributes without bounds
 // checks, so this must exceed the largest message we build: a rule of a dozen
-// expressions is < 2 KiB; kElementsPerMessage uid/gid/port elements are < 32 KiB.
+// expressions is < 2 KiB; kElementsPerMessage uid/gid/port elements are < 32 KiB, as
+// many interval elements of the widest destination key (24 bytes, twice) < 40 KiB.
 constexpr std::size_t kMaxMessageBytes = std::size_t{64} * 1024;
 
 struct ExtAck {
@@ -115,7 +116,8 @@ void Batch::set(nftnl_set& s, Op op, std::string what) {
 }
 
 void Batch::set_elements(const std::string& table, const std::string& set,
-                         const std::vector<ElementKey>& keys, Op op, const std::string& what) {
+                         const std::vector<ElementKey>& keys, Op op, const std::string& what,
+                         const std::vector<ElementKey>& key_ends) {
     const auto type = op == Op::Delete ? NFT_MSG_DELSETELEM : NFT_MSG_NEWSETELEM;
     const std::size_t parts = (keys.size() + kElementsPerMessage - 1) / kElementsPerMessage;
     for (std::size_t part = 0; part < parts; ++part) {
@@ -129,6 +131,10 @@ void Batch::set_elements(const std::string& table, const std::string& set,
             SetElemPtr elem = make_set_elem();
             nftnl_set_elem_set(elem.get(), NFTNL_SET_ELEM_KEY, keys[i].data(),
                                static_cast<std::uint32_t>(keys[i].size()));
+            if (i < key_ends.size()) {
+                nftnl_set_elem_set(elem.get(), NFTNL_SET_ELEM_KEY_END, key_ends[i].data(),
+                                   static_cast<std::uint32_t>(key_ends[i].size()));
+            }
             nftnl_set_elem_add(chunk.get(), elem.release());  // the set takes ownership
         }
         std::string label = what;

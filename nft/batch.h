@@ -32,9 +32,12 @@ class Batch {
     void chain(nftnl_chain& c, Op op, std::string what);
     void set(nftnl_set& s, Op op, std::string what);
     // Elements of table/set added or deleted, split into messages of
-    // kElementsPerMessage so no single message grows past a few pages.
+    // kElementsPerMessage so no single message grows past a few pages. For an interval
+    // set, key_ends[i] is the last key (inclusive) of the element starting at keys[i]
+    // (NFTA_SET_ELEM_KEY_END); empty for any other set.
     void set_elements(const std::string& table, const std::string& set,
-                      const std::vector<ElementKey>& keys, Op op, const std::string& what);
+                      const std::vector<ElementKey>& keys, Op op, const std::string& what,
+                      const std::vector<ElementKey>& key_ends = {});
     // expr_names: a label per expression, in order, so an extended ACK pointing into
     // the rule names the expression ("expression 3 (queue)").
     void rule(nftnl_rule& r, Op op, std::string what, std::vector<std::string> expr_names);
