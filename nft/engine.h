@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "nft/dest_range.h"
 #include "nft/netlink.h"
 #include "nft/ruleset.h"
 
@@ -87,6 +88,19 @@ class Engine {
     [[nodiscard]] Result<void> change_elements(const std::string& table, const std::string& set,
                                                const std::set<std::uint32_t>& add,
                                                const std::set<std::uint32_t>& remove);
+
+    // Removes and adds elements of the six destination sets (relay exceptions) in one
+    // transaction: O(changes), whatever the sets' sizes. Removals go first, so a range
+    // can be replaced by an overlapping one in the same call. Adding an element that
+    // exists is not an error; removing one that does not is ENOENT, adding one that
+    // overlaps another of its set and id is EEXIST (and nothing changes).
+    [[nodiscard]] Result<void> change_dest(const std::string& table, const std::set<DestRange>& add,
+                                           const std::set<DestRange>& remove);
+
+    // Every element of the six destination sets with its counter: the connections
+    // each range let through.
+    [[nodiscard]] Result<std::map<DestRange, PacketCount>> read_dest_counters(
+        const std::string& table);
 
     // Deletes the table if it exists (idempotent). EPERM when another live socket
     // owns it.

@@ -9,15 +9,15 @@
 namespace smtpfence::nft {
 namespace {
 
-// nft prints five elements of a named set per line, continuing lines with three tabs
-// and five spaces (src/expression.c); matching it lets tests compare our text with
-// `nft list` byte for byte.
-std::string join_elements(const std::vector<std::string>& elements) {
-    constexpr std::size_t kPerLine = 5;
+// nft prints a few elements of a named set per line (five numbers, one concatenation),
+// continuing lines with three tabs and five spaces (calculate_delim in
+// src/expression.c); matching it lets tests compare our text with `nft list` byte for
+// byte.
+std::string join_elements(const std::vector<std::string>& elements, std::size_t per_line) {
     std::string out;
     for (std::size_t i = 0; i < elements.size(); ++i) {
         if (i > 0)
-            out += i % kPerLine == 0 ? ",\n\t\t\t     " : ", ";
+            out += i % per_line == 0 ? ",\n\t\t\t     " : ", ";
         out += elements[i];
     }
     return out;
@@ -44,7 +44,8 @@ std::string render_nft(const Ruleset& ruleset) {
         for (const std::string& line : set.header)
             out += "\t\t" + line + "\n";
         if (!set.elements.empty()) {
-            out += "\t\telements = { " + join_elements(set.elements) + " }\n";
+            out +=
+                "\t\telements = { " + join_elements(set.elements, set.elements_per_line) + " }\n";
         }
         out += "\t}\n";
     }

@@ -44,10 +44,11 @@ class RuleBuilder {
         chain_ = chain;
     }
 
-    RuleBuilder& meta(std::uint32_t key, const char* label) {
+    // dreg: where a part of a concatenated key goes (reg_at); register 1 otherwise.
+    RuleBuilder& meta(std::uint32_t key, const char* label, std::uint32_t dreg = NFT_REG_1) {
         ExprPtr e = make_expr("meta");
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_KEY, key);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_DREG, NFT_REG_1);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_DREG, dreg);
         return add(std::move(e), label);
     }
     RuleBuilder& cmp(std::uint32_t op, const void* data, std::uint32_t len, const char* label) {
@@ -58,12 +59,22 @@ class RuleBuilder {
         return add(std::move(e), label);
     }
     RuleBuilder& payload(std::uint32_t base, std::uint32_t offset, std::uint32_t len,
-                         const char* label) {
+                         const char* label, std::uint32_t dreg = NFT_REG_1) {
         ExprPtr e = make_expr("payload");
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_PAYLOAD_BASE, base);
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_PAYLOAD_OFFSET, offset);
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_PAYLOAD_LEN, len);
-        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_PAYLOAD_DREG, NFT_REG_1);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_PAYLOAD_DREG, dreg);
+        return add(std::move(e), label);
+    }
+    // A 4-byte value in reg to network byte order, in place (`byteorder hton`).
+    RuleBuilder& hton32(std::uint32_t reg, const char* label) {
+        ExprPtr e = make_expr("byteorder");
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BYTEORDER_SREG, reg);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BYTEORDER_DREG, reg);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BYTEORDER_OP, NFT_BYTEORDER_HTON);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BYTEORDER_LEN, 4);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_BYTEORDER_SIZE, 4);
         return add(std::move(e), label);
     }
     RuleBuilder& bitwise(std::uint32_t len, const void* mask, const void* xor_value,
@@ -151,15 +162,20 @@ class RuleBuilder {
         return add(std::move(e), label);
     }
 
+    // `meta l4proto tcp`, or what nft puts before a `tcp` match.
+    RuleBuilder& tcp() {
+        const std::uint8_t tcp = IPPROTO_TCP;
+        meta(NFT_META_L4PROTO, "meta l4proto");
+        return cmp(NFT_CMP_EQ, &tcp, 1, "l4proto tcp");
+    }
+
     // `tcp dport @ports tcp flags syn / syn,ack`: the SYN of a new connection only.
     RuleBuilder& smtp_syn() {
         // The TCP flags byte: offset 13 of the TCP header.
         constexpr std::uint32_t kTcpFlagsOffset = 13;
         constexpr std::uint8_t kTcpSyn = 0x02;
         constexpr std::uint8_t kTcpAck = 0x10;
-        const std::uint8_t tcp = IPPROTO_TCP;
-        meta(NFT_META_L4PROTO, "meta l4proto");
-        cmp(NFT_CMP_EQ, &tcp, 1, "l4proto tcp");
+        tcp();
         payload(NFT_PAYLOAD_TRANSPORT_HEADER, offsetof(tcphdr, dest), 2, "tcp dport");
         lookup(kSetPorts, false, "dport @ports");
         payload(NFT_PAYLOAD_TRANSPORT_HEADER, kTcpFlagsOffset, 1, "tcp flags");

@@ -15,16 +15,11 @@
 #include <new>
 #include <utility>
 
+#include "nft/dest_sets.h"
 #include "nft/rule_builder.h"
 
 namespace smtpfence::nft {
 namespace {
-
-// nftables' datatype numbers (src/datatype.h), stored as the set's key type so that
-// `nft list` prints `type uid` and the elements in their natural notation.
-constexpr std::uint32_t kTypeInetService = 13;
-constexpr std::uint32_t kTypeUid = 24;
-constexpr std::uint32_t kTypeGid = 25;
 
 // SMTP_ALLOWLOCAL: a packet to any of the host's own addresses (127.0.0.1, ::1 and
 // the addresses of every interface) is routed through the loopback device, whose
@@ -38,7 +33,7 @@ constexpr std::uint32_t kByteorderHost = 1;
 
 SetPtr base_set(const std::string& table, const char* name, std::uint32_t key_type,
                 std::uint32_t key_len, std::uint32_t id) {
-    SetPtr s = make_set();
+    SetPtr s = build_set(table, name, key_type, key_len, id);
     if (key_type == kTypeUid || key_type == kTypeGid) {
         // nft reads the key byte order from the set's user data; without it, it
         // would print uid 8 as 134217728 (the kernel itself does not care).
@@ -49,12 +44,6 @@ SetPtr base_set(const std::string& table, const char* name, std::uint32_t key_ty
         nftnl_set_set_data(s.get(), NFTNL_SET_USERDATA, nftnl_udata_buf_data(udata.get()),
                            nftnl_udata_buf_len(udata.get()));  // copied by libnftnl
     }
-    nftnl_set_set_u32(s.get(), NFTNL_SET_FAMILY, NFPROTO_INET);
-    nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, table.c_str());
-    nftnl_set_set_str(s.get(), NFTNL_SET_NAME, name);
-    nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, key_type);
-    nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, key_len);
-    nftnl_set_set_u32(s.get(), NFTNL_SET_ID, id);
     return s;
 }
 
@@ -113,6 +102,18 @@ TablePtr build_table(const std::string& table) {
     nftnl_table_set_u32(t.get(), NFTNL_TABLE_FAMILY, NFPROTO_INET);
     nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, table.c_str());
     return t;
+}
+
+SetPtr build_set(const std::string& table, const char* name, std::uint32_t key_type,
+                 std::uint32_t key_len, std::uint32_t id) {
+    SetPtr s = make_set();
+    nftnl_set_set_u32(s.get(), NFTNL_SET_FAMILY, NFPROTO_INET);
+    nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, table.c_str());
+    nftnl_set_set_str(s.get(), NFTNL_SET_NAME, name);
+    nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, key_type);
+    nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, key_len);
+    nftnl_set_set_u32(s.get(), NFTNL_SET_ID, id);
+    return s;
 }
 
 ChainPtr build_chain(const std::string& table, const std::string& chain) {
@@ -197,6 +198,9 @@ void add_sets(Ruleset& rs, const RulesetSpec& spec) {
     rs.sets.push_back(allow_set(t, kSetAllowGid, kTypeGid, "type gid", spec.allow_gids, 3));
     if (spec.queue != QueueMode::None)
         rs.sets.push_back(observe_rate_set(t));
+    std::uint32_t set_id = 6;
+    for (const DestSet set : kDestSets)
+        rs.sets.push_back(build_dest_set(t, set, spec.dest, set_id++));
 }
 
 // --- chains -------------------------------------------------------------------------
@@ -212,12 +216,17 @@ void add_chains(Ruleset& rs, const RulesetSpec& spec) {
                          "type filter hook output priority filter + 10; policy accept;",
                          base_chain(t, kChainEnforce, kEnforcePriority)});
     rs.chains.push_back({kChainJudge, "", build_chain(t, kChainJudge)});
+    // Last, in the order they came: a chain added by a reload or an upgrade is listed
+    // after the kept ones, so the kernel's listing order is the same whether the table
+    // was built whole or updated.
     if (spec.redirect) {
-        // Last: a chain added by a reload is listed after the kept ones, so the kernel's
-        // listing order is the same whether the table was built whole or updated.
         rs.chains.push_back({kChainToMta, "type nat hook output priority -100; policy accept;",
                              base_chain(t, kChainToMta, kToMtaPriority, "nat")});
     }
+    if (spec.queue != QueueMode::None)
+        rs.chains.push_back({kChainSample, "", build_chain(t, kChainSample)});
+    if (spec.redirect)
+        rs.chains.push_back({kChainDivert, "", build_chain(t, kChainDivert)});
 }
 
 // --- rules --------------------------------------------------------------------------
@@ -260,11 +269,7 @@ std::string count_blocked(RuleBuilder& r) {
     return "update @blocked { meta skuid }";
 }
 
-// Count every blocked SYN, then sample it to userspace; never decides (bypass: no
-// listener means the packet goes on to the enforce chain). The count is taken here,
-// before the queue, because a SYN may wait in the queue while its process exits: after
-// that its socket has no owner and `meta skuid` in judge would find nothing to count
-// it by.
+// The SYNs the judge would refuse go on to the sample chain.
 BuiltRule observe_rule(const RulesetSpec& spec) {
     RuleBuilder r(spec.table, kChainObserve);
     std::string text = blocked_syn(r);
@@ -274,7 +279,27 @@ BuiltRule observe_rule(const RulesetSpec& spec) {
         r.fib_daddr_type("fib daddr type").cmp(NFT_CMP_NEQ, &kRtnLocal, 4, "!= local");
         text += "fib daddr type != local ";
     }
-    text += count_blocked(r) + " ";
+    r.verdict(NFT_JUMP, "jump sample", kChainSample);
+    return r.done(text + "jump sample");
+}
+
+// The relay exceptions' lookups, one rule per set, each ending in verdict (return or
+// accept). They follow the checks for the allowed uids and gids, so only the SYNs of
+// blocked uids pay for them.
+void add_dest_rules(Ruleset& rs, const std::string& table, const char* chain, int verdict) {
+    for (const DestSet set : kDestSets)
+        rs.rules.push_back(dest_rule(table, chain, set, verdict));
+}
+
+// Count every blocked SYN but the exceptions', then sample it to userspace; never
+// decides (bypass: no listener means the packet goes on to the enforce chain). The
+// count is taken here, before the queue, because a SYN may wait in the queue while its
+// process exits: after that its socket has no owner and `meta skuid` in judge would
+// find nothing to count it by.
+void add_sample_rules(Ruleset& rs, const RulesetSpec& spec) {
+    add_dest_rules(rs, spec.table, kChainSample, NFT_RETURN);
+    RuleBuilder r(spec.table, kChainSample);
+    std::string text = count_blocked(r) + " ";
     r.meta(NFT_META_SKUID, "meta skuid")
         .dynset(NFT_DYNSET_OP_ADD, kSetObserveRate,
                 make_limit(spec.observe_rate, 1, spec.observe_burst), "per-uid limit");
@@ -287,7 +312,7 @@ BuiltRule observe_rule(const RulesetSpec& spec) {
         r.xt_nfqueue(spec.queue_num, "NFQUEUE target");
         text += "queue num " + std::to_string(spec.queue_num) + " bypass";
     }
-    return r.done(text);
+    rs.rules.push_back(r.done(text));
 }
 
 BuiltRule enforce_rule(const std::string& t) {
@@ -331,10 +356,7 @@ void add_log_rules(Ruleset& rs, const RulesetSpec& spec) {
 BuiltRule verdict_rule(const RulesetSpec& spec) {
     RuleBuilder r(spec.table, kChainJudge);
     if (spec.verdict == Verdict::Reset) {
-        const std::uint8_t tcp = IPPROTO_TCP;
-        r.meta(NFT_META_L4PROTO, "meta l4proto")
-            .cmp(NFT_CMP_EQ, &tcp, 1, "l4proto tcp")
-            .reject_tcp_reset("reject with tcp reset");
+        r.tcp().reject_tcp_reset("reject with tcp reset");
         return r.done("meta l4proto tcp reject with tcp reset");
     }
     r.verdict(NF_DROP, "drop");
@@ -362,6 +384,7 @@ void add_judge_rules(Ruleset& rs, const RulesetSpec& spec) {
             .verdict(NF_ACCEPT, "accept");
         rs.rules.push_back(r.done("fib daddr type local accept"));
     }
+    add_dest_rules(rs, t, kChainJudge, NF_ACCEPT);
     if (spec.queue == QueueMode::None) {
         // Without an observe chain, judge counts (see observe_rule for why it counts
         // there otherwise).
@@ -375,26 +398,35 @@ void add_judge_rules(Ruleset& rs, const RulesetSpec& spec) {
 }
 
 // The judge's decision, taken before it: the same SYNs it would refuse (ports, not an
-// allowed uid or gid, not to the server itself when SMTP_ALLOWLOCAL) are counted here,
-// once, and sent to the local MTA. Only a connection's first packet passes a nat
-// chain, and the redirect sticks to the connection.
-BuiltRule to_mta_rule(const RulesetSpec& spec) {
+// allowed uid or gid, not to the server itself when SMTP_ALLOWLOCAL) go to the divert
+// chain, where all but the exceptions' are counted, once, and sent to the local MTA.
+// Only a connection's first packet passes a nat chain, and the redirect sticks to the
+// connection.
+void add_to_mta_rules(Ruleset& rs, const RulesetSpec& spec) {
     RuleBuilder r(spec.table, kChainToMta);
     std::string text = blocked_syn(r);
     if (spec.allow_local)
         text += not_to_lo(r);
-    text += count_blocked(r);
-    r.redirect("redirect");
-    return r.done(text + " redirect");
+    r.verdict(NFT_JUMP, "jump divert", kChainDivert);
+    rs.rules.push_back(r.done(text + "jump divert"));
+
+    add_dest_rules(rs, spec.table, kChainDivert, NFT_RETURN);
+    RuleBuilder d(spec.table, kChainDivert);
+    text = count_blocked(d);
+    d.redirect("redirect");
+    rs.rules.push_back(d.done(text + " redirect"));
 }
 
+// In the chains' order (render_nft prints each chain's rules in this order).
 void add_rules(Ruleset& rs, const RulesetSpec& spec) {
     if (spec.queue != QueueMode::None)
         rs.rules.push_back(observe_rule(spec));
     rs.rules.push_back(enforce_rule(spec.table));
     add_judge_rules(rs, spec);
     if (spec.redirect)
-        rs.rules.push_back(to_mta_rule(spec));
+        add_to_mta_rules(rs, spec);
+    if (spec.queue != QueueMode::None)
+        add_sample_rules(rs, spec);
 }
 
 }  // namespace

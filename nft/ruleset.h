@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "nft/batch.h"
+#include "nft/dest_range.h"
 #include "nft/handles.h"
 
 namespace smtpfence::nft {
@@ -50,6 +51,10 @@ struct RulesetSpec {
     // daemon stops or crashes) it stays in force, orphaned, until the next daemon
     // adopts it. Only with kernels that have both (Engine::probe_ownership).
     bool owned = false;
+    // Relay exceptions (docs/relay-exceptions.md): who may reach which destinations
+    // despite the block, as the elements of the six dest_* sets. Ranges of one set and
+    // id must not overlap (the kernel refuses overlapping intervals).
+    std::set<DestRange> dest;
 };
 
 // Table flags (linux/netfilter/nf_tables.h; Debian 12's headers predate PERSIST).
@@ -70,6 +75,19 @@ inline constexpr const char* kChainJudge = "judge";
 // The nat chain of SMTP_REDIRECT ("redirect" itself is an nft keyword, so a chain of
 // that name could not be written back by `nft -f`).
 inline constexpr const char* kChainToMta = "to_mta";
+// Regular chains holding the tails of observe and to_mta: they return early for the
+// relay exceptions, so that a connection an exception allows is neither counted nor
+// queued nor redirected.
+inline constexpr const char* kChainSample = "sample";
+inline constexpr const char* kChainDivert = "divert";
+
+// nftables' datatype numbers (src/datatype.h), stored as a set's key type so that
+// `nft list` prints `type uid` and the elements in their natural notation.
+inline constexpr std::uint32_t kTypeIpv4Addr = 7;
+inline constexpr std::uint32_t kTypeIpv6Addr = 8;
+inline constexpr std::uint32_t kTypeInetService = 13;
+inline constexpr std::uint32_t kTypeUid = 24;
+inline constexpr std::uint32_t kTypeGid = 25;
 
 // The kernel log lines CSF wrote for blocked outgoing SYNs (its LOGDROPOUT chain):
 // lfd's UID tracking and admins' greps look for these prefixes. One token bucket per
@@ -97,6 +115,9 @@ struct BuiltSet {
     std::vector<std::string> elements;  // as nft prints them, in sorted order
     std::vector<ElementKey> keys;       // the same elements as the kernel stores them
     SetPtr set;
+    std::vector<ElementKey> key_ends{};  // interval sets: the last key of each element
+    // nft prints five numbers per line, but one element per line for concatenations.
+    std::size_t elements_per_line = 5;
 };
 
 struct BuiltChain {
@@ -121,6 +142,11 @@ struct Ruleset {
 
 // A bare table object (name + family), for delete / existence operations.
 [[nodiscard]] TablePtr build_table(const std::string& table);
+
+// A set object with its identity and key (family inet, table, name, key type and
+// length, the batch-local id that rules may refer to it by).
+[[nodiscard]] SetPtr build_set(const std::string& table, const char* name, std::uint32_t key_type,
+                               std::uint32_t key_len, std::uint32_t id);
 
 // A bare chain object (family, table, name): a regular chain, or one to delete.
 [[nodiscard]] ChainPtr build_chain(const std::string& table, const std::string& chain);

@@ -59,12 +59,20 @@ TEST(Batch, ErrorNamesTheRuleAndTheExpression) {
     FakeKernel kernel;
     const Ruleset rs = build_ruleset(RulesetSpec{});
     Batch batch(NFPROTO_INET);
-    // Message 0: table; then every rule. Refuse the last rule's last expression.
+    // Message 0: table; then every rule. Refuse the judge's last rule's last expression.
     batch.table(*rs.table_obj, Op::Create, "create table inet smtpfence");
-    for (const BuiltRule& r : rs.rules)
+    const BuiltRule* judge_last = nullptr;
+    std::size_t judge_last_index = 0;
+    for (const BuiltRule& r : rs.rules) {
         batch.rule(*r.rule, Op::Create, "rule " + r.chain + " (" + r.text + ")", r.expr_names);
-    const BuiltRule& last = rs.rules.back();
-    const std::size_t last_index = batch.message_count() - 1;
+        if (r.chain == kChainJudge) {
+            judge_last = &r;
+            judge_last_index = batch.message_count() - 1;
+        }
+    }
+    ASSERT_NE(judge_last, nullptr);
+    const BuiltRule& last = *judge_last;
+    const std::size_t last_index = judge_last_index;
     kernel.verdict = [&](std::size_t index, const nlmsghdr* msg, std::uint32_t* offset) {
         if (index != last_index)
             return 0;

@@ -1,6 +1,7 @@
 // Golden tests of the rule builder: the exact bytecode and nft text each policy shape
 // produces. The same text is compared with the kernel's own listing by the root
 // integration tests, so golden text, bytecode and kernel state are tied together.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "nft/dest_sets.h"
 #include "nft/ruleset.h"
 
 namespace smtpfence::nft {
@@ -40,6 +42,31 @@ RulesetSpec default_spec() {
     spec.allow_gids = {8, 38};
     spec.queue = QueueMode::Xt;
     return spec;
+}
+
+// A range of addresses (IPv4 or IPv6 text, by the set) and ports.
+DestRange range(DestSet set, std::uint32_t id, const char* lo, const char* hi,
+                std::uint16_t port_lo, std::uint16_t port_hi) {
+    DestRange r{set, id, {}, {}, port_lo, port_hi};
+    const int family = is_ipv6(set) ? AF_INET6 : AF_INET;
+    EXPECT_EQ(inet_pton(family, lo, r.addr_lo.data()), 1) << lo;
+    EXPECT_EQ(inet_pton(family, hi, r.addr_hi.data()), 1) << hi;
+    return r;
+}
+
+// Exceptions in each of the six sets: networks, single addresses, a range that is no
+// network, single ports, port ranges and every port.
+std::set<DestRange> dest_exceptions() {
+    return {
+        range(DestSet::Uid4, 2001, "198.51.100.0", "198.51.100.255", 587, 587),
+        range(DestSet::Uid4, 2001, "192.0.2.25", "192.0.2.25", 25, 587),
+        range(DestSet::Uid4, 2002, "192.0.2.7", "192.0.2.9", 0, 65535),
+        range(DestSet::Uid6, 2001, "2001:db8::25", "2001:db8::25", 587, 587),
+        range(DestSet::Gid4, 3000, "203.0.113.0", "203.0.113.15", 0, 65535),
+        range(DestSet::Gid6, 3000, "2001:db8:1::", "2001:db8:1:0:ffff:ffff:ffff:ffff", 465, 465),
+        range(DestSet::All4, 0, "192.0.2.100", "192.0.2.100", 587, 587),
+        range(DestSet::All6, 0, "2001:db8::", "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff", 25, 25),
+    };
 }
 
 TEST(Ruleset, DefaultPolicyBytecode) {
@@ -77,6 +104,73 @@ TEST(Ruleset, NoQueueSupportHasNoObserveChain) {
     EXPECT_EQ(text.find("queue"), std::string::npos);
     // With no observe chain, judge is where blocked SYNs are counted.
     EXPECT_NE(text.find("update @blocked { meta skuid }"), std::string::npos);
+}
+
+// Relay exceptions: the six sets filled, the observe tail in the sample chain behind
+// the exceptions' returns, the judge's accepts before the verdict.
+TEST(Ruleset, DestExceptions) {
+    RulesetSpec spec = default_spec();
+    spec.dest = dest_exceptions();
+    const Ruleset rs = build_ruleset(spec);
+    expect_golden("dest-xt.bytecode", render_bytecode(rs));
+    expect_golden("dest-xt.nft", render_nft(rs));
+}
+
+// With SMTP_REDIRECT and no queue: the divert chain returns for the exceptions before
+// counting and redirecting; the judge counts after its exception accepts.
+TEST(Ruleset, DestExceptionsRedirectNoQueue) {
+    RulesetSpec spec = default_spec();
+    spec.dest = dest_exceptions();
+    spec.redirect = true;
+    spec.queue = QueueMode::None;
+    const Ruleset rs = build_ruleset(spec);
+    expect_golden("dest-redirect-none.bytecode", render_bytecode(rs));
+    expect_golden("dest-redirect-none.nft", render_nft(rs));
+}
+
+TEST(Ruleset, DestSetsArePresentAndEmptyWithoutExceptions) {
+    const Ruleset rs = build_ruleset(default_spec());
+    for (const DestSet set : kDestSets) {
+        const auto it = std::find_if(rs.sets.begin(), rs.sets.end(), [&](const BuiltSet& s) {
+            return s.name == dest_set_name(set);
+        });
+        ASSERT_NE(it, rs.sets.end()) << dest_set_name(set);
+        EXPECT_TRUE(it->keys.empty());
+        EXPECT_EQ(it->header.back(), "counter");
+    }
+}
+
+// uid big-endian, the address as given (network order), the port big-endian and
+// padded to 4 bytes; KEY_END the range's last point.
+TEST(Ruleset, DestKeysAndTheirWayBack) {
+    const DestRange r = range(DestSet::Uid4, 1000, "198.51.100.0", "198.51.100.255", 25, 587);
+    const DestKeys keys = dest_keys(r);
+    EXPECT_EQ(keys.key, (ElementKey{0x00, 0x00, 0x03, 0xe8, 198, 51, 100, 0, 0x00, 0x19, 0, 0}));
+    EXPECT_EQ(keys.key_end,
+              (ElementKey{0x00, 0x00, 0x03, 0xe8, 198, 51, 100, 255, 0x02, 0x4b, 0, 0}));
+    EXPECT_EQ(dest_range_from_keys(DestSet::Uid4, keys.key, keys.key_end), r);
+    EXPECT_EQ(dest_range_from_keys(DestSet::Uid6, keys.key, keys.key_end), std::nullopt);
+    for (const DestRange& each : dest_exceptions()) {
+        const DestKeys k = dest_keys(each);
+        EXPECT_EQ(dest_range_from_keys(each.set, k.key, k.key_end), each)
+            << dest_element_text(each);
+    }
+}
+
+TEST(Ruleset, DestElementTextAsNftPrintsIt) {
+    EXPECT_EQ(
+        dest_element_text(range(DestSet::Uid4, 1000, "198.51.100.0", "198.51.100.255", 587, 587)),
+        "1000 . 198.51.100.0/24 . 587");
+    EXPECT_EQ(dest_element_text(range(DestSet::Gid4, 8, "192.0.2.7", "192.0.2.9", 0, 65535)),
+              "8 . 192.0.2.7-192.0.2.9 . 0-65535");
+    EXPECT_EQ(dest_element_text(range(DestSet::All4, 0, "0.0.0.0", "255.255.255.255", 25, 25)),
+              "0.0.0.0/0 . 25");
+    EXPECT_EQ(dest_element_text(range(DestSet::All6, 0, "2001:db8::25", "2001:db8::25", 25, 465)),
+              "2001:db8::25 . 25-465");
+    EXPECT_EQ(dest_element_text(range(DestSet::Uid6, 7, "2001:db8::", "2001:db8::1", 25, 25)),
+              "7 . 2001:db8::/127 . 25");
+    EXPECT_EQ(dest_element_text(range(DestSet::Uid6, 7, "2001:db8::1", "2001:db8::2", 25, 25)),
+              "7 . 2001:db8::1-2001:db8::2 . 25");
 }
 
 TEST(Ruleset, PortsSortedAndUniqueInNetworkOrder) {
@@ -135,16 +229,23 @@ TEST(Ruleset, CsfRedirectNoLocalNoQueueDropLogging) {
     expect_golden("csf-redirect-nolocal-none.nft", render_nft(rs));
 }
 
-TEST(Ruleset, NatChainOnlyWithRedirectAndListedLast) {
+// A chain a reload or an upgrade adds is listed after the kept ones: the chains that
+// only some configurations or versions have come after those every table has had, in
+// the order they came.
+TEST(Ruleset, NatChainsOnlyWithRedirectAndLaterChainsListedLast) {
     for (const bool redirect : {false, true}) {
         RulesetSpec spec = default_spec();
         spec.redirect = redirect;
         const Ruleset rs = build_ruleset(spec);
-        const bool has = std::any_of(rs.chains.begin(), rs.chains.end(),
-                                     [](const BuiltChain& c) { return c.name == kChainToMta; });
-        EXPECT_EQ(has, redirect);
+        std::vector<std::string> names;
+        for (const BuiltChain& c : rs.chains)
+            names.push_back(c.name);
         if (redirect) {
-            EXPECT_EQ(rs.chains.back().name, kChainToMta);
+            EXPECT_EQ(names, (std::vector<std::string>{kChainObserve, kChainEnforce, kChainJudge,
+                                                       kChainToMta, kChainSample, kChainDivert}));
+        } else {
+            EXPECT_EQ(names, (std::vector<std::string>{kChainObserve, kChainEnforce, kChainJudge,
+                                                       kChainSample}));
         }
         const std::string text = render_nft(rs);
         EXPECT_EQ(text.find("redirect") != std::string::npos, redirect);

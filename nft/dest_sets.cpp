@@ -1,0 +1,259 @@
+#include "nft/dest_sets.h"
+
+#include <arpa/inet.h>
+#include <libnftnl/set.h>
+#include <libnftnl/udata.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <new>
+#include <utility>
+
+#include "nft/rule_builder.h"
+
+namespace smtpfence::nft {
+namespace {
+
+// Bytes of each part of a key. The port is 2 bytes, but every part of a concatenated
+// key takes whole 4-byte registers, so it is padded to 4 in the key.
+constexpr std::uint32_t kIdLen = 4;
+constexpr std::uint32_t kPortLen = 2;
+constexpr std::uint32_t kPortPaddedLen = 4;
+
+std::uint32_t addr_len(DestSet set) {
+    return is_ipv6(set) ? 16 : 4;
+}
+
+std::uint32_t key_len(DestSet set) {
+    return (has_id(set) ? kIdLen : 0) + addr_len(set) + kPortPaddedLen;
+}
+
+bool is_gid(DestSet set) {
+    return set == DestSet::Gid4 || set == DestSet::Gid6;
+}
+
+// nftables' id of a concatenated type: the parts' type ids, 6 bits each
+// (TYPE_BITS in src/datatype.h), the first part in the highest bits.
+std::uint32_t concat_type(DestSet set) {
+    constexpr std::uint32_t kTypeBits = 6;
+    std::uint32_t type = 0;
+    if (has_id(set))
+        type = is_gid(set) ? kTypeGid : kTypeUid;
+    type = (type << kTypeBits) | (is_ipv6(set) ? kTypeIpv6Addr : kTypeIpv4Addr);
+    return (type << kTypeBits) | kTypeInetService;
+}
+
+// The user data nft 1.0.6 stores with a concatenated `type` set, byte for byte: the
+// key byte order "invalid" (each part has its own), and a `typeof` record naming
+// nft's concatenation expression (EXPR_CONCAT, 13) with no parts, from which nft falls
+// back to the key type when it lists the set.
+void put_concat_userdata(nftnl_set* s) {
+    constexpr std::uint32_t kByteorderInvalid = 0;
+    constexpr std::uint32_t kExprConcat = 13;
+    UdataBufPtr udata(nftnl_udata_buf_alloc(64));
+    if (!udata)
+        throw std::bad_alloc();
+    nftnl_udata_buf* buf = udata.get();
+    nftnl_udata_put_u32(buf, NFTNL_UDATA_SET_KEYBYTEORDER, kByteorderInvalid);
+    nftnl_udata* typeof_key = nftnl_udata_nest_start(buf, NFTNL_UDATA_SET_KEY_TYPEOF);
+    nftnl_udata_put_u32(buf, NFTNL_UDATA_SET_TYPEOF_EXPR, kExprConcat);
+    nftnl_udata* parts = nftnl_udata_nest_start(buf, NFTNL_UDATA_SET_TYPEOF_DATA);
+    nftnl_udata_nest_end(buf, parts);
+    nftnl_udata_nest_end(buf, typeof_key);
+    nftnl_set_set_data(s, NFTNL_SET_USERDATA, nftnl_udata_buf_data(buf),
+                       nftnl_udata_buf_len(buf));  // copied by libnftnl
+}
+
+// Name and `nft list` key type of each set, in DestSet order.
+struct DestSetText {
+    const char* name;
+    const char* type;
+};
+constexpr std::array<DestSetText, kDestSets.size()> kDestSetText{{
+    {"dest_uid4", "type uid . ipv4_addr . inet_service"},
+    {"dest_uid6", "type uid . ipv6_addr . inet_service"},
+    {"dest_gid4", "type gid . ipv4_addr . inet_service"},
+    {"dest_gid6", "type gid . ipv6_addr . inet_service"},
+    {"dest_all4", "type ipv4_addr . inet_service"},
+    {"dest_all6", "type ipv6_addr . inet_service"},
+}};
+
+const DestSetText& text_of(DestSet set) {
+    return kDestSetText.at(static_cast<std::size_t>(set));
+}
+
+void put_be32(ElementKey& key, std::uint32_t v) {
+    for (int shift = 24; shift >= 0; shift -= 8)
+        key.push_back(static_cast<std::uint8_t>(v >> shift));
+}
+
+ElementKey key_of(DestSet set, std::uint32_t id, const std::array<std::uint8_t, 16>& addr,
+                  std::uint16_t port) {
+    ElementKey key;
+    key.reserve(key_len(set));
+    if (has_id(set))
+        put_be32(key, id);
+    key.insert(key.end(), addr.begin(), addr.begin() + addr_len(set));
+    key.push_back(static_cast<std::uint8_t>(port >> 8));
+    key.push_back(static_cast<std::uint8_t>(port & 0xff));
+    key.insert(key.end(), kPortPaddedLen - kPortLen, 0);
+    return key;
+}
+
+std::string address_text(DestSet set, const std::array<std::uint8_t, 16>& addr) {
+    std::array<char, INET6_ADDRSTRLEN> buf{};
+    const int family = is_ipv6(set) ? AF_INET6 : AF_INET;
+    if (inet_ntop(family, addr.data(), buf.data(), buf.size()) == nullptr)
+        return "?";
+    return buf.data();
+}
+
+// The prefix length when [lo, hi] is exactly one network (lo's host bits all zero,
+// hi's all one); nullopt otherwise.
+std::optional<int> prefix_len(const std::array<std::uint8_t, 16>& lo,
+                              const std::array<std::uint8_t, 16>& hi, std::uint32_t bytes) {
+    const int bits = static_cast<int>(bytes * 8);
+    auto bit = [](const std::array<std::uint8_t, 16>& a, int i) {
+        return ((a[static_cast<std::size_t>(i / 8)] >> (7 - i % 8)) & 1) != 0;
+    };
+    int prefix = 0;
+    while (prefix < bits && bit(lo, prefix) == bit(hi, prefix))
+        ++prefix;
+    for (int i = prefix; i < bits; ++i) {
+        if (bit(lo, i) || !bit(hi, i))
+            return std::nullopt;
+    }
+    return prefix;
+}
+
+// nft prints a range of addresses as one address, a network or lo-hi; a range of
+// ports (a type without prefixes) as one port or lo-hi.
+std::string addresses_text(const DestRange& r) {
+    const std::string lo = address_text(r.set, r.addr_lo);
+    if (r.addr_lo == r.addr_hi)
+        return lo;
+    if (const auto prefix = prefix_len(r.addr_lo, r.addr_hi, addr_len(r.set)))
+        return lo + "/" + std::to_string(*prefix);
+    return lo + "-" + address_text(r.set, r.addr_hi);
+}
+
+std::string ports_text(const DestRange& r) {
+    if (r.port_lo == r.port_hi)
+        return std::to_string(r.port_lo);
+    return std::to_string(r.port_lo) + "-" + std::to_string(r.port_hi);
+}
+
+// The register holding the part of a concatenated key that starts offset bytes into
+// it: nft names it by a 16-byte register (NFT_REG_1...) when it starts one, by a 4-byte
+// register (NFT_REG32_00...) otherwise; both address the same storage.
+std::uint32_t reg_at(std::uint32_t offset) {
+    if (offset % NFT_REG_SIZE == 0)
+        return NFT_REG_1 + offset / NFT_REG_SIZE;
+    return NFT_REG32_00 + offset / NFT_REG32_SIZE;
+}
+
+}  // namespace
+
+const char* dest_set_name(DestSet set) {
+    return text_of(set).name;
+}
+
+BuiltSet build_dest_set(const std::string& table, DestSet set, const std::set<DestRange>& ranges,
+                        std::uint32_t set_id) {
+    const char* name = dest_set_name(set);
+    BuiltSet built{name,
+                   {text_of(set).type, "flags interval", "counter"},
+                   {},
+                   {},
+                   build_set(table, name, concat_type(set), key_len(set), set_id),
+                   {},
+                   1};
+    nftnl_set* s = built.set.get();
+    nftnl_set_set_u32(s, NFTNL_SET_FLAGS, NFT_SET_INTERVAL | NFT_SET_CONCAT);
+    // The length of each part (NFTA_SET_DESC_CONCAT), zero-terminated for libnftnl:
+    // the kernel picks the pipapo set type by them.
+    std::array<std::uint8_t, 4> fields{};
+    std::size_t n = 0;
+    if (has_id(set))
+        fields[n++] = kIdLen;
+    fields[n++] = static_cast<std::uint8_t>(addr_len(set));
+    fields[n++] = kPortLen;
+    nftnl_set_set_data(s, NFTNL_SET_DESC_CONCAT, fields.data(), static_cast<std::uint32_t>(n));
+    put_concat_userdata(s);
+    nftnl_set_add_expr(s, make_expr("counter").release());  // the set owns it
+    for (const DestRange& r : ranges) {
+        if (r.set != set)
+            continue;
+        DestKeys keys = dest_keys(r);
+        built.keys.push_back(std::move(keys.key));
+        built.key_ends.push_back(std::move(keys.key_end));
+        // The kernel clones the set's counter into each element.
+        built.elements.push_back(dest_element_text(r) + " counter packets 0 bytes 0");
+    }
+    return built;
+}
+
+DestKeys dest_keys(const DestRange& r) {
+    return {key_of(r.set, r.id, r.addr_lo, r.port_lo), key_of(r.set, r.id, r.addr_hi, r.port_hi)};
+}
+
+std::optional<DestRange> dest_range_from_keys(DestSet set, std::span<const std::uint8_t> key,
+                                              std::span<const std::uint8_t> key_end) {
+    if (key.size() != key_len(set) || key_end.size() != key_len(set))
+        return std::nullopt;
+    DestRange r;
+    r.set = set;
+    std::size_t at = 0;
+    if (has_id(set)) {
+        for (; at < kIdLen; ++at)
+            r.id = (r.id << 8) | key[at];
+    }
+    std::copy_n(key.begin() + static_cast<std::ptrdiff_t>(at), addr_len(set), r.addr_lo.begin());
+    std::copy_n(key_end.begin() + static_cast<std::ptrdiff_t>(at), addr_len(set),
+                r.addr_hi.begin());
+    at += addr_len(set);
+    r.port_lo = static_cast<std::uint16_t>((key[at] << 8) | key[at + 1]);
+    r.port_hi = static_cast<std::uint16_t>((key_end[at] << 8) | key_end[at + 1]);
+    return r;
+}
+
+std::string dest_element_text(const DestRange& r) {
+    std::string text = has_id(r.set) ? std::to_string(r.id) + " . " : "";
+    return text + addresses_text(r) + " . " + ports_text(r);
+}
+
+BuiltRule dest_rule(const std::string& table, const std::string& chain, DestSet set, int verdict) {
+    const bool v6 = is_ipv6(set);
+    const auto family = static_cast<std::uint8_t>(v6 ? NFPROTO_IPV6 : NFPROTO_IPV4);
+    RuleBuilder r(table, chain);
+    r.meta(NFT_META_NFPROTO, "meta nfproto").cmp(NFT_CMP_EQ, &family, 1, v6 ? "ipv6" : "ipv4");
+    r.tcp();
+    std::string text;
+    std::uint32_t offset = 0;  // of the next part in the key
+    if (has_id(set)) {
+        // uid and gid are host-endian; nft turns them big-endian in concatenated
+        // interval keys, so that the kernel compares ranges of bytes correctly.
+        const char* meta = is_gid(set) ? "meta skgid" : "meta skuid";
+        r.meta(is_gid(set) ? NFT_META_SKGID : NFT_META_SKUID, meta, reg_at(offset))
+            .hton32(reg_at(offset), "byteorder hton");
+        text = std::string(meta) + " . ";
+        offset += kIdLen;
+    }
+    // Destination address: offset 16 of the IPv4 header, 24 of the IPv6 header.
+    r.payload(NFT_PAYLOAD_NETWORK_HEADER, v6 ? 24 : 16, addr_len(set),
+              v6 ? "ip6 daddr" : "ip daddr", reg_at(offset));
+    text += v6 ? "ip6 daddr . " : "ip daddr . ";
+    offset += addr_len(set);
+    r.payload(NFT_PAYLOAD_TRANSPORT_HEADER, offsetof(tcphdr, dest), kPortLen, "tcp dport",
+              reg_at(offset));
+    const std::string lookup = std::string("@") + dest_set_name(set);
+    r.lookup(dest_set_name(set), false, lookup.c_str());
+    const char* verdict_text = verdict == NFT_RETURN ? "return" : "accept";
+    r.verdict(verdict, verdict_text);
+    return r.done(text + "tcp dport " + lookup + " " + verdict_text);
+}
+
+}  // namespace smtpfence::nft
