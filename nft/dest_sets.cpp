@@ -155,6 +155,41 @@ std::uint32_t reg_at(std::uint32_t offset) {
     return NFT_REG32_00 + offset / NFT_REG32_SIZE;
 }
 
+// `meta nfproto ipv4` (or ipv6) and `meta l4proto tcp`: what nft puts before the
+// first `ip daddr` and `tcp dport` of a rule in an inet table.
+void ip_tcp(RuleBuilder& r, bool v6) {
+    const auto family = static_cast<std::uint8_t>(v6 ? NFPROTO_IPV6 : NFPROTO_IPV4);
+    r.meta(NFT_META_NFPROTO, "meta nfproto").cmp(NFT_CMP_EQ, &family, 1, v6 ? "ipv6" : "ipv4");
+    r.tcp();
+}
+
+// Appends the key's parts, each to its register, and the lookup; returns
+// `meta skuid . ip daddr . tcp dport @dest_uid4` (with `!=` when invert).
+std::string lookup(RuleBuilder& r, DestSet set, bool invert) {
+    const bool v6 = is_ipv6(set);
+    std::string text;
+    std::uint32_t offset = 0;  // of the next part in the key
+    if (has_id(set)) {
+        // uid and gid are host-endian; nft turns them big-endian in concatenated
+        // interval keys, so that the kernel compares ranges of bytes correctly.
+        const char* meta = is_gid(set) ? "meta skgid" : "meta skuid";
+        r.meta(is_gid(set) ? NFT_META_SKGID : NFT_META_SKUID, meta, reg_at(offset))
+            .hton32(reg_at(offset), "byteorder hton");
+        text = std::string(meta) + " . ";
+        offset += kIdLen;
+    }
+    // Destination address: offset 16 of the IPv4 header, 24 of the IPv6 header.
+    r.payload(NFT_PAYLOAD_NETWORK_HEADER, v6 ? 24 : 16, addr_len(set),
+              v6 ? "ip6 daddr" : "ip daddr", reg_at(offset));
+    text += v6 ? "ip6 daddr . " : "ip daddr . ";
+    offset += addr_len(set);
+    r.payload(NFT_PAYLOAD_TRANSPORT_HEADER, offsetof(tcphdr, dest), kPortLen, "tcp dport",
+              reg_at(offset));
+    const std::string ref = std::string(invert ? "!= @" : "@") + dest_set_name(set);
+    r.lookup(dest_set_name(set), invert, ref.c_str());
+    return text + "tcp dport " + ref;
+}
+
 }  // namespace
 
 const char* dest_set_name(DestSet set) {
@@ -225,35 +260,23 @@ std::string dest_element_text(const DestRange& r) {
     return text + addresses_text(r) + " . " + ports_text(r);
 }
 
-BuiltRule dest_rule(const std::string& table, const std::string& chain, DestSet set, int verdict) {
-    const bool v6 = is_ipv6(set);
-    const auto family = static_cast<std::uint8_t>(v6 ? NFPROTO_IPV6 : NFPROTO_IPV4);
+BuiltRule dest_accept_rule(const std::string& table, const std::string& chain, DestSet set) {
     RuleBuilder r(table, chain);
-    r.meta(NFT_META_NFPROTO, "meta nfproto").cmp(NFT_CMP_EQ, &family, 1, v6 ? "ipv6" : "ipv4");
-    r.tcp();
+    ip_tcp(r, is_ipv6(set));
+    const std::string text = lookup(r, set, false);
+    r.verdict(NF_ACCEPT, "accept");
+    return r.done(text + " accept");
+}
+
+std::string no_dest_exception(RuleBuilder& r, bool v6) {
+    ip_tcp(r, v6);
     std::string text;
-    std::uint32_t offset = 0;  // of the next part in the key
-    if (has_id(set)) {
-        // uid and gid are host-endian; nft turns them big-endian in concatenated
-        // interval keys, so that the kernel compares ranges of bytes correctly.
-        const char* meta = is_gid(set) ? "meta skgid" : "meta skuid";
-        r.meta(is_gid(set) ? NFT_META_SKGID : NFT_META_SKUID, meta, reg_at(offset))
-            .hton32(reg_at(offset), "byteorder hton");
-        text = std::string(meta) + " . ";
-        offset += kIdLen;
+    for (const DestSet set : kDestSets) {
+        if (is_ipv6(set) != v6)
+            continue;
+        text += (text.empty() ? "" : " ") + lookup(r, set, true);
     }
-    // Destination address: offset 16 of the IPv4 header, 24 of the IPv6 header.
-    r.payload(NFT_PAYLOAD_NETWORK_HEADER, v6 ? 24 : 16, addr_len(set),
-              v6 ? "ip6 daddr" : "ip daddr", reg_at(offset));
-    text += v6 ? "ip6 daddr . " : "ip daddr . ";
-    offset += addr_len(set);
-    r.payload(NFT_PAYLOAD_TRANSPORT_HEADER, offsetof(tcphdr, dest), kPortLen, "tcp dport",
-              reg_at(offset));
-    const std::string lookup = std::string("@") + dest_set_name(set);
-    r.lookup(dest_set_name(set), false, lookup.c_str());
-    const char* verdict_text = verdict == NFT_RETURN ? "return" : "accept";
-    r.verdict(verdict, verdict_text);
-    return r.done(text + "tcp dport " + lookup + " " + verdict_text);
+    return text;
 }
 
 }  // namespace smtpfence::nft

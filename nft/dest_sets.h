@@ -16,6 +16,8 @@
 
 namespace smtpfence::nft {
 
+class RuleBuilder;
+
 inline constexpr std::array<DestSet, 6> kDestSets{DestSet::Uid4, DestSet::Uid6, DestSet::Gid4,
                                                   DestSet::Gid6, DestSet::All4, DestSet::All6};
 
@@ -43,10 +45,18 @@ struct DestKeys {
 // "192.0.2.7-192.0.2.9 . 0-65535", "2001:db8::25 . 25".
 [[nodiscard]] std::string dest_element_text(const DestRange& range);
 
-// `meta skuid . ip daddr . tcp dport @dest_uid4 return` (verdict NFT_RETURN) or
-// `... accept` (NF_ACCEPT), with the `meta nfproto` and `meta l4proto` checks nft puts
-// in front of it and leaves out of its listing.
-[[nodiscard]] BuiltRule dest_rule(const std::string& table, const std::string& chain, DestSet set,
-                                  int verdict);
+// Why the judge alone looks up the exceptions with a match, the other chains with a
+// miss (`!=`): the kernel bumps an element's counter on every lookup that matches it,
+// and an exception's counter counts each connection it let through once.
+
+// `meta skuid . ip daddr . tcp dport @dest_uid4 accept`, with the `meta nfproto` and
+// `meta l4proto` checks nft puts in front of it (and leaves out of its listing).
+[[nodiscard]] BuiltRule dest_accept_rule(const std::string& table, const std::string& chain,
+                                         DestSet set);
+
+// Appends `meta skuid . ip daddr . tcp dport != @dest_uid4 meta skgid . ip daddr . tcp
+// dport != @dest_gid4 ip daddr . tcp dport != @dest_all4` (ip6 for v6) to r, after the
+// same checks: an IPv4 (IPv6) TCP packet that no exception allows. Returns its text.
+[[nodiscard]] std::string no_dest_exception(RuleBuilder& r, bool v6);
 
 }  // namespace smtpfence::nft

@@ -283,22 +283,9 @@ BuiltRule observe_rule(const RulesetSpec& spec) {
     return r.done(text + "jump sample");
 }
 
-// The relay exceptions' lookups, one rule per set, each ending in verdict (return or
-// accept). They follow the checks for the allowed uids and gids, so only the SYNs of
-// blocked uids pay for them.
-void add_dest_rules(Ruleset& rs, const std::string& table, const char* chain, int verdict) {
-    for (const DestSet set : kDestSets)
-        rs.rules.push_back(dest_rule(table, chain, set, verdict));
-}
-
-// Count every blocked SYN but the exceptions', then sample it to userspace; never
-// decides (bypass: no listener means the packet goes on to the enforce chain). The
-// count is taken here, before the queue, because a SYN may wait in the queue while its
-// process exits: after that its socket has no owner and `meta skuid` in judge would
-// find nothing to count it by.
-void add_sample_rules(Ruleset& rs, const RulesetSpec& spec) {
-    add_dest_rules(rs, spec.table, kChainSample, NFT_RETURN);
-    RuleBuilder r(spec.table, kChainSample);
+// `update @blocked { meta skuid } add @observe_rate { ... } queue ...`: the observe
+// chain's count, per-uid limit and queue.
+std::string count_and_queue(RuleBuilder& r, const RulesetSpec& spec) {
     std::string text = count_blocked(r) + " ";
     r.meta(NFT_META_SKUID, "meta skuid")
         .dynset(NFT_DYNSET_OP_ADD, kSetObserveRate,
@@ -307,12 +294,25 @@ void add_sample_rules(Ruleset& rs, const RulesetSpec& spec) {
             "/second burst " + std::to_string(spec.observe_burst) + " packets } ";
     if (spec.queue == QueueMode::Native) {
         r.native_queue(spec.queue_num, "queue");
-        text += "queue flags bypass to " + std::to_string(spec.queue_num);
-    } else {
-        r.xt_nfqueue(spec.queue_num, "NFQUEUE target");
-        text += "queue num " + std::to_string(spec.queue_num) + " bypass";
+        return text + "queue flags bypass to " + std::to_string(spec.queue_num);
     }
-    rs.rules.push_back(r.done(text));
+    r.xt_nfqueue(spec.queue_num, "NFQUEUE target");
+    return text + "queue num " + std::to_string(spec.queue_num) + " bypass";
+}
+
+// Count every blocked SYN that no relay exception allows, then sample it to
+// userspace; never decides (bypass: no listener means the packet goes on to the
+// enforce chain). One rule per address family. The count is taken here, before the
+// queue, because a SYN may wait in the queue while its process exits: after that its
+// socket has no owner and `meta skuid` in judge would find nothing to count it by.
+void add_sample_rules(Ruleset& rs, const RulesetSpec& spec) {
+    for (const bool v6 : {false, true}) {
+        RuleBuilder r(spec.table, kChainSample);
+        // Two statements: the expressions go into the rule in this order.
+        std::string text = no_dest_exception(r, v6) + " ";
+        text += count_and_queue(r, spec);
+        rs.rules.push_back(r.done(text));
+    }
 }
 
 BuiltRule enforce_rule(const std::string& t) {
@@ -384,7 +384,10 @@ void add_judge_rules(Ruleset& rs, const RulesetSpec& spec) {
             .verdict(NF_ACCEPT, "accept");
         rs.rules.push_back(r.done("fib daddr type local accept"));
     }
-    add_dest_rules(rs, t, kChainJudge, NF_ACCEPT);
+    // After the allow rules: only blocked uids' SYNs pay for these lookups. The one
+    // place where an exception's element counter counts (dest_sets.h says why).
+    for (const DestSet set : kDestSets)
+        rs.rules.push_back(dest_accept_rule(t, kChainJudge, set));
     if (spec.queue == QueueMode::None) {
         // Without an observe chain, judge counts (see observe_rule for why it counts
         // there otherwise).
@@ -399,7 +402,8 @@ void add_judge_rules(Ruleset& rs, const RulesetSpec& spec) {
 
 // The judge's decision, taken before it: the same SYNs it would refuse (ports, not an
 // allowed uid or gid, not to the server itself when SMTP_ALLOWLOCAL) go to the divert
-// chain, where all but the exceptions' are counted, once, and sent to the local MTA.
+// chain, where those no relay exception allows are counted, once, and sent to the
+// local MTA.
 // Only a connection's first packet passes a nat chain, and the redirect sticks to the
 // connection.
 void add_to_mta_rules(Ruleset& rs, const RulesetSpec& spec) {
@@ -410,11 +414,13 @@ void add_to_mta_rules(Ruleset& rs, const RulesetSpec& spec) {
     r.verdict(NFT_JUMP, "jump divert", kChainDivert);
     rs.rules.push_back(r.done(text + "jump divert"));
 
-    add_dest_rules(rs, spec.table, kChainDivert, NFT_RETURN);
-    RuleBuilder d(spec.table, kChainDivert);
-    text = count_blocked(d);
-    d.redirect("redirect");
-    rs.rules.push_back(d.done(text + " redirect"));
+    for (const bool v6 : {false, true}) {
+        RuleBuilder d(spec.table, kChainDivert);
+        text = no_dest_exception(d, v6) + " ";
+        text += count_blocked(d);
+        d.redirect("redirect");
+        rs.rules.push_back(d.done(text + " redirect"));
+    }
 }
 
 // In the chains' order (render_nft prints each chain's rules in this order).

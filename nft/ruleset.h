@@ -75,9 +75,10 @@ inline constexpr const char* kChainJudge = "judge";
 // The nat chain of SMTP_REDIRECT ("redirect" itself is an nft keyword, so a chain of
 // that name could not be written back by `nft -f`).
 inline constexpr const char* kChainToMta = "to_mta";
-// Regular chains holding the tails of observe and to_mta: they return early for the
-// relay exceptions, so that a connection an exception allows is neither counted nor
-// queued nor redirected.
+// Regular chains holding the tails of observe and to_mta, one rule per address
+// family: they act only on the SYNs no relay exception allows, so that a connection an
+// exception allows is neither counted nor queued nor redirected. Only the blocked
+// uids' SMTP SYNs jump there; other traffic never meets these rules.
 inline constexpr const char* kChainSample = "sample";
 inline constexpr const char* kChainDivert = "divert";
 

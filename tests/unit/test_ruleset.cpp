@@ -106,8 +106,9 @@ TEST(Ruleset, NoQueueSupportHasNoObserveChain) {
     EXPECT_NE(text.find("update @blocked { meta skuid }"), std::string::npos);
 }
 
-// Relay exceptions: the six sets filled, the observe tail in the sample chain behind
-// the exceptions' returns, the judge's accepts before the verdict.
+// Relay exceptions: the six sets filled, the observe tail in the sample chain for the
+// SYNs no exception allows, the judge's accepts (the one place whose lookups count)
+// before the verdict.
 TEST(Ruleset, DestExceptions) {
     RulesetSpec spec = default_spec();
     spec.dest = dest_exceptions();
@@ -116,8 +117,8 @@ TEST(Ruleset, DestExceptions) {
     expect_golden("dest-xt.nft", render_nft(rs));
 }
 
-// With SMTP_REDIRECT and no queue: the divert chain returns for the exceptions before
-// counting and redirecting; the judge counts after its exception accepts.
+// With SMTP_REDIRECT and no queue: the divert chain counts and redirects only the SYNs
+// no exception allows; the judge counts after its exception accepts.
 TEST(Ruleset, DestExceptionsRedirectNoQueue) {
     RulesetSpec spec = default_spec();
     spec.dest = dest_exceptions();
