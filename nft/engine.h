@@ -92,8 +92,12 @@ class Engine {
     // Removes and adds elements of the six destination sets (relay exceptions) in one
     // transaction: O(changes), whatever the sets' sizes. Removals go first, so a range
     // can be replaced by an overlapping one in the same call. Adding an element that
-    // exists is not an error; removing one that does not is ENOENT, adding one that
-    // overlaps another of its set and id is EEXIST (and nothing changes).
+    // exists is not an error. The kernel (pipapo) checks less than it seems, so
+    // callers must add disjoint ranges and remove only ranges they added: it refuses
+    // (EEXIST) a new range only when its first or last point lies in another element,
+    // and it finds the element to remove by its first point alone, so removing a range
+    // that is not there removes the element holding that point, or is ENOENT when none
+    // does. A refused call changes nothing.
     [[nodiscard]] Result<void> change_dest(const std::string& table, const std::set<DestRange>& add,
                                            const std::set<DestRange>& remove);
 
