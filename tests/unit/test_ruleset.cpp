@@ -3,12 +3,14 @@
 // integration tests, so golden text, bytecode and kernel state are tied together.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <libnftnl/set.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include "nft/dest_sets.h"
 #include "nft/ruleset.h"
@@ -156,6 +158,26 @@ TEST(Ruleset, DestKeysAndTheirWayBack) {
         EXPECT_EQ(dest_range_from_keys(each.set, k.key, k.key_end), each)
             << dest_element_text(each);
     }
+}
+
+// The attributes nft 1.0.6 sends for `type uid . ipv4_addr . inet_service; flags
+// interval; counter;` (read with `nft --debug=netlink` and back from the kernel).
+TEST(Ruleset, DestSetAttributesAsNftMakesThem) {
+    const BuiltSet set = build_dest_set("t", DestSet::Uid4, {}, 6);
+    nftnl_set* s = set.set.get();
+    EXPECT_EQ(nftnl_set_get_u32(s, NFTNL_SET_KEY_TYPE), 0x181cdU);
+    EXPECT_EQ(nftnl_set_get_u32(s, NFTNL_SET_KEY_LEN), 12U);
+    EXPECT_EQ(nftnl_set_get_u32(s, NFTNL_SET_FLAGS), 0x84U);  // INTERVAL | CONCAT
+    std::uint32_t len = 0;
+    const auto* udata =
+        static_cast<const std::uint8_t*>(nftnl_set_get_data(s, NFTNL_SET_USERDATA, &len));
+    ASSERT_NE(udata, nullptr);
+    EXPECT_EQ(std::vector<std::uint8_t>(udata, udata + len),
+              (std::vector<std::uint8_t>{0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x08, 0x00, 0x04,
+                                         0x0d, 0x00, 0x00, 0x00, 0x01, 0x00}));
+    const BuiltSet all6 = build_dest_set("t", DestSet::All6, {}, 11);
+    EXPECT_EQ(nftnl_set_get_u32(all6.set.get(), NFTNL_SET_KEY_TYPE), 0x20dU);
+    EXPECT_EQ(nftnl_set_get_u32(all6.set.get(), NFTNL_SET_KEY_LEN), 20U);
 }
 
 TEST(Ruleset, DestElementTextAsNftPrintsIt) {
