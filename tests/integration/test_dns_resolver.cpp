@@ -18,6 +18,7 @@
 #include "ctl/dns_resolver.h"
 #include "policy/name_cache.h"
 #include "tests/integration/harness.h"
+#include "tests/support/dnsmasq.h"
 #include "tests/support/ip_address.h"
 
 namespace smtpfence::itest {
@@ -81,9 +82,6 @@ class DnsResolverTest : public ::testing::Test {
     void SetUp() override {
         if (auto why = skip_reason())
             GTEST_SKIP() << *why;
-        const std::string dnsmasq = testing::find_program("dnsmasq");
-        ASSERT_FALSE(dnsmasq.empty())
-            << "dnsmasq not installed (scripts/install-deps: dnsmasq-base)";
         auto ns = Netns::create();
         ASSERT_TRUE(ns) << ns.error().message();
         ns_ = std::make_unique<Netns>(std::move(*ns));
@@ -95,11 +93,11 @@ class DnsResolverTest : public ::testing::Test {
         write_hosts("192.0.2.10 moving.test\n");
         resolv_conf_ = dir_->write("resolv.conf", "search test\nnameserver 127.0.0.1\n");
         std::vector<std::string> upstream(std::begin(kUpstreamRecords), std::end(kUpstreamRecords));
-        start_dnsmasq(upstream_, dnsmasq, "127.0.0.2", "upstream", upstream);
+        ASSERT_NO_FATAL_FAILURE(start_dnsmasq(upstream_, "127.0.0.2", "upstream", upstream));
         // Records from the hosts file get TTL 1 s; SIGHUP re-reads the file.
         std::vector<std::string> records = {"--addn-hosts=" + hosts_, "--local-ttl=1"};
         records.insert(records.end(), std::begin(kRecords), std::end(kRecords));
-        start_dnsmasq(dnsmasq_, dnsmasq, "127.0.0.1", "dnsmasq", records);
+        ASSERT_NO_FATAL_FAILURE(start_dnsmasq(dnsmasq_, "127.0.0.1", "dnsmasq", records));
         // From here on the test thread lives in the namespace: c-ares opens its sockets
         // in the namespace of the thread that sends the query.
         auto entry = testing::NetnsEntry::enter(*ns_);
@@ -109,37 +107,12 @@ class DnsResolverTest : public ::testing::Test {
 
     void write_hosts(const std::string& content) { hosts_ = dir_->write("hosts", content); }
 
-    void start_dnsmasq(Child& child, const std::string& path, const std::string& address,
+    void start_dnsmasq(std::optional<testing::Dnsmasq>& server, const std::string& address,
                        const std::string& log_name, const std::vector<std::string>& records) {
-        std::vector<std::string> args = {
-            path,
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--port=53",
-            "--listen-address=" + address,
-            "--bind-interfaces",
-            "--no-resolv",
-            "--no-hosts",
-            "--user=root",
-            "--pid-file=",
-            "--log-queries",
-            "--log-facility=" + dir_->path() + "/" + log_name + ".log"};
-        args.insert(args.end(), records.begin(), records.end());
-        testing::Argv argv(args);
-        auto spawned = testing::spawn_in(*ns_, [&]() -> int {
-            ::execv(argv.ptrs[0], argv.ptrs.data());
-            return 126;
-        });
-        ASSERT_TRUE(spawned) << spawned.error().message();
-        child = std::move(*spawned);
-        const bool listening = wait_until(
-            [&] {
-                return child.running() &&
-                       !run(*ns_, {"ss", "-Hlun", "src " + address + ":53"}).out.empty();
-            },
-            5000ms);
-        ASSERT_TRUE(listening) << log_name << " did not start: "
-                               << read_file(dir_->path() + "/" + log_name + ".log");
+        auto started =
+            testing::Dnsmasq::start(*ns_, address, dir_->path() + "/" + log_name + ".log", records);
+        ASSERT_TRUE(started) << started.error().message();
+        server.emplace(std::move(*started));
     }
 
     DnsResolver make_resolver(const std::string& resolv_conf) {
@@ -169,8 +142,8 @@ class DnsResolverTest : public ::testing::Test {
     std::unique_ptr<TempDir> dir_;
     std::string hosts_;
     std::string resolv_conf_;
-    Child upstream_;
-    Child dnsmasq_;
+    std::optional<testing::Dnsmasq> upstream_;
+    std::optional<testing::Dnsmasq> dnsmasq_;
     std::optional<testing::NetnsEntry> entry_;
 };
 
@@ -302,7 +275,7 @@ TEST_F(DnsResolverTest, AChangedRecordIsSeenWithinItsTtl) {
     EXPECT_EQ(cache.status("moving.test", steady_clock::now())->ttl, 1u);
 
     write_hosts("192.0.2.11 moving.test\n");
-    dnsmasq_.signal(SIGHUP);
+    dnsmasq_->reload();
     const auto moved = steady_clock::now();
     // TTL 1 s: the new address within TTL + a second, the old one still in its grace.
     ASSERT_TRUE(run_until(ips({"192.0.2.10", "192.0.2.11"}), 2s)) << log();
@@ -312,7 +285,7 @@ TEST_F(DnsResolverTest, AChangedRecordIsSeenWithinItsTtl) {
 
     // The name stops resolving: the last good address stays, the error is shown.
     write_hosts("");
-    dnsmasq_.signal(SIGHUP);
+    dnsmasq_->reload();
     const bool failing = wait_until(
         [&] {
             step();
