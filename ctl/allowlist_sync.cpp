@@ -47,6 +47,7 @@ Result<void> AllowlistSync::refresh() {
                          "); re-applying the whole table");
             nft::RulesetSpec spec =
                 make_spec(current->loaded.policy, next, options_.table, kernel_);
+            spec.dest = current->spec.dest;  // the exceptions as DestSync keeps them
             auto applied = engine_.apply(nft::build_ruleset(spec));
             if (!applied)
                 return std::unexpected(applied.error());

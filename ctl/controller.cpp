@@ -75,7 +75,8 @@ Controller::Controller(const DaemonOptions& options, nft::Engine& engine,
       guard_(options.table, engine, state_),
       first_apply_(options, engine, state_, worker_),
       allowlist_(options, engine, kernel, state_, server),
-      handlers_(options, engine, state_, worker_, guard_, allowlist_, server,
+      dest_(options, engine, state_),
+      handlers_(options, engine, state_, worker_, guard_, allowlist_, dest_, server,
                 [this] { return reload(); }) {}
 
 Result<Desired> Controller::read_inputs() {
@@ -93,8 +94,10 @@ Result<void> Controller::start(Desired desired) {
     // Events first, so that nothing done to the table after our apply goes unseen.
     guard_.watch_events();
     worker_.hold_queue_before_apply(desired);
+    dest_.prepare(desired);
     if (auto r = first_apply_.apply(desired); !r)
         return r;
+    dest_.apply_succeeded();
     adopt(state_, std::move(desired), server_);
     look_for_csf_rules();
     return {};
@@ -116,6 +119,7 @@ int Controller::run(int signal_fd) {
         if (events)
             fds.push_back({guard_.events_fd(), POLLIN, 0});
         server_.add_pollfds(fds);
+        dest_.add_pollfds(fds);
         const int ready = ::poll(fds.data(), fds.size(), poll_timeout(watchdog, next_ping));
         if (ready < 0 && errno != EINTR) {
             log::error("poll: " + errno_text(errno));
@@ -128,10 +132,12 @@ int Controller::run(int signal_fd) {
         if (ready > 0 && events && fds[1].revents != 0)
             guard_.on_events();
         if (ready > 0) {
+            dest_.process(fds);
             server_.process(fds, [this](const ctl::Request& r, const ctl::Peer& p, int fd) {
                 return dispatch(r, p, fd);
             });
         }
+        dest_.tick();
         if (std::chrono::steady_clock::now() >= next_watch) {
             next_watch = std::chrono::steady_clock::now() + std::chrono::seconds(1);
             first_apply_.retry_if_due();
@@ -141,8 +147,8 @@ int Controller::run(int signal_fd) {
     }
 }
 
-// The file watches each second, the watchdog, the worker's restart and the control
-// clients' deadlines, whichever comes first.
+// The file watches each second, the watchdog, the worker's restart, the control
+// clients' deadlines and the DNS lookups and deadlines, whichever comes first.
 int Controller::poll_timeout(std::optional<std::chrono::milliseconds> watchdog,
                              std::chrono::steady_clock::time_point next_ping) {
     int timeout = 1000;
@@ -151,7 +157,7 @@ int Controller::poll_timeout(std::optional<std::chrono::milliseconds> watchdog,
             next_ping - std::chrono::steady_clock::now());
         timeout = std::min<int>(timeout, std::max<int>(0, static_cast<int>(until_ping.count())));
     }
-    for (const int t : {worker_.tick(), server_.next_deadline_ms()}) {
+    for (const int t : {worker_.tick(), server_.next_deadline_ms(), dest_.timeout_ms()}) {
         if (t >= 0)
             timeout = std::min(timeout, t);
     }
@@ -197,8 +203,11 @@ Result<void> Controller::reload() {
     auto desired = compute_desired(options_, kernel_);
     if (desired) {
         worker_.hold_queue_before_apply(*desired);
+        dest_.prepare(*desired);
         if (auto r = apply_desired(engine_, options_, *desired); !r)
             desired = std::unexpected(r.error());
+        else
+            dest_.apply_succeeded();
     }
     if (!desired) {
         // Still the defaults when a start fell back on them; else the last good load.
@@ -226,11 +235,19 @@ void Controller::watch_files() {
         }
         return;
     }
-    if (accounts_watch_.changed()) {
-        if (auto r = allowlist_.refresh(); !r) {
-            log::error("re-resolving the allowlist failed: " + r.error().message() +
-                       "; the rules in force are unchanged");
-        }
+    if (accounts_watch_.changed())
+        refresh_accounts();
+}
+
+void Controller::refresh_accounts() {
+    if (auto r = allowlist_.refresh(); !r) {
+        log::error("re-resolving the allowlist failed: " + r.error().message() +
+                   "; the rules in force are unchanged");
+        return;
+    }
+    if (auto r = dest_.replan(); !r) {
+        log::error("re-planning the destination exceptions failed: " + r.error().message() +
+                   "; the elements in force are unchanged");
     }
 }
 

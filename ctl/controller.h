@@ -13,6 +13,7 @@
 #include "ctl/control_server.h"
 #include "ctl/daemon.h"
 #include "ctl/daemon_state.h"
+#include "ctl/dest_sync.h"
 #include "ctl/first_apply.h"
 #include "ctl/handlers.h"
 #include "ctl/table_guard.h"
@@ -49,6 +50,8 @@ class Controller {
     [[nodiscard]] std::optional<int> on_signal(int signal_fd);
     [[nodiscard]] Result<void> reload();
     void watch_files();
+    // The accounts or allow.list changed: the allowlist and the exceptions follow.
+    void refresh_accounts();
     void look_for_csf_rules();
     [[nodiscard]] std::optional<std::string> dispatch(const ctl::Request& r, const ctl::Peer& peer,
                                                       int client_fd);
@@ -64,6 +67,7 @@ class Controller {
     TableGuard guard_;
     FirstApply first_apply_;
     AllowlistSync allowlist_;
+    DestSync dest_;
     Handlers handlers_;
 };
 

@@ -36,7 +36,12 @@ int print_test(const json& r, bool as_json) {
 }
 
 int print_allowlist_change(const json& r, bool is_allow, bool as_json) {
-    if (!as_json) {
+    if (!as_json && field(r, "kind") == "exception") {
+        std::cout << "exception " << field(r, "name") << ": "
+                  << (r.value("changed", false) ? (is_allow ? "added" : "removed")
+                                                : (is_allow ? "already there" : "was not there"))
+                  << " (" << field(r, "file") << ")\n";
+    } else if (!as_json) {
         std::cout << field(r, "kind") << " " << field(r, "name") << ": "
                   << (r.value("changed", false)
                           ? (is_allow ? "allowed" : "removed from the allowlist")
@@ -51,7 +56,44 @@ int print_allowlist_change(const json& r, bool is_allow, bool as_json) {
     return kExitOk;
 }
 
+// An exception's addresses, from its network or its name's last answer, and how
+// that name fares.
+void print_exception_addresses(const json& e) {
+    std::string line;
+    for (const auto& a : e["addresses"])
+        line += (line.empty() ? "" : ", ") + terminal_safe(a.get<std::string>());
+    for (const auto& g : e["grace"]) {
+        line += (line.empty() ? "" : ", ") + field(g, "address") + " (left DNS; allowed until " +
+                when(g.value("until", std::int64_t{0})) + ")";
+    }
+    if (line.empty())
+        line = "no address yet";
+    if (e.contains("refresh_in"))
+        line += "; next lookup in " + std::to_string(e.value("refresh_in", 0)) + " s";
+    std::cout << "      " << line << "\n";
+    if (e.contains("error")) {
+        std::cout << "      lookup failing since " << when(e.value("error_since", std::int64_t{0}))
+                  << ": " << field(e, "error") << " (the last good addresses stay allowed)\n";
+    }
+}
+
 }  // namespace
+
+void print_exceptions(const json& r) {
+    if (!r.contains("exceptions"))
+        return;
+    std::cout << "exceptions (only to these destinations; connections let through today, "
+                 "in all):";
+    if (r["exceptions"].empty())
+        std::cout << " none";
+    std::cout << "\n";
+    for (const auto& e : r["exceptions"]) {
+        std::cout << "  " << field(e, "rule") << "\t[" << field(e, "origin") << "]\t"
+                  << e.value("uses_today", std::uint64_t{0}) << " today, "
+                  << e.value("uses", std::uint64_t{0}) << " in all\n";
+        print_exception_addresses(e);
+    }
+}
 
 // Terminal-safe text: paths and command lines come from users' processes.
 std::string safe(const json& j, const char* key, std::size_t max) {
@@ -162,6 +204,19 @@ void print_status(const json& r) {
                   << r["counters"].value("attempts", 0) << " from "
                   << r["counters"].value("uids_blocked", 0) << " uid(s)\n";
     }
+    if (r.contains("destination_exceptions")) {
+        const json& d = r["destination_exceptions"];
+        std::cout << "  destination exceptions: " << d.value("exceptions", 0) << " ("
+                  << d.value("ranges", 0) << " kernel element(s), " << d.value("names", 0)
+                  << " name(s) looked up)\n";
+        if (d.contains("resolver_error"))
+            std::cout << "  DNS resolver: " << field(d, "resolver_error") << "\n";
+        for (const auto& [name, error] : d["failing"].items()) {
+            std::cout << "  lookup of " << terminal_safe(name)
+                      << " failing (last good addresses kept): "
+                      << terminal_safe(error.get<std::string>()) << "\n";
+        }
+    }
     if (r.contains("directadmin")) {
         const json& da = r["directadmin"];
         std::cout << "  DirectAdmin pipeline: " << (da.value("enabled", false) ? "on" : "off")
@@ -205,6 +260,7 @@ void print_list(const json& r) {
     for (const auto& g : m["groups"])
         std::cout << " group " << terminal_safe(g.get<std::string>());
     std::cout << "\n";
+    print_exceptions(r);
     for (const auto& w : r["warnings"])
         std::cout << "warning: " << terminal_safe(w.get<std::string>()) << "\n";
 }

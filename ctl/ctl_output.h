@@ -32,6 +32,8 @@ constexpr int kExitConflict = 6;     // deny: still allowed by the config or a g
 
 void print_status(const json& r);
 void print_list(const json& r);
+// The destination exceptions of a list answer, with their addresses and uses.
+void print_exceptions(const json& r);
 void print_attempts(const json& r);
 void print_top(const json& r);
 // The result of command as text (or JSON with --json), and the exit code it means.

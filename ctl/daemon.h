@@ -28,6 +28,8 @@ struct DaemonOptions {
     std::string worker_path;      // "" = smtpfence-worker next to this binary
     bool no_worker = false;       // kernel-only: refuse and count, explain nothing
     std::string allow_list_path;  // "" = allow.list beside the config file
+    // Where the DNS servers for the names of destination exceptions are read from.
+    std::string resolv_conf_path = "/etc/resolv.conf";
     // --csf-conf: the policy comes from CSF's csf.conf (csf-compat/csf_policy.h) instead
     // of the config file; "" = not in CSF mode.
     std::string csf_conf_path;

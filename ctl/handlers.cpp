@@ -74,7 +74,7 @@ Answer Handlers::answer(const ctl::Request& r) {
         case Command::List:
             return list();
         case Command::Check:
-            return check(r.user.value_or(""));
+            return check(r);
         case Command::Attempts:
             return attempts(r);
         case Command::Top:
@@ -147,6 +147,7 @@ Answer Handlers::status() {
                 {"rules_loaded", !state_.csf_rules.empty()},
                 {"explanation", state_.csf_rules}};
     add_worker_status(j);
+    j["destination_exceptions"] = dest_.status_json();
     if (present && *present) {
         if (auto blocked = engine_.read_blocked(options_.table)) {
             std::uint64_t total = 0;
@@ -222,14 +223,16 @@ Answer Handlers::list() {
                  {{"file", managed_allow_path(options_)},
                   {"users", current.managed.users},
                   {"groups", current.managed.groups}}},
+                {"exceptions", dest_.list_json()},
                 {"warnings", current.allow.warnings},
                 {"enforcing", state_.enforcing()}};
 }
 
-Answer Handlers::check(const std::string& name) {
+Answer Handlers::check(const ctl::Request& r) {
     if (!state_.current)
         return refuse(ErrorCode::Failed, "no policy loaded");
     const Desired& current = *state_.current;
+    const std::string name = r.user.value_or("");
     const Account* a = find_user(current.accounts, name);
     if (a == nullptr)
         return refuse(ErrorCode::NotFound,
@@ -247,6 +250,9 @@ Answer Handlers::check(const std::string& name) {
     } else if (const auto g = current.allow.gid_reasons.find(a->gid);
                g != current.allow.gid_reasons.end()) {
         reason = "allowed: primary group gid " + std::to_string(a->gid) + " (" + g->second + ")";
+    } else if (r.to) {
+        check_destination(*a, *r.to, j);
+        return j;
     } else {
         blocked = true;
         reason = "blocked: not root, not an MTA user, not in SMTP_ALLOWUSER or " +
@@ -322,6 +328,8 @@ Answer Handlers::top(const ctl::Request& r) {
 Answer Handlers::change(const ctl::Request& r) {
     if (!state_.current)
         return refuse(ErrorCode::Failed, "no policy loaded");
+    if (r.to)
+        return change_exception(r);
     const bool add = r.command == Command::Allow;
     const AllowKind kind = r.user ? AllowKind::User : AllowKind::Group;
     const std::string name = r.user.value_or(r.group.value_or(""));
@@ -382,6 +390,116 @@ std::optional<std::string> Handlers::still_allowed(bool user, const std::string&
         it != current.allow.gid_reasons.end())
         return it->second;
     return std::nullopt;
+}
+
+// check USER --to HOST[:PORT]: what the kernel's exception sets decide for each address
+// the destination has now and each port asked (one, or every guarded port).
+void Handlers::check_destination(const Account& a, const std::string& to, json& j) const {
+    const Policy& p = state_.current->loaded.policy;
+    auto dest = parse_destination(to);  // the protocol parsed it: canonical text
+    if (!dest) {
+        j["blocked"] = true;
+        j["reason"] = "blocked: " + dest.error().message();
+        return;
+    }
+    std::vector<Network> addresses;
+    std::string unknown;
+    if (dest->network) {
+        addresses.push_back(*dest->network);
+    } else if (auto known = dest_.addresses_of(dest->host)) {
+        addresses = std::move(*known);
+        if (addresses.empty())
+            unknown = dest->host +
+                      " has no address yet (its lookup is pending or failing: see "
+                      "`smtpfencectl list`)";
+    } else {
+        unknown = "no exception names " + dest->host +
+                  " (smtpfenced looks up only the names of exceptions; give an address to ask "
+                  "about one)";
+    }
+    std::vector<std::uint16_t> ports;
+    if (dest->port)
+        ports.push_back(*dest->port);
+    else
+        ports = p.ports;
+    std::vector<std::string> rules;  // in the order of the exceptions, each once
+    std::vector<std::string> refused;
+    for (const std::uint16_t port : ports) {
+        if (std::ranges::find(p.ports, port) == p.ports.end())
+            continue;  // not guarded: nothing to decide
+        bool all = !addresses.empty();
+        for (const Network& address : addresses) {
+            const auto by = dest_.covering(a.uid, a.gid, address, port);
+            for (const std::string& rule : by) {
+                if (std::ranges::find(rules, rule) == rules.end())
+                    rules.push_back(rule);
+            }
+            all = all && !by.empty();
+        }
+        if (!all)
+            refused.push_back(std::to_string(port));
+    }
+    j["to"] = dest->text();
+    j["exceptions"] = rules;
+    j["blocked"] = !refused.empty();
+    if (!unknown.empty()) {
+        j["reason"] = "blocked: " + unknown;
+    } else if (refused.empty()) {
+        j["reason"] = rules.empty() ? "allowed: " + dest->text() + " is not on a guarded port"
+                                    : "allowed by exception " + text::join(rules, "; ");
+    } else {
+        j["reason"] = "blocked: no exception lets " + a.name + " reach " + dest->host +
+                      " on port " + text::join(refused, ", ") +
+                      (rules.empty() ? std::string()
+                                     : " (partly covered by " + text::join(rules, "; ") + ")");
+    }
+}
+
+// allow/deny ... --to: an exception in allow.list, then the sets changed as elements.
+Answer Handlers::change_exception(const ctl::Request& r) {
+    const bool add = r.command == Command::Allow;
+    auto dest = parse_destination(*r.to);
+    if (!dest)
+        return refuse(ErrorCode::InvalidArgument, "to " + dest.error().message());
+    Subject who{SubjectKind::Everyone, ""};
+    if (r.user) {
+        if (add && find_user(state_.current->accounts, *r.user) == nullptr)
+            return refuse(ErrorCode::NotFound,
+                          "no user \"" + *r.user + "\" in " + options_.passwd_path);
+        who = Subject{SubjectKind::User, *r.user};
+    } else if (r.group) {
+        if (add && find_group(state_.current->accounts, *r.group) == nullptr)
+            return refuse(ErrorCode::NotFound,
+                          "no group \"" + *r.group + "\" in " + options_.group_path);
+        who = Subject{SubjectKind::Group, *r.group};
+    }
+    const DestException exception{who, *dest, managed_allow_path(options_)};
+    const std::string path = managed_allow_path(options_);
+    auto changed = change_managed_exception(path, exception, add);
+    if (!changed)
+        return refuse(ErrorCode::Failed, changed.error().message());
+    auto applied = allowlist_.refresh();
+    if (applied)
+        applied = dest_.replan();
+    if (!applied) {
+        return refuse(ErrorCode::Failed,
+                      path + " was updated, but applying it failed: " + applied.error().message() +
+                          " (the daemon retries when the file changes or on reload)");
+    }
+    log::notice("control: " + std::string(add ? "allow " : "deny ") + exception.text() +
+                (changed->changed ? "" : " (no change)"));
+    json j = {{"kind", "exception"},
+              {"name", exception.text()},
+              {"changed", changed->changed},
+              {"file", path},
+              {"enforcing", state_.enforcing()}};
+    if (!add) {
+        for (const DestException& e : state_.current->loaded.policy.allow_dest) {
+            if (e.text() == exception.text())
+                j["still_allowed"] = "SMTP_ALLOWDEST in " + e.origin;
+        }
+    }
+    return j;
 }
 
 }  // namespace smtpfence

@@ -13,6 +13,7 @@
 #include "ctl/control_server.h"
 #include "ctl/daemon.h"
 #include "ctl/daemon_state.h"
+#include "ctl/dest_sync.h"
 #include "ctl/protocol.h"
 #include "ctl/table_guard.h"
 #include "ctl/worker_host.h"
@@ -28,7 +29,7 @@ class Handlers {
   public:
     // reload: the daemon's reload (as SIGHUP), for the `reload` request.
     Handlers(const DaemonOptions& options, nft::Engine& engine, DaemonState& state,
-             WorkerHost& worker, const TableGuard& guard, AllowlistSync& allowlist,
+             WorkerHost& worker, const TableGuard& guard, AllowlistSync& allowlist, DestSync& dest,
              const ctl::ControlServer& server, std::function<Result<void>()> reload)
         : options_(options),
           engine_(engine),
@@ -36,6 +37,7 @@ class Handlers {
           worker_(worker),
           guard_(guard),
           allowlist_(allowlist),
+          dest_(dest),
           server_(server),
           reload_(std::move(reload)) {}
 
@@ -44,10 +46,13 @@ class Handlers {
   private:
     [[nodiscard]] Answer status();
     [[nodiscard]] Answer list();
-    [[nodiscard]] Answer check(const std::string& name);
+    [[nodiscard]] Answer check(const ctl::Request& r);
     [[nodiscard]] Answer attempts(const ctl::Request& r);
     [[nodiscard]] Answer top(const ctl::Request& r);
     [[nodiscard]] Answer change(const ctl::Request& r);
+    [[nodiscard]] Answer change_exception(const ctl::Request& r);
+    // check --to: which exceptions let the user reach the destination, port by port.
+    void check_destination(const Account& a, const std::string& to, nlohmann::json& j) const;
     [[nodiscard]] Answer reload();
     [[nodiscard]] Answer remove();
     // Parts of status and change.
@@ -62,6 +67,7 @@ class Handlers {
     WorkerHost& worker_;
     const TableGuard& guard_;
     AllowlistSync& allowlist_;
+    DestSync& dest_;
     const ctl::ControlServer& server_;
     std::function<Result<void>()> reload_;
 };

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "policy/allow_store.h"
+#include "policy/destination.h"
 
 namespace smtpfence::ctl {
 namespace {
@@ -44,9 +45,9 @@ std::set<std::string_view> allowed_fields(Command c) {
     switch (c) {
         case Command::Allow:
         case Command::Deny:
-            return {"user", "group"};
+            return {"user", "group", "everyone", "to"};
         case Command::Check:
-            return {"user"};
+            return {"user", "to"};
         case Command::Test:
             return {"user", "address", "port"};
         case Command::Attempts:
@@ -161,6 +162,17 @@ std::expected<std::string, ProtocolError> address_field(const json& j) {
     return a;
 }
 
+// "to": a destination exception's HOST[:PORT], kept in its canonical text.
+std::expected<std::string, ProtocolError> destination_field(const json& j) {
+    auto text = string_field(j, "to");
+    if (!text)
+        return text;
+    auto dest = parse_destination(*text);
+    if (!dest)
+        return bad(ErrorCode::InvalidArgument, "to " + dest.error().message());
+    return dest->text();
+}
+
 // The value fields, each checked for its type and range in a fixed order: the error
 // names the first bad one in that order, whatever the order in the line.
 std::expected<void, ProtocolError> read_fields(const json& j, Request& r) {
@@ -175,6 +187,17 @@ std::expected<void, ProtocolError> read_fields(const json& j, Request& r) {
         if (!g)
             return std::unexpected(g.error());
         r.group = std::move(*g);
+    }
+    if (j.contains("everyone")) {
+        if (!j["everyone"].is_boolean() || !j["everyone"].get<bool>())
+            return bad(ErrorCode::BadRequest, "field \"everyone\" must be true when given");
+        r.everyone = true;
+    }
+    if (j.contains("to")) {
+        auto to = destination_field(j);
+        if (!to)
+            return std::unexpected(to.error());
+        r.to = std::move(*to);
     }
     if (j.contains("address")) {
         auto a = address_field(j);
@@ -207,12 +230,18 @@ std::expected<void, ProtocolError> read_fields(const json& j, Request& r) {
 std::expected<void, ProtocolError> check_required(const Request& r) {
     switch (r.command) {
         case Command::Allow:
-        case Command::Deny:
-            if (r.user.has_value() == r.group.has_value())
+        case Command::Deny: {
+            const int subjects = (r.user ? 1 : 0) + (r.group ? 1 : 0) + (r.everyone ? 1 : 0);
+            if (subjects != 1)
                 return bad(ErrorCode::BadRequest,
                            std::string(to_string(r.command)) +
-                               " takes exactly one of \"user\" and \"group\"");
+                               " takes exactly one of \"user\", \"group\" and \"everyone\"");
+            if (r.everyone && !r.to)
+                return bad(ErrorCode::BadRequest,
+                           "\"everyone\" needs \"to\": every user to every host is "
+                           "SMTP_BLOCK = \"0\", not an exception");
             break;
+        }
         case Command::Check:
             if (!r.user)
                 return bad(ErrorCode::BadRequest, "check needs \"user\"");
@@ -288,6 +317,10 @@ std::string encode_request(const Request& r) {
         j["user"] = *r.user;
     if (r.group)
         j["group"] = *r.group;
+    if (r.everyone)
+        j["everyone"] = true;
+    if (r.to)
+        j["to"] = *r.to;
     if (r.command == Command::Test) {
         j["address"] = r.address.value_or("");
         j["port"] = r.port;

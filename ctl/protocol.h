@@ -36,7 +36,7 @@ enum class Command {
     Check,     // would USER be blocked, and why (not)
     Attempts,  // recorded attempts, filtered
     Top,       // accounts ranked by attempts since a time
-    Allow,     // add a user or a group to the managed allowlist
+    Allow,     // add a user or a group to the managed allowlist, or an exception (to)
     Deny,      // remove it
     Test,      // a real connection as USER to ADDRESS:PORT
     Reload,    // re-read config and accounts, re-apply (as SIGHUP)
@@ -49,8 +49,12 @@ enum class Command {
 
 struct Request {
     Command command = Command::Version;
-    std::optional<std::string> user;     // allow, deny, check, test, attempts (filter)
-    std::optional<std::string> group;    // allow, deny
+    std::optional<std::string> user;   // allow, deny, check, test, attempts (filter)
+    std::optional<std::string> group;  // allow, deny
+    bool everyone = false;             // allow, deny: an exception for every user
+    // allow, deny, check: a destination exception (HOST[:PORT], policy/destination.h),
+    // in its canonical text once parsed.
+    std::optional<std::string> to;
     std::optional<std::string> address;  // test: numeric IPv4 or IPv6
     std::uint16_t port = 25;             // test
     std::optional<std::int64_t> since;   // attempts, top: epoch seconds

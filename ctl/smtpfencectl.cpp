@@ -23,6 +23,7 @@
 #include "ctl/protocol.h"
 #include "nft/engine.h"
 #include "nft/netlink.h"
+#include "policy/destination.h"
 
 namespace {
 
@@ -124,6 +125,8 @@ struct CliArgs {
     bool as_json = false;
     std::string user;
     std::string group;
+    bool everyone = false;  // allow, deny: an exception for every user
+    std::string to;         // allow, deny, check: HOST[:PORT]
     std::string since;
     std::string address;  // test
     int port = 25;        // test
@@ -160,17 +163,23 @@ void add_json_flag(CLI::App* sub, CliArgs& a) {
 
 // allow, deny, list, check: the allowlist.
 void add_allowlist_commands(CLI::App& app, CliArgs& a, Subcommands& s) {
-    s.allow = app.add_subcommand("allow", "let a user (or --group) connect to SMTP directly");
-    s.deny = app.add_subcommand("deny", "remove a user (or --group) from the allowlist");
+    s.allow = app.add_subcommand(
+        "allow", "let a user (or --group) connect to SMTP directly, or only --to a relay");
+    s.deny = app.add_subcommand("deny", "remove a user (or --group) or an exception (--to)");
     for (auto* sub : {s.allow, s.deny}) {
         sub->add_option("user", a.user, "user name or uid");
         sub->add_option("--group", a.group, "group name or gid");
+        sub->add_flag("--everyone", a.everyone, "every user (with --to only)");
+        sub->add_option("--to", a.to,
+                        "only this destination: NAME, IPv4, [IPv6] or a network, with an "
+                        "optional :PORT");
         add_json_flag(sub, a);
     }
-    s.list = app.add_subcommand("list", "show who is allowed, and why");
+    s.list = app.add_subcommand("list", "show who is allowed, and why; the exceptions");
     add_json_flag(s.list, a);
     s.check = app.add_subcommand("check", "would USER be blocked, and by which rule");
     s.check->add_option("user", a.user, "user name or uid")->required();
+    s.check->add_option("--to", a.to, "to this destination: HOST[:PORT]");
     add_json_flag(s.check, a);
 }
 
@@ -267,19 +276,30 @@ std::expected<ctl::Request, int> request_from(const Subcommands& s, const CliArg
     ctl::Request req;
     if (s.allow->parsed() || s.deny->parsed()) {
         req.command = s.allow->parsed() ? ctl::Command::Allow : ctl::Command::Deny;
-        if (a.user.empty() == a.group.empty()) {
-            log::error("give a user name, or --group NAME (one of the two)");
+        const int subjects =
+            (a.user.empty() ? 0 : 1) + (a.group.empty() ? 0 : 1) + (a.everyone ? 1 : 0);
+        if (subjects != 1) {
+            log::error("give a user name, --group NAME or --everyone (one of the three)");
+            return std::unexpected(kExitUsage);
+        }
+        if (a.everyone && a.to.empty()) {
+            log::error(
+                "--everyone needs --to HOST[:PORT]: every user to every host is "
+                "SMTP_BLOCK = \"0\", not an exception");
             return std::unexpected(kExitUsage);
         }
         if (!a.user.empty())
             req.user = a.user;
-        else
+        else if (!a.group.empty())
             req.group = a.group;
+        req.everyone = a.everyone;
     } else if (s.list->parsed()) {
         req.command = ctl::Command::List;
     } else if (s.check->parsed()) {
         req.command = ctl::Command::Check;
         req.user = a.user;
+        if (!a.to.empty())
+            req.to = a.to;
     } else if (s.test->parsed()) {
         req.command = ctl::Command::Test;
         req.user = a.user;
@@ -301,7 +321,15 @@ std::expected<ctl::Request, int> request_from(const Subcommands& s, const CliArg
     } else if (s.remove->parsed()) {
         req.command = ctl::Command::Remove;
     }
+    if ((s.allow->parsed() || s.deny->parsed()) && !a.to.empty())
+        req.to = a.to;
     // Names and addresses are checked here too, for a clear message without a daemon.
+    if (req.to) {
+        if (auto dest = parse_destination(*req.to); !dest) {
+            log::error("--to " + dest.error().message());
+            return std::unexpected(kExitUsage);
+        }
+    }
     for (const auto* name : {&req.user, &req.group}) {
         if (*name) {
             if (const std::string p = ctl::name_problem(**name); !p.empty()) {

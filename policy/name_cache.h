@@ -47,6 +47,8 @@ class NameCache {
     using TimePoint = Clock::time_point;
 
     explicit NameCache(NameCacheConfig config) : config_(config) {}
+    // New bounds (a reload): they apply from each name's next answer on.
+    void configure(NameCacheConfig config) { config_ = config; }
 
     // The names wanted now: new ones are due at once, dropped ones are forgotten.
     void set_names(const std::set<std::string>& names);

@@ -12,6 +12,7 @@
 #include "ctl/control_server.h"
 #include "ctl/daemon.h"
 #include "ctl/daemon_state.h"
+#include "ctl/dest_sync.h"
 #include "ctl/first_apply.h"
 #include "ctl/handlers.h"
 #include "ctl/table_guard.h"
@@ -45,8 +46,10 @@ class DaemonPartsTest : public ::testing::Test {
         dir.write("smtpfence.conf", config);
         auto desired = compute_desired(options, features);
         ASSERT_TRUE(desired.has_value()) << desired.error().message();
+        dest.prepare(*desired);
         auto applied = apply_desired(engine, options, *desired);
         ASSERT_TRUE(applied.has_value()) << applied.error().message();
+        dest.apply_succeeded();
         adopt(state, std::move(*desired), server);
     }
 
@@ -75,10 +78,12 @@ class DaemonPartsTest : public ::testing::Test {
     TableGuard guard{options.table, engine, state};
     FirstApply first_apply{options, engine, state, worker};
     AllowlistSync allowlist{options, engine, features, state, server};
+    DestSync dest{options, engine, state};
     // What the `reload` request gets from the daemon's reload.
     Result<void> reload_result;
-    Handlers handlers{options, engine,    state,  worker,
-                      guard,   allowlist, server, [this] { return reload_result; }};
+    Handlers handlers{options, engine, state,
+                      worker,  guard,  allowlist,
+                      dest,    server, [this] { return reload_result; }};
 
   private:
     static DaemonOptions options_in(const TempDir& dir) {
@@ -91,6 +96,8 @@ class DaemonPartsTest : public ::testing::Test {
         o.virtual_dir = dir.path() + "/virtual";  // none: DirectAdmin's pipeline is off
         o.control_socket = dir.path() + "/control.sock";
         o.no_worker = true;
+        // No name server: the tests' exceptions are addresses and networks.
+        o.resolv_conf_path = dir.write("resolv.conf", "nameserver 127.0.0.1\n");
         return o;
     }
 };

@@ -185,6 +185,124 @@ TEST_F(HandlersTest, AllowAndDenyChangeTheFileAndTheKernelSet) {
     EXPECT_EQ(ask_user(Command::Check, "alice")->at("blocked"), true);
 }
 
+// allow/deny/check/list with "to", on addresses and networks (names need DNS: the
+// root tests in tests/integration/test_relay.cpp).
+class ExceptionHandlersTest : public HandlersTest {
+  protected:
+    [[nodiscard]] Answer change(Command command, const std::string& who, const std::string& to) {
+        ctl::Request r;
+        r.command = command;
+        if (who == "*")
+            r.everyone = true;
+        else if (who.starts_with("%"))
+            r.group = who.substr(1);
+        else
+            r.user = who;
+        r.to = to;
+        return handlers.answer(r);
+    }
+    [[nodiscard]] Answer check_to(const std::string& user, const std::string& to) {
+        ctl::Request r;
+        r.command = Command::Check;
+        r.user = user;
+        r.to = to;
+        return handlers.answer(r);
+    }
+    [[nodiscard]] std::size_t elements(const char* set) const {
+        return table()->sets.at(set).elements.size();
+    }
+};
+
+TEST_F(ExceptionHandlersTest, AllowToANetworkIsStoredAppliedAndChecked) {
+    ASSERT_NO_FATAL_FAILURE(load());
+    const Answer added = change(Command::Allow, "alice", "198.51.100.0/24:587");
+    ASSERT_TRUE(added.has_value()) << added.error().message;
+    EXPECT_EQ(*added, json({{"kind", "exception"},
+                            {"name", "alice to 198.51.100.0/24:587"},
+                            {"changed", true},
+                            {"file", dir.path() + "/allow.list"},
+                            {"enforcing", true}}));
+    EXPECT_EQ(elements("dest_uid4"), 1U);
+    EXPECT_EQ(elements("dest_uid6"), 0U);
+    const auto managed = load_managed_allow(dir.path() + "/allow.list");
+    ASSERT_TRUE(managed.has_value());
+    ASSERT_EQ(managed->exceptions.size(), 1U);
+    EXPECT_EQ(managed->exceptions[0].text(), "alice to 198.51.100.0/24:587");
+    // The whole uid stays blocked: an exception is not an allowlist entry.
+    EXPECT_EQ(table()->sets.at("allow_uid").u32_elements(), (std::vector<std::uint32_t>{0, 8}));
+
+    const Answer in = check_to("alice", "198.51.100.7:587");
+    ASSERT_TRUE(in.has_value());
+    EXPECT_EQ(in->at("blocked"), false);
+    EXPECT_EQ(in->at("reason"), "allowed by exception alice to 198.51.100.0/24:587");
+    EXPECT_EQ(in->at("exceptions"), json::array({"alice to 198.51.100.0/24:587"}));
+    const Answer other_port = check_to("alice", "198.51.100.7:25");
+    EXPECT_EQ(other_port->at("blocked"), true);
+    EXPECT_EQ(other_port->at("reason"),
+              "blocked: no exception lets alice reach 198.51.100.7 on port 25");
+    // Without a port: every guarded port must be covered.
+    const Answer every = check_to("alice", "198.51.100.7");
+    EXPECT_EQ(every->at("blocked"), true);
+    EXPECT_EQ(every->at("reason"),
+              "blocked: no exception lets alice reach 198.51.100.7 on port 25, 465 (partly "
+              "covered by alice to 198.51.100.0/24:587)");
+    EXPECT_EQ(check_to("bob", "198.51.100.7:587")->at("blocked"), true);
+    EXPECT_EQ(check_to("alice", "203.0.113.5:587")->at("blocked"), true);
+    // A name no exception names is not looked up.
+    EXPECT_EQ(check_to("alice", "relay.test:587")->at("reason"),
+              "blocked: no exception names relay.test (smtpfenced looks up only the names of "
+              "exceptions; give an address to ask about one)");
+
+    const Answer list = ask(Command::List);
+    ASSERT_TRUE(list.has_value());
+    ASSERT_EQ(list->at("exceptions").size(), 1U);
+    const json& e = list->at("exceptions")[0];
+    EXPECT_EQ(e.at("rule"), "alice to 198.51.100.0/24:587");
+    EXPECT_EQ(e.at("who"), "alice");
+    EXPECT_EQ(e.at("to"), "198.51.100.0/24:587");
+    EXPECT_EQ(e.at("addresses"), json::array({"198.51.100.0/24"}));
+    EXPECT_EQ(e.at("uses"), 0);
+
+    EXPECT_EQ(change(Command::Allow, "alice", "198.51.100.0/24:587")->at("changed"), false);
+    const Answer removed = change(Command::Deny, "alice", "198.51.100.0/24:587");
+    ASSERT_TRUE(removed.has_value());
+    EXPECT_EQ(removed->at("changed"), true);
+    EXPECT_EQ(elements("dest_uid4"), 0U);
+    EXPECT_EQ(check_to("alice", "198.51.100.7:587")->at("blocked"), true);
+    EXPECT_EQ(change(Command::Deny, "alice", "198.51.100.0/24:587")->at("changed"), false);
+}
+
+TEST_F(ExceptionHandlersTest, GroupsAndEveryoneGoToTheirSets) {
+    ASSERT_NO_FATAL_FAILURE(load());
+    // admins (gid 50): carol's primary group, dave a member without an account here.
+    ASSERT_TRUE(change(Command::Allow, "%admins", "[2001:db8::25]:25").has_value());
+    EXPECT_EQ(elements("dest_gid6"), 1U);
+    EXPECT_EQ(elements("dest_uid6"), 1U);  // carol by uid (her primary group)
+    EXPECT_EQ(check_to("carol", "[2001:db8::25]:25")->at("blocked"), false);
+    EXPECT_EQ(check_to("alice", "[2001:db8::25]:25")->at("blocked"), true);
+    ASSERT_TRUE(change(Command::Allow, "*", "192.0.2.25").has_value());
+    EXPECT_EQ(elements("dest_all4"), 1U);
+    const Answer bob = check_to("bob", "192.0.2.25");
+    EXPECT_EQ(bob->at("blocked"), false);
+    EXPECT_EQ(bob->at("reason"), "allowed by exception everyone to 192.0.2.25");
+}
+
+TEST_F(ExceptionHandlersTest, UnknownSubjectsAreRefusedAndTheConfigsExceptionStays) {
+    ASSERT_NO_FATAL_FAILURE(load("SMTP_ALLOWDEST = \"bob=192.0.2.25:587\"\n"));
+    const Answer unknown = change(Command::Allow, "alcie", "192.0.2.25");
+    ASSERT_FALSE(unknown.has_value());
+    EXPECT_EQ(unknown.error().code, ErrorCode::NotFound);
+    EXPECT_EQ(unknown.error().message, "no user \"alcie\" in " + options.passwd_path);
+    EXPECT_FALSE(std::filesystem::exists(dir.path() + "/allow.list"));
+    EXPECT_EQ(elements("dest_uid4"), 1U);  // bob's, from the config
+    const Answer deny = change(Command::Deny, "bob", "192.0.2.25:587");
+    ASSERT_TRUE(deny.has_value());
+    EXPECT_EQ(deny->at("changed"), false);
+    EXPECT_EQ(deny->at("still_allowed").get<std::string>().rfind("SMTP_ALLOWDEST in ", 0), 0U)
+        << deny->dump();
+    EXPECT_EQ(elements("dest_uid4"), 1U);
+}
+
 TEST_F(HandlersTest, AllowOfAnUnknownNameIsRefusedAndNothingStored) {
     ASSERT_NO_FATAL_FAILURE(load());
     const Answer a = ask_user(Command::Allow, "alcie");

@@ -69,9 +69,61 @@ TEST(Protocol, AllowAndDenyTakeExactlyOneOfUserAndGroup) {
     EXPECT_FALSE(group.user.has_value());
 
     expect_refused(R"({"v":1,"cmd":"allow"})", ErrorCode::BadRequest,
-                   R"(allow takes exactly one of "user" and "group")");
+                   R"(allow takes exactly one of "user", "group" and "everyone")");
     expect_refused(R"({"v":1,"cmd":"deny","user":"alice","group":"mail"})", ErrorCode::BadRequest,
-                   R"(deny takes exactly one of "user" and "group")");
+                   R"(deny takes exactly one of "user", "group" and "everyone")");
+}
+
+TEST(Protocol, ExceptionsTakeADestinationInItsCanonicalForm) {
+    const Request user =
+        parsed(R"({"v":1,"cmd":"allow","user":"alice","to":"SMTP.SendGrid.net.:587"})");
+    EXPECT_EQ(user.user, "alice");
+    EXPECT_EQ(user.to, "smtp.sendgrid.net:587");
+    EXPECT_FALSE(user.everyone);
+
+    const Request group =
+        parsed(R"({"v":1,"cmd":"deny","group":"webmail","to":"198.51.100.0/24"})");
+    EXPECT_EQ(group.to, "198.51.100.0/24");
+
+    const Request all = parsed(R"({"v":1,"cmd":"allow","everyone":true,"to":"[2001:db8::25]:25"})");
+    EXPECT_TRUE(all.everyone);
+    EXPECT_FALSE(all.user.has_value());
+    EXPECT_EQ(all.to, "[2001:db8::25]:25");
+
+    const Request check = parsed(R"({"v":1,"cmd":"check","user":"bob","to":"192.0.2.25"})");
+    EXPECT_EQ(check.to, "192.0.2.25");
+
+    expect_refused(
+        R"({"v":1,"cmd":"allow","everyone":true})", ErrorCode::BadRequest,
+        R"("everyone" needs "to": every user to every host is SMTP_BLOCK = "0", not an exception)");
+    expect_refused(R"({"v":1,"cmd":"allow","everyone":true,"user":"alice","to":"192.0.2.25"})",
+                   ErrorCode::BadRequest,
+                   R"(allow takes exactly one of "user", "group" and "everyone")");
+    expect_refused(R"({"v":1,"cmd":"allow","everyone":false,"to":"192.0.2.25"})",
+                   ErrorCode::BadRequest, R"(field "everyone" must be true when given)");
+    expect_refused(R"({"v":1,"cmd":"allow","user":"alice","to":25})", ErrorCode::BadRequest,
+                   R"(field "to" must be a string)");
+    expect_refused(R"({"v":1,"cmd":"test","user":"alice","address":"192.0.2.25","to":"x.test"})",
+                   ErrorCode::BadRequest, R"(command test takes no field "to")");
+}
+
+TEST(Protocol, MalformedDestinationsAreInvalidArgumentsNamingTheValue) {
+    for (const char* to : {"relay.test:0", "relay.test:65536", "relay.test:smtp", "198.51.100.0/33",
+                           "198.51.100.7/24", "0.0.0.0/0", "::/0", "[2001:db8::25:25", "",
+                           "bad\\u0001name.test", "a..b.test"}) {
+        const std::string line =
+            std::string(R"({"v":1,"cmd":"allow","user":"alice","to":")") + to + "\"}";
+        const ProtocolError e = refused(line);
+        EXPECT_EQ(to_string(e.code), to_string(ErrorCode::InvalidArgument)) << line;
+        EXPECT_EQ(e.message.rfind("to ", 0), 0U) << e.message;
+        EXPECT_EQ(e.message.find('\x01'), std::string::npos)
+            << "control byte echoed: " << e.message;
+    }
+    const std::string long_name(250, 'a');
+    const ProtocolError e =
+        refused(R"({"v":1,"cmd":"allow","user":"alice","to":")" + long_name + ".test\"}");
+    EXPECT_EQ(to_string(e.code), to_string(ErrorCode::InvalidArgument));
+    EXPECT_NE(e.message.find("253"), std::string::npos) << e.message;
 }
 
 TEST(Protocol, CheckAndTestNeedTheirFields) {
@@ -304,7 +356,15 @@ TEST(Protocol, EncodeRequestIsOneLineThatParsesBack) {
               "{\"cmd\":\"attempts\",\"limit\":7,\"since\":1767225600,\"user\":\"carol\","
               "\"v\":1}\n");
 
-    for (const Request& r : {allow, status, test, attempts}) {
+    Request exception;
+    exception.command = Command::Allow;
+    exception.everyone = true;
+    exception.to = "smtp.example-relay.net:587";
+    EXPECT_EQ(encode_request(exception),
+              "{\"cmd\":\"allow\",\"everyone\":true,\"to\":\"smtp.example-relay.net:587\","
+              "\"v\":1}\n");
+
+    for (const Request& r : {allow, status, test, attempts, exception}) {
         std::string wire = encode_request(r);
         ASSERT_EQ(wire.back(), '\n');
         wire.pop_back();
@@ -317,6 +377,8 @@ TEST(Protocol, EncodeRequestIsOneLineThatParsesBack) {
         EXPECT_EQ(back.port, r.port);
         EXPECT_EQ(back.since, r.since);
         EXPECT_EQ(back.limit, r.limit);
+        EXPECT_EQ(back.everyone, r.everyone);
+        EXPECT_EQ(back.to, r.to);
     }
 }
 

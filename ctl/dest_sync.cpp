@@ -1,0 +1,389 @@
+#include "ctl/dest_sync.h"
+
+#include <algorithm>
+#include <iterator>
+#include <utility>
+
+#include "common/log.h"
+
+namespace smtpfence {
+namespace {
+
+using nlohmann::json;
+
+std::time_t next_local_midnight(std::time_t now) {
+    std::tm tm{};
+    if (localtime_r(&now, &tm) == nullptr)
+        return now - (now % 86400) + 86400;
+    tm.tm_hour = 0;
+    tm.tm_min = 0;
+    tm.tm_sec = 0;
+    tm.tm_mday += 1;
+    tm.tm_isdst = -1;
+    return std::mktime(&tm);
+}
+
+std::set<nft::DestRange> minus(const std::set<nft::DestRange>& a,
+                               const std::set<nft::DestRange>& b) {
+    std::set<nft::DestRange> out;
+    std::ranges::set_difference(a, b, std::inserter(out, out.end()));
+    return out;
+}
+
+bool in_range(const nft::DestRange& r, const Network& address, std::uint16_t port) {
+    const std::size_t len = address.family == Family::V6 ? 16 : 4;
+    const auto lo =
+        std::lexicographical_compare_three_way(r.addr_lo.begin(), r.addr_lo.begin() + len,
+                                               address.addr.begin(), address.addr.begin() + len);
+    const auto hi =
+        std::lexicographical_compare_three_way(address.addr.begin(), address.addr.begin() + len,
+                                               r.addr_hi.begin(), r.addr_hi.begin() + len);
+    return lo <= 0 && hi <= 0 && port >= r.port_lo && port <= r.port_hi;
+}
+
+bool applies_to(const nft::DestRange& r, bool ipv6, std::uint32_t uid, std::uint32_t gid) {
+    if (nft::is_ipv6(r.set) != ipv6)
+        return false;
+    switch (r.set) {
+        case nft::DestSet::Uid4:
+        case nft::DestSet::Uid6:
+            return r.id == uid;
+        case nft::DestSet::Gid4:
+        case nft::DestSet::Gid6:
+            return r.id == gid;
+        case nft::DestSet::All4:
+        case nft::DestSet::All6:
+            return true;
+    }
+    return false;
+}
+
+// The cache's addresses as the planner takes them: each a /32 or a /128.
+std::vector<Network> as_networks(const std::set<IpAddress>& addresses) {
+    std::vector<Network> out;
+    out.reserve(addresses.size());
+    for (const IpAddress& a : addresses) {
+        if (a.family == AF_INET6) {
+            out.push_back(ipv6_address(a.bytes));
+        } else {
+            std::array<std::uint8_t, 4> v4{};
+            std::copy_n(a.bytes.begin(), 4, v4.begin());
+            out.push_back(ipv4_address(v4));
+        }
+    }
+    return out;
+}
+
+// A name's state for `list`: its addresses (those that left the answer with the end
+// of their grace), the next lookup, and a failure with its start.
+json name_json(const NameStatus& status) {
+    const std::time_t now = std::time(nullptr);
+    json j = {{"addresses", json::array()}, {"grace", json::array()}};
+    for (const NameStatus::Address& a : status.addresses) {
+        if (a.grace_left)
+            j["grace"].push_back(
+                {{"address", a.address.text()}, {"until", now + a.grace_left->count()}});
+        else
+            j["addresses"].push_back(a.address.text());
+    }
+    j["resolved"] = status.resolved;
+    j["ttl"] = status.ttl;
+    if (!status.querying)
+        j["refresh_in"] = status.refresh_in.count();
+    if (status.error) {
+        j["error"] = status.error->text;
+        j["error_since"] = now - status.error->since.count();
+    }
+    return j;
+}
+
+std::vector<std::string> rule_texts(const std::vector<DestException>& exceptions) {
+    std::vector<std::string> out;
+    out.reserve(exceptions.size());
+    for (const DestException& e : exceptions)
+        out.push_back(e.text());
+    return out;
+}
+
+}  // namespace
+
+std::vector<DestException> exceptions_of(const Desired& desired) {
+    std::vector<DestException> out = desired.loaded.policy.allow_dest;
+    out.insert(out.end(), desired.managed.exceptions.begin(), desired.managed.exceptions.end());
+    return out;
+}
+
+DestSync::DestSync(const DaemonOptions& options, nft::Engine& engine, DaemonState& state)
+    : options_(options),
+      engine_(engine),
+      state_(state),
+      resolv_watch_({options.resolv_conf_path}),
+      cache_(NameCacheConfig{}),
+      day_ends_(next_local_midnight(std::time(nullptr))) {}
+
+void DestSync::open_resolver() {
+    resolv_watch_.rearm();
+    DnsResolverOptions resolver_options;
+    resolver_options.resolv_conf = options_.resolv_conf_path;
+    auto r = DnsResolver::create(resolver_options);
+    if (!r) {
+        // Names keep what they had; lookups start again when the file changes.
+        resolver_error_ = r.error().message();
+        resolver_.reset();
+        log::error("DNS resolver: " + resolver_error_ +
+                   "; names in destination exceptions keep their last addresses");
+        return;
+    }
+    resolver_error_.clear();
+    resolver_ = std::move(*r);
+}
+
+DestPlan DestSync::plan_for(const Desired& desired) const {
+    const auto now = Clock::now();
+    return plan_destinations(
+        exceptions_of(desired), desired.accounts,
+        [&](const std::string& name) { return as_networks(cache_.addresses(name, now)); });
+}
+
+void DestSync::watch_names(const Desired& desired) {
+    std::set<std::string> names;
+    for (const DestException& e : exceptions_of(desired)) {
+        if (e.to.is_name())
+            names.insert(e.to.host);
+    }
+    const Policy& p = desired.loaded.policy;
+    cache_.configure(NameCacheConfig{p.dest_ttl_min, p.dest_ttl_max, p.dest_grace});
+    cache_.set_names(names);
+    if (!names.empty() && !resolver_)
+        open_resolver();
+}
+
+void DestSync::prepare(Desired& desired) {
+    watch_names(desired);
+    DestPlan plan = plan_for(desired);
+    for (const std::string& w : plan.warnings)
+        log::warning(w);
+    desired.spec.dest = plan.ranges;
+    pending_plan_ = std::move(plan);
+    pending_rules_ = rule_texts(exceptions_of(desired));
+    pending_counts_.reset();
+    if (state_.enforcing() && !plan_.ranges.empty()) {
+        if (auto counts = engine_.read_dest_counters(options_.table))
+            pending_counts_ = std::move(*counts);
+    }
+}
+
+void DestSync::apply_succeeded() {
+    if (!pending_plan_)
+        return;
+    if (pending_counts_)
+        retire(*pending_counts_, plan_.ranges);
+    plan_ = std::move(*pending_plan_);
+    rule_texts_ = std::move(pending_rules_);
+    pending_plan_.reset();
+    pending_counts_.reset();
+    cache_version_ = cache_.version();
+}
+
+void DestSync::retire(const std::map<nft::DestRange, nft::PacketCount>& counts,
+                      const std::set<nft::DestRange>& gone) {
+    for (const nft::DestRange& r : gone) {
+        const auto count = counts.find(r);
+        const auto covers = plan_.covers.find(r);
+        if (count == counts.end() || covers == plan_.covers.end())
+            continue;
+        for (const std::size_t i : covers->second)
+            retired_[rule_texts_.at(i)] += count->second.packets;
+    }
+}
+
+Result<void> DestSync::replan() {
+    if (!state_.current)
+        return {};
+    Desired& current = *state_.current;
+    watch_names(current);
+    DestPlan next = plan_for(current);
+    const auto add = minus(next.ranges, plan_.ranges);
+    const auto remove = minus(plan_.ranges, next.ranges);
+    if (state_.enforcing() && !(add.empty() && remove.empty())) {
+        if (!remove.empty()) {
+            if (auto counts = engine_.read_dest_counters(options_.table))
+                retire(*counts, remove);
+        }
+        if (auto r = engine_.change_dest(options_.table, add, remove); !r) {
+            // The table is not as we left it (edited by hand, flushed): rebuild it whole.
+            log::warning("destination exceptions as set elements failed (" + r.error().message() +
+                         "); re-applying the whole table");
+            nft::RulesetSpec spec = current.spec;
+            spec.dest = next.ranges;
+            if (auto applied = engine_.apply(nft::build_ruleset(spec)); !applied)
+                return std::unexpected(applied.error());
+        }
+        log::notice("destination exceptions: " + std::to_string(add.size()) + " range(s) added, " +
+                    std::to_string(remove.size()) + " removed");
+    }
+    current.spec.dest = next.ranges;
+    plan_ = std::move(next);
+    rule_texts_ = rule_texts(exceptions_of(current));
+    cache_version_ = cache_.version();
+    return {};
+}
+
+void DestSync::add_pollfds(std::vector<pollfd>& fds) {
+    pollfd_from_ = fds.size();
+    if (resolver_) {
+        for (const pollfd& p : resolver_->poll_fds())
+            fds.push_back(p);
+    }
+    pollfd_to_ = fds.size();
+}
+
+void DestSync::process(const std::vector<pollfd>& fds) {
+    if (!resolver_ || pollfd_to_ > fds.size())
+        return;
+    resolver_->process(std::vector<pollfd>(fds.begin() + static_cast<std::ptrdiff_t>(pollfd_from_),
+                                           fds.begin() + static_cast<std::ptrdiff_t>(pollfd_to_)));
+}
+
+int DestSync::timeout_ms() const {
+    const auto now = Clock::now();
+    std::optional<std::chrono::milliseconds> t;
+    if (resolver_)
+        t = resolver_->timeout();
+    if (const auto deadline = cache_.next_deadline()) {
+        const auto until = std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - now);
+        t = t ? std::min(*t, until) : until;
+    }
+    if (!t)
+        return -1;
+    return static_cast<int>(std::clamp<std::int64_t>(t->count(), 0, 60000));
+}
+
+void DestSync::start_lookups() {
+    if (resolv_watch_.changed()) {
+        log::notice(options_.resolv_conf_path + " changed: the DNS resolver reads it again");
+        open_resolver();
+    }
+    if (!resolver_)
+        return;
+    const auto now = Clock::now();
+    for (const std::string& name : cache_.due(now)) {
+        cache_.started(name, now);
+        resolver_->resolve(name, [this, name](const DnsAnswer& answer) {
+            cache_.on_answer(name, answer, Clock::now());
+        });
+    }
+}
+
+void DestSync::tick() {
+    if (state_.current)
+        start_lookups();
+    cache_.expire(Clock::now());
+    roll_day();
+    if (cache_.version() != cache_version_) {
+        if (auto r = replan(); !r)
+            log::error("destination exceptions: " + r.error().message() +
+                       "; the elements in force are unchanged");
+    }
+}
+
+std::map<std::string, std::uint64_t> DestSync::uses_now() {
+    std::map<std::string, std::uint64_t> uses = retired_;
+    if (plan_.ranges.empty() || !state_.enforcing())
+        return uses;
+    auto counts = engine_.read_dest_counters(options_.table);
+    if (!counts)
+        return uses;
+    for (const auto& [range, count] : *counts) {
+        const auto covers = plan_.covers.find(range);
+        if (covers == plan_.covers.end())
+            continue;
+        for (const std::size_t i : covers->second)
+            uses[rule_texts_.at(i)] += count.packets;
+    }
+    return uses;
+}
+
+void DestSync::roll_day() {
+    const std::time_t now = std::time(nullptr);
+    if (now < day_ends_)
+        return;
+    today_base_ = uses_now();
+    day_ends_ = next_local_midnight(now);
+}
+
+json DestSync::list_json() {
+    json out = json::array();
+    if (!state_.current)
+        return out;
+    roll_day();
+    const auto uses = uses_now();
+    const auto now = Clock::now();
+    for (const DestException& e : exceptions_of(*state_.current)) {
+        const std::string rule = e.text();
+        const auto used = uses.contains(rule) ? uses.at(rule) : 0;
+        const auto base = today_base_.contains(rule) ? today_base_.at(rule) : 0;
+        json j = {{"rule", rule},
+                  {"who", e.who.text()},
+                  {"to", e.to.text()},
+                  {"origin", e.origin},
+                  {"uses", used},
+                  {"uses_today", used >= base ? used - base : used},
+                  {"addresses", json::array()},
+                  {"grace", json::array()}};
+        if (!e.to.is_name()) {
+            j["addresses"].push_back(e.to.host);
+        } else {
+            if (const auto status = cache_.status(e.to.host, now))
+                j.update(name_json(*status));
+        }
+        out.push_back(std::move(j));
+    }
+    return out;
+}
+
+json DestSync::status_json() const {
+    json unresolved = json::object();
+    std::size_t count = 0;
+    if (state_.current) {
+        const auto exceptions = exceptions_of(*state_.current);
+        count = exceptions.size();
+        for (const DestException& e : exceptions) {
+            if (!e.to.is_name())
+                continue;
+            const auto status = cache_.status(e.to.host, Clock::now());
+            if (status && status->error)
+                unresolved[e.to.host] = status->error->text;
+        }
+    }
+    json j = {{"exceptions", count},
+              {"ranges", plan_.ranges.size()},
+              {"names", cache_.names().size()},
+              {"failing", unresolved}};
+    if (!resolver_error_.empty())
+        j["resolver_error"] = resolver_error_;
+    return j;
+}
+
+std::vector<std::string> DestSync::covering(std::uint32_t uid, std::uint32_t gid,
+                                            const Network& address, std::uint16_t port) const {
+    std::set<std::size_t> which;
+    const bool ipv6 = address.family == Family::V6;
+    for (const auto& [range, covers] : plan_.covers) {
+        if (applies_to(range, ipv6, uid, gid) && in_range(range, address, port))
+            which.insert(covers.begin(), covers.end());
+    }
+    std::vector<std::string> out;
+    for (const std::size_t i : which)
+        out.push_back(rule_texts_.at(i));
+    return out;
+}
+
+std::optional<std::vector<Network>> DestSync::addresses_of(const std::string& name) const {
+    const auto names = cache_.names();
+    if (!std::ranges::binary_search(names, name))
+        return std::nullopt;
+    return as_networks(cache_.addresses(name, Clock::now()));
+}
+
+}  // namespace smtpfence
