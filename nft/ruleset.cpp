@@ -216,17 +216,17 @@ void add_chains(Ruleset& rs, const RulesetSpec& spec) {
                          "type filter hook output priority filter + 10; policy accept;",
                          base_chain(t, kChainEnforce, kEnforcePriority)});
     rs.chains.push_back({kChainJudge, "", build_chain(t, kChainJudge)});
-    // Last, in the order they came: a chain added by a reload or an upgrade is listed
-    // after the kept ones, so the kernel's listing order is the same whether the table
-    // was built whole or updated.
+    // A chain added by a reload is listed after the kept ones; so the chains that come
+    // and go with SMTP_REDIRECT are last, and the kernel's listing order is the same
+    // whether the table was built whole or updated. (An upgrade from a table without
+    // sample that has to_mta lists sample after to_mta until the next full replace.)
+    if (spec.queue != QueueMode::None)
+        rs.chains.push_back({kChainSample, "", build_chain(t, kChainSample)});
     if (spec.redirect) {
         rs.chains.push_back({kChainToMta, "type nat hook output priority -100; policy accept;",
                              base_chain(t, kChainToMta, kToMtaPriority, "nat")});
-    }
-    if (spec.queue != QueueMode::None)
-        rs.chains.push_back({kChainSample, "", build_chain(t, kChainSample)});
-    if (spec.redirect)
         rs.chains.push_back({kChainDivert, "", build_chain(t, kChainDivert)});
+    }
 }
 
 // --- rules --------------------------------------------------------------------------
@@ -429,10 +429,10 @@ void add_rules(Ruleset& rs, const RulesetSpec& spec) {
         rs.rules.push_back(observe_rule(spec));
     rs.rules.push_back(enforce_rule(spec.table));
     add_judge_rules(rs, spec);
-    if (spec.redirect)
-        add_to_mta_rules(rs, spec);
     if (spec.queue != QueueMode::None)
         add_sample_rules(rs, spec);
+    if (spec.redirect)
+        add_to_mta_rules(rs, spec);
 }
 
 }  // namespace

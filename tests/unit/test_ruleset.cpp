@@ -252,9 +252,8 @@ TEST(Ruleset, CsfRedirectNoLocalNoQueueDropLogging) {
     expect_golden("csf-redirect-nolocal-none.nft", render_nft(rs));
 }
 
-// A chain a reload or an upgrade adds is listed after the kept ones: the chains that
-// only some configurations or versions have come after those every table has had, in
-// the order they came.
+// A chain a reload adds is listed after the kept ones: the chains that come and go
+// with SMTP_REDIRECT are last.
 TEST(Ruleset, NatChainsOnlyWithRedirectAndLaterChainsListedLast) {
     for (const bool redirect : {false, true}) {
         RulesetSpec spec = default_spec();
@@ -265,7 +264,7 @@ TEST(Ruleset, NatChainsOnlyWithRedirectAndLaterChainsListedLast) {
             names.push_back(c.name);
         if (redirect) {
             EXPECT_EQ(names, (std::vector<std::string>{kChainObserve, kChainEnforce, kChainJudge,
-                                                       kChainToMta, kChainSample, kChainDivert}));
+                                                       kChainSample, kChainToMta, kChainDivert}));
         } else {
             EXPECT_EQ(names, (std::vector<std::string>{kChainObserve, kChainEnforce, kChainJudge,
                                                        kChainSample}));
