@@ -13,6 +13,7 @@
 #include <string>
 
 #include "ctl/protocol.h"
+#include "policy/destination.h"
 #include "fuzz/fuzz_check.h"
 
 namespace smtpfence::fuzz {
@@ -22,7 +23,8 @@ using nlohmann::json;
 
 bool same_request(const ctl::Request& a, const ctl::Request& b) {
     return a.command == b.command && a.user == b.user && a.group == b.group &&
-           a.address == b.address && a.port == b.port && a.since == b.since && a.limit == b.limit;
+           a.address == b.address && a.port == b.port && a.since == b.since && a.limit == b.limit &&
+           a.everyone == b.everyone && a.to == b.to;
 }
 
 bool is_numeric_address(const std::string& s) {
@@ -61,13 +63,21 @@ void check_accepted(const ctl::Request& r) {
     check(r.port >= 1, "port 0 accepted");
     check(r.limit >= 1 && r.limit <= 100000, "a limit out of range accepted");
     check(!r.since || *r.since >= 0, "a negative since accepted");
+    if (r.to) {
+        // Kept in its canonical form: it parses back to the very same text.
+        auto dest = parse_destination(*r.to);
+        check(dest.has_value() && dest->text() == *r.to, "a destination not in canonical form");
+        check(!dest->network || dest->network->prefix > 0, "a /0 destination accepted");
+    }
     switch (r.command) {
         case ctl::Command::Allow:
         case ctl::Command::Deny:
-            check(r.user.has_value() != r.group.has_value(), "allow/deny without one name");
+            check((r.user ? 1 : 0) + (r.group ? 1 : 0) + (r.everyone ? 1 : 0) == 1,
+                  "allow/deny without exactly one subject");
+            check(!r.everyone || r.to.has_value(), "everyone without a destination");
             break;
         case ctl::Command::Check:
-            check(r.user.has_value(), "check without user");
+            check(r.user.has_value() && !r.everyone, "check without user");
             break;
         case ctl::Command::Test:
             check(r.user && r.address, "test without user and address");
