@@ -131,8 +131,9 @@ int Controller::run(int signal_fd) {
         }
         if (ready > 0 && events && fds[1].revents != 0)
             guard_.on_events();
+        // Whatever poll() returned: a lookup whose wait ran out is c-ares' to handle.
+        dest_.process(fds);
         if (ready > 0) {
-            dest_.process(fds);
             server_.process(fds, [this](const ctl::Request& r, const ctl::Peer& p, int fd) {
                 return dispatch(r, p, fd);
             });
@@ -143,6 +144,7 @@ int Controller::run(int signal_fd) {
             first_apply_.retry_if_due();
             guard_.check();
             watch_files();
+            dest_.watch();
         }
     }
 }

@@ -130,12 +130,16 @@ void DestSync::open_resolver() {
         // Names keep what they had; lookups start again when the file changes.
         resolver_error_ = r.error().message();
         resolver_.reset();
+        cache_.abandoned(Clock::now());
         log::error("DNS resolver: " + resolver_error_ +
                    "; names in destination exceptions keep their last addresses");
         return;
     }
     resolver_error_.clear();
-    resolver_ = std::move(*r);
+    // The old channel ends its queries without an answer: their names are due again.
+    resolver_.reset();
+    resolver_.emplace(std::move(*r));
+    cache_.abandoned(Clock::now());
 }
 
 DestPlan DestSync::plan_for(const Desired& desired) const {
@@ -145,87 +149,119 @@ DestPlan DestSync::plan_for(const Desired& desired) const {
         [&](const std::string& name) { return as_networks(cache_.addresses(name, now)); });
 }
 
-void DestSync::watch_names(const Desired& desired) {
+void DestSync::watch_names(const std::vector<DestException>& exceptions, const Policy& policy) {
     std::set<std::string> names;
-    for (const DestException& e : exceptions_of(desired)) {
+    for (const DestException& e : exceptions) {
         if (e.to.is_name())
             names.insert(e.to.host);
     }
-    const Policy& p = desired.loaded.policy;
-    cache_.configure(NameCacheConfig{p.dest_ttl_min, p.dest_ttl_max, p.dest_grace});
+    cache_.configure(NameCacheConfig{policy.dest_ttl_min, policy.dest_ttl_max, policy.dest_grace});
     cache_.set_names(names);
     if (!names.empty() && !resolver_)
         open_resolver();
 }
 
 void DestSync::prepare(Desired& desired) {
-    watch_names(desired);
-    DestPlan plan = plan_for(desired);
-    for (const std::string& w : plan.warnings)
+    // The cache is left alone until the apply succeeded: a failed reload keeps the old
+    // names, their addresses and their bounds.
+    Pending p;
+    p.exceptions = exceptions_of(desired);
+    p.policy = desired.loaded.policy;
+    p.plan = plan_for(desired);
+    for (const std::string& w : p.plan.warnings)
         log::warning(w);
-    desired.spec.dest = plan.ranges;
-    pending_plan_ = std::move(plan);
-    pending_rules_ = rule_texts(exceptions_of(desired));
-    pending_counts_.reset();
+    desired.spec.dest = p.plan.ranges;
     if (state_.enforcing() && !plan_.ranges.empty()) {
         if (auto counts = engine_.read_dest_counters(options_.table))
-            pending_counts_ = std::move(*counts);
+            p.counts = std::move(*counts);
     }
+    pending_ = std::move(p);
 }
 
 void DestSync::apply_succeeded() {
-    if (!pending_plan_)
+    if (!pending_)
         return;
-    if (pending_counts_)
-        retire(*pending_counts_, plan_.ranges);
-    plan_ = std::move(*pending_plan_);
-    rule_texts_ = std::move(pending_rules_);
-    pending_plan_.reset();
-    pending_counts_.reset();
+    Pending p = std::move(*pending_);
+    pending_.reset();
+    if (p.counts)
+        retire(*p.counts, plan_.ranges);  // the whole table was replaced
+    plan_ = std::move(p.plan);
+    rule_texts_ = rule_texts(p.exceptions);
+    forget_gone_rules();
+    watch_names(p.exceptions, p.policy);
     cache_version_ = cache_.version();
+    retry_at_.reset();
+}
+
+// The rules a range serves, each once (the same rule in the config and allow.list).
+std::set<std::string> DestSync::rules_of(const nft::DestRange& range) const {
+    std::set<std::string> out;
+    if (const auto covers = plan_.covers.find(range); covers != plan_.covers.end()) {
+        for (const std::size_t i : covers->second)
+            out.insert(rule_texts_.at(i));
+    }
+    return out;
 }
 
 void DestSync::retire(const std::map<nft::DestRange, nft::PacketCount>& counts,
                       const std::set<nft::DestRange>& gone) {
     for (const nft::DestRange& r : gone) {
-        const auto count = counts.find(r);
-        const auto covers = plan_.covers.find(r);
-        if (count == counts.end() || covers == plan_.covers.end())
-            continue;
-        for (const std::size_t i : covers->second)
-            retired_[rule_texts_.at(i)] += count->second.packets;
+        if (const auto count = counts.find(r); count != counts.end()) {
+            for (const std::string& rule : rules_of(r))
+                retired_[rule] += count->second.packets;
+        }
     }
+}
+
+// The uses of rules no longer in force are dropped: a rule denied and added again
+// starts from zero, and the maps do not grow with history.
+void DestSync::forget_gone_rules() {
+    const std::set<std::string> live(rule_texts_.begin(), rule_texts_.end());
+    std::erase_if(retired_, [&](const auto& kv) { return !live.contains(kv.first); });
+    std::erase_if(today_base_, [&](const auto& kv) { return !live.contains(kv.first); });
 }
 
 Result<void> DestSync::replan() {
     if (!state_.current)
         return {};
     Desired& current = *state_.current;
-    watch_names(current);
+    const auto exceptions = exceptions_of(current);
+    watch_names(exceptions, current.loaded.policy);
     DestPlan next = plan_for(current);
     const auto add = minus(next.ranges, plan_.ranges);
     const auto remove = minus(plan_.ranges, next.ranges);
     if (state_.enforcing() && !(add.empty() && remove.empty())) {
+        // Counted before the ranges go; kept only once they went.
+        std::optional<std::map<nft::DestRange, nft::PacketCount>> counts;
         if (!remove.empty()) {
-            if (auto counts = engine_.read_dest_counters(options_.table))
-                retire(*counts, remove);
+            if (auto c = engine_.read_dest_counters(options_.table))
+                counts = std::move(*c);
         }
-        if (auto r = engine_.change_dest(options_.table, add, remove); !r) {
+        if (auto r = engine_.change_dest(options_.table, add, remove); r) {
+            if (counts)
+                retire(*counts, remove);
+        } else {
             // The table is not as we left it (edited by hand, flushed): rebuild it whole.
             log::warning("destination exceptions as set elements failed (" + r.error().message() +
                          "); re-applying the whole table");
             nft::RulesetSpec spec = current.spec;
             spec.dest = next.ranges;
-            if (auto applied = engine_.apply(nft::build_ruleset(spec)); !applied)
+            if (auto applied = engine_.apply(nft::build_ruleset(spec)); !applied) {
+                retry_at_ = Clock::now() + kRetryDelay;
                 return std::unexpected(applied.error());
+            }
+            if (counts)
+                retire(*counts, plan_.ranges);  // every set was replaced
         }
         log::notice("destination exceptions: " + std::to_string(add.size()) + " range(s) added, " +
                     std::to_string(remove.size()) + " removed");
     }
     current.spec.dest = next.ranges;
     plan_ = std::move(next);
-    rule_texts_ = rule_texts(exceptions_of(current));
+    rule_texts_ = rule_texts(exceptions);
+    forget_gone_rules();
     cache_version_ = cache_.version();
+    retry_at_.reset();
     return {};
 }
 
@@ -247,9 +283,9 @@ void DestSync::process(const std::vector<pollfd>& fds) {
 
 int DestSync::timeout_ms() const {
     const auto now = Clock::now();
-    std::optional<std::chrono::milliseconds> t;
-    if (resolver_)
-        t = resolver_->timeout();
+    if (!resolver_)
+        return -1;  // nothing to look up with: the loop's second-long turns expire graces
+    std::optional<std::chrono::milliseconds> t = resolver_->timeout();
     if (const auto deadline = cache_.next_deadline()) {
         const auto until = std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - now);
         t = t ? std::min(*t, until) : until;
@@ -259,11 +295,14 @@ int DestSync::timeout_ms() const {
     return static_cast<int>(std::clamp<std::int64_t>(t->count(), 0, 60000));
 }
 
-void DestSync::start_lookups() {
+void DestSync::watch() {
     if (resolv_watch_.changed()) {
         log::notice(options_.resolv_conf_path + " changed: the DNS resolver reads it again");
         open_resolver();
     }
+}
+
+void DestSync::start_lookups() {
     if (!resolver_)
         return;
     const auto now = Clock::now();
@@ -280,7 +319,8 @@ void DestSync::tick() {
         start_lookups();
     cache_.expire(Clock::now());
     roll_day();
-    if (cache_.version() != cache_version_) {
+    const bool retry_due = retry_at_ && Clock::now() >= *retry_at_;
+    if (cache_.version() != cache_version_ || retry_due) {
         if (auto r = replan(); !r)
             log::error("destination exceptions: " + r.error().message() +
                        "; the elements in force are unchanged");
@@ -295,11 +335,8 @@ std::map<std::string, std::uint64_t> DestSync::uses_now() {
     if (!counts)
         return uses;
     for (const auto& [range, count] : *counts) {
-        const auto covers = plan_.covers.find(range);
-        if (covers == plan_.covers.end())
-            continue;
-        for (const std::size_t i : covers->second)
-            uses[rule_texts_.at(i)] += count.packets;
+        for (const std::string& rule : rules_of(range))
+            uses[rule] += count.packets;
     }
     return uses;
 }
@@ -367,16 +404,15 @@ json DestSync::status_json() const {
 
 std::vector<std::string> DestSync::covering(std::uint32_t uid, std::uint32_t gid,
                                             const Network& address, std::uint16_t port) const {
-    std::set<std::size_t> which;
+    std::set<std::string> which;
     const bool ipv6 = address.family == Family::V6;
     for (const auto& [range, covers] : plan_.covers) {
-        if (applies_to(range, ipv6, uid, gid) && in_range(range, address, port))
-            which.insert(covers.begin(), covers.end());
+        if (applies_to(range, ipv6, uid, gid) && in_range(range, address, port)) {
+            const auto rules = rules_of(range);
+            which.insert(rules.begin(), rules.end());
+        }
     }
-    std::vector<std::string> out;
-    for (const std::size_t i : which)
-        out.push_back(rule_texts_.at(i));
-    return out;
+    return {which.begin(), which.end()};
 }
 
 std::optional<std::vector<Network>> DestSync::addresses_of(const std::string& name) const {

@@ -49,9 +49,12 @@ class DestSync {
     // The loop's part: the resolver's sockets, its timeouts, due lookups and the grace
     // and refresh deadlines of the names.
     void add_pollfds(std::vector<pollfd>& fds);
+    // Every loop turn, whatever poll() returned: c-ares handles its timeouts here.
     void process(const std::vector<pollfd>& fds);
     [[nodiscard]] int timeout_ms() const;
     void tick();
+    // Each second: resolv.conf changed? Then the resolver reads it again.
+    void watch();
 
     // For `list` and `status`.
     [[nodiscard]] nlohmann::json list_json();
@@ -67,7 +70,9 @@ class DestSync {
   private:
     using Clock = std::chrono::steady_clock;
     [[nodiscard]] DestPlan plan_for(const Desired& desired) const;
-    void watch_names(const Desired& desired);
+    void watch_names(const std::vector<DestException>& exceptions, const Policy& policy);
+    [[nodiscard]] std::set<std::string> rules_of(const nft::DestRange& range) const;
+    void forget_gone_rules();
     void start_lookups();
     void open_resolver();
     // Adds the packets counted by the ranges about to disappear to their exceptions.
@@ -84,11 +89,20 @@ class DestSync {
     std::string resolver_error_;
     NameCache cache_;
     std::uint64_t cache_version_ = 0;
-    DestPlan plan_;                         // what the kernel holds
-    std::vector<std::string> rule_texts_;   // plan_'s exceptions, by index
-    std::optional<DestPlan> pending_plan_;  // prepare()'s, until the apply succeeds
-    std::vector<std::string> pending_rules_;
-    std::optional<std::map<nft::DestRange, nft::PacketCount>> pending_counts_;
+    DestPlan plan_;                        // what the kernel holds
+    std::vector<std::string> rule_texts_;  // plan_'s exceptions, by index
+    // prepare()'s, until apply_succeeded(): the exceptions, policy and plan of the
+    // desired state, and the counters of the sets the apply replaces.
+    struct Pending {
+        std::vector<DestException> exceptions;
+        Policy policy;
+        DestPlan plan;
+        std::optional<std::map<nft::DestRange, nft::PacketCount>> counts;
+    };
+    std::optional<Pending> pending_;
+    // A replan whose kernel change failed is tried again then (not on every turn).
+    static constexpr std::chrono::seconds kRetryDelay{5};
+    std::optional<Clock::time_point> retry_at_;
     std::map<std::string, std::uint64_t> retired_;     // uses of ranges gone, per rule
     std::map<std::string, std::uint64_t> today_base_;  // uses at local midnight
     std::time_t day_ends_ = 0;

@@ -34,6 +34,10 @@ class DnsResolver {
     using Callback = std::function<void(DnsAnswer)>;
 
     [[nodiscard]] static Result<DnsResolver> create(const DnsResolverOptions& options = {});
+    DnsResolver(DnsResolver&&) noexcept = default;
+    // Not assignable: assigning would free the pending counter before the old channel,
+    // whose destruction still ends its queries through it. Reset, then emplace.
+    DnsResolver& operator=(DnsResolver&&) = delete;
 
     // Asks for name's A and AAAA records; done runs once with the answer, from inside a
     // later process() (or at once when the query cannot even start). done must not

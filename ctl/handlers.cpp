@@ -251,6 +251,13 @@ Answer Handlers::check(const ctl::Request& r) {
                g != current.allow.gid_reasons.end()) {
         reason = "allowed: primary group gid " + std::to_string(a->gid) + " (" + g->second + ")";
     } else if (r.to) {
+        const auto dest = parse_destination(*r.to);
+        if (dest && dest->network &&
+            dest->network->prefix != (dest->network->family == Family::V4 ? 32 : 128)) {
+            return refuse(
+                ErrorCode::InvalidArgument,
+                "check --to takes one host (a name or an address), not the network " + dest->host);
+        }
         check_destination(*a, *r.to, j);
         return j;
     } else {

@@ -282,7 +282,8 @@ std::expected<ctl::Request, int> request_from(const Subcommands& s, const CliArg
             log::error("give a user name, --group NAME or --everyone (one of the three)");
             return std::unexpected(kExitUsage);
         }
-        if (a.everyone && a.to.empty()) {
+        if (a.everyone &&
+            s.allow->get_option("--to")->count() + s.deny->get_option("--to")->count() == 0) {
             log::error(
                 "--everyone needs --to HOST[:PORT]: every user to every host is "
                 "SMTP_BLOCK = \"0\", not an exception");
@@ -298,7 +299,7 @@ std::expected<ctl::Request, int> request_from(const Subcommands& s, const CliArg
     } else if (s.check->parsed()) {
         req.command = ctl::Command::Check;
         req.user = a.user;
-        if (!a.to.empty())
+        if (s.check->get_option("--to")->count() > 0)
             req.to = a.to;
     } else if (s.test->parsed()) {
         req.command = ctl::Command::Test;
@@ -321,8 +322,11 @@ std::expected<ctl::Request, int> request_from(const Subcommands& s, const CliArg
     } else if (s.remove->parsed()) {
         req.command = ctl::Command::Remove;
     }
-    if ((s.allow->parsed() || s.deny->parsed()) && !a.to.empty())
-        req.to = a.to;
+    // Given, even empty: an empty $HOST in a script must not become "everywhere".
+    for (const CLI::App* sub : {s.allow, s.deny}) {
+        if (sub->parsed() && sub->get_option("--to")->count() > 0)
+            req.to = a.to;
+    }
     // Names and addresses are checked here too, for a clear message without a daemon.
     if (req.to) {
         if (auto dest = parse_destination(*req.to); !dest) {

@@ -61,6 +61,15 @@ std::vector<std::string> NameCache::due(TimePoint now) const {
     return out;
 }
 
+void NameCache::abandoned(TimePoint now) {
+    for (auto& [name, entry] : entries_) {
+        if (entry.querying) {
+            entry.querying = false;
+            entry.next_query = now;
+        }
+    }
+}
+
 void NameCache::started(const std::string& name, TimePoint now) {
     auto it = entries_.find(name);
     if (it == entries_.end())

@@ -56,6 +56,9 @@ class NameCache {
     [[nodiscard]] std::vector<std::string> due(TimePoint now) const;
     // A query for name was sent; it is not due again until its answer arrived.
     void started(const std::string& name, TimePoint now);
+    // The queries under way will never answer (the resolver was replaced): their
+    // names are due again at now.
+    void abandoned(TimePoint now);
     // The answer to the query for name (ignored when the name was dropped meanwhile).
     void on_answer(const std::string& name, const DnsAnswer& answer, TimePoint now);
     // Forgets addresses whose grace has ended (the next deadline may say when).

@@ -151,6 +151,7 @@ class Daemon {
     [[nodiscard]] const std::string& log_path() const { return log_path_; }
     [[nodiscard]] const DaemonArgs& args() const { return args_; }
     [[nodiscard]] bool running() { return child_.running(); }
+    [[nodiscard]] pid_t pid() const { return child_.pid(); }
     void signal(int sig) const { child_.signal(sig); }
     // SIGTERM, then waits; the wait status, or an error after timeout (then SIGKILL).
     [[nodiscard]] Result<int> stop(Millis timeout = 10s);

@@ -3,12 +3,15 @@
 // namespace, whose records the tests change while the daemon runs; users telnet and
 // connect to the remote's SMTP listener on the allowed and on other addresses and ports.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/integration/fence_test.h"
@@ -245,6 +248,54 @@ TEST_F(RelayTest, NxdomainAndAnUnreachableServerKeepTheLastGoodAddresses) {
     expect_refused(kAlice, kOther4, 25);
 }
 
+// CPU seconds (user + system) the process has used, from /proc/PID/stat.
+double cpu_seconds(pid_t pid) {
+    const std::string stat = testing::read_file("/proc/" + std::to_string(pid) + "/stat");
+    std::istringstream fields(stat.substr(stat.rfind(')') + 2));
+    std::string field;
+    double ticks = 0;
+    for (int i = 3; i <= 15 && fields >> field; ++i) {
+        if (i == 14 || i == 15)
+            ticks += std::stod(field);  // utime, stime
+    }
+    return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+TEST_F(RelayTest, ASilentServerTimesOutIsRetriedAndNeverSpinsTheDaemon) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    ASSERT_EQ(ctl({"allow", "alice", "--to", "relay.test:587"}).exit_code, 0);
+    ASSERT_NO_FATAL_FAILURE(
+        wait_addresses("alice to relay.test:587", {Topology::kRemote4, Topology::kRemote6}));
+    // The name server's packets vanish: no answer, no ICMP either.
+    for (const std::string rule :
+         {"add table inet sft_silent",
+          "add chain inet sft_silent in { type filter hook input priority 0; policy accept; }",
+          "add rule inet sft_silent in meta l4proto { tcp, udp } th dport 53 drop"}) {
+        const RunResult r = run(topo_->remote, {"nft", rule});
+        ASSERT_EQ(r.exit_code, 0) << r.describe();
+    }
+    json failing;
+    ASSERT_TRUE(wait_until(
+        [&] {
+            failing = exception("alice to relay.test:587");
+            return contains(failing.value("error", ""), "timeout");
+        },
+        20s, 200ms))
+        << failing.dump() << diagnostics();
+    expect_connected(kAlice, Topology::kRemote4, 587);
+    // Waiting on c-ares' timeouts costs the daemon nothing: a loop that spun on a
+    // zero poll timeout used a whole CPU here.
+    const double before = cpu_seconds(daemon_->pid());
+    std::this_thread::sleep_for(3s);
+    EXPECT_LT(cpu_seconds(daemon_->pid()) - before, 0.5) << "the daemon spins while DNS is silent";
+    // And the name is asked again: the answer comes back when the server does.
+    const RunResult open = run(topo_->remote, {"nft", "delete table inet sft_silent"});
+    ASSERT_EQ(open.exit_code, 0) << open.describe();
+    ASSERT_TRUE(wait_until([&] { return !exception("alice to relay.test:587").contains("error"); },
+                           30s, 200ms))
+        << exception("alice to relay.test:587").dump();
+}
+
 TEST_F(RelayTest, NetworksGroupsEveryoneAndIpv6) {
     ASSERT_NO_FATAL_FAILURE(start());
     // A group and a network, every guarded port: carol (supplementary member), dave
@@ -279,11 +330,13 @@ TEST_F(RelayTest, ExceptionsSurviveReloadAndRestartAndComeFromTheConfigToo) {
     expect_connected(kBob, kOther4, 465);
     expect_refused(kBob, kOther4, 587);
 
+    expect_connected(kAlice, Topology::kRemote4, 587);
     ASSERT_EQ(ctl({"reload"}).exit_code, 0);
     expect_connected(kAlice, Topology::kRemote4, 587);
     expect_connected(kBob, kOther4, 465);
+    // The reload replaced the sets; the count of the first connection was kept.
     const json kept = exception("alice to relay.test:587");
-    EXPECT_EQ(kept.value("uses", 0U), 1U) << kept.dump();  // counted across the reload
+    EXPECT_EQ(kept.value("uses", 0U), 2U) << kept.dump();
 
     ASSERT_TRUE(daemon_->stop().has_value());
     daemon_.reset();
@@ -324,6 +377,7 @@ TEST_F(RelayTest, MalformedDestinationsGetAClearErrorAndChangeNothing) {
         {"[2001:db8::25:25", "without ']'"},
         {long_name, "253"},
         {"bad\x01name.test", "\\x01"},
+        {"", "empty"},
     };
     for (const auto& [to, says] : cases) {
         const RunResult r = ctl({"allow", "alice", "--to", to});
