@@ -1,8 +1,9 @@
-// Number formatting shared by the benchmarks' reports.
+// Timing and number formatting shared by the benchmarks' reports.
 #pragma once
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdarg>
 #include <cstdint>
@@ -10,7 +11,21 @@
 #include <string>
 #include <vector>
 
+#include "common/error.h"
+
 namespace smtpfence::bench {
+
+// How long f (returning Result<void>) took, in seconds, or its error.
+template <class F>
+Result<double> timed(F&& f) {
+    const auto start = std::chrono::steady_clock::now();
+    Result<void> r = f();
+    const auto end = std::chrono::steady_clock::now();
+    if (!r) {
+        return std::unexpected(r.error());
+    }
+    return std::chrono::duration<double>(end - start).count();
+}
 
 struct Spread {
     double median = 0;
@@ -61,6 +76,17 @@ inline std::string grouped(double value) {
 
 inline std::string grouped(std::uint64_t value) {
     return grouped(static_cast<double>(value));
+}
+
+// 0.0123 -> "12.30 ms"
+inline std::string duration_text(double seconds) {
+    if (seconds >= 1.0) {
+        return strf("%.2f s", seconds);
+    }
+    if (seconds >= 1e-3) {
+        return strf("%.2f ms", seconds * 1e3);
+    }
+    return strf("%.1f us", seconds * 1e6);
 }
 
 inline std::string ratio_text(const Spread& s) {
