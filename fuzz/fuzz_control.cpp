@@ -13,8 +13,8 @@
 #include <string>
 
 #include "ctl/protocol.h"
-#include "policy/destination.h"
 #include "fuzz/fuzz_check.h"
+#include "policy/destination.h"
 
 namespace smtpfence::fuzz {
 namespace {
