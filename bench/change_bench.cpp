@@ -150,7 +150,7 @@ double ChangeBench::median_ratio(std::vector<double> Samples::*op, Samples Table
 void ChangeBench::print_table(int reps) const {
     std::printf(
         "\nOne change, timed alone: Engine::change_elements of one uid in set %s, "
-        "Engine::change_dest of one exception (uid . IPv4 /32 . port) in set dest_uid4\n",
+        "Engine::change_dest of one exception (uid . IPv4 /32 . port) in set dest_uid4_host\n",
         nft::kSetAllowUid);
     std::printf(
         "(tables of 10 users + 10 exceptions and of 10,000 + 10,000; %d of each change per table "

@@ -9,7 +9,9 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cstring>
 #include <new>
+#include <ranges>
 #include <utility>
 
 #include "nft/rule_builder.h"
@@ -67,18 +69,19 @@ void put_concat_userdata(nftnl_set* s) {
                        nftnl_udata_buf_len(buf));  // copied by libnftnl
 }
 
-// Name and `nft list` key type of each set, in DestSet order.
+// Names and `nft list` key type of each DestSet's sets, in DestSet order.
 struct DestSetText {
-    const char* name;
+    const char* interval_name;
+    const char* exact_name;
     const char* type;
 };
 constexpr std::array<DestSetText, kDestSets.size()> kDestSetText{{
-    {"dest_uid4", "type uid . ipv4_addr . inet_service"},
-    {"dest_uid6", "type uid . ipv6_addr . inet_service"},
-    {"dest_gid4", "type gid . ipv4_addr . inet_service"},
-    {"dest_gid6", "type gid . ipv6_addr . inet_service"},
-    {"dest_all4", "type ipv4_addr . inet_service"},
-    {"dest_all6", "type ipv6_addr . inet_service"},
+    {"dest_uid4", "dest_uid4_host", "type uid . ipv4_addr . inet_service"},
+    {"dest_uid6", "dest_uid6_host", "type uid . ipv6_addr . inet_service"},
+    {"dest_gid4", "dest_gid4_host", "type gid . ipv4_addr . inet_service"},
+    {"dest_gid6", "dest_gid6_host", "type gid . ipv6_addr . inet_service"},
+    {"dest_all4", "dest_all4_host", "type ipv4_addr . inet_service"},
+    {"dest_all6", "dest_all6_host", "type ipv6_addr . inet_service"},
 }};
 
 const DestSetText& text_of(DestSet set) {
@@ -90,12 +93,16 @@ void put_be32(ElementKey& key, std::uint32_t v) {
         key.push_back(static_cast<std::uint8_t>(v >> shift));
 }
 
-ElementKey key_of(DestSet set, std::uint32_t id, const std::array<std::uint8_t, 16>& addr,
-                  std::uint16_t port) {
+ElementKey key_of(DestSet set, DestKind kind, std::uint32_t id,
+                  const std::array<std::uint8_t, 16>& addr, std::uint16_t port) {
     ElementKey key;
     key.reserve(key_len(set));
-    if (has_id(set))
+    if (has_id(set) && kind == DestKind::Interval) {
         put_be32(key, id);
+    } else if (has_id(set)) {
+        key.resize(kIdLen);
+        std::memcpy(key.data(), &id, kIdLen);
+    }
     key.insert(key.end(), addr.begin(), addr.begin() + addr_len(set));
     key.push_back(static_cast<std::uint8_t>(port >> 8));
     key.push_back(static_cast<std::uint8_t>(port & 0xff));
@@ -165,16 +172,18 @@ void ip_tcp(RuleBuilder& r, bool v6) {
 
 // Appends the key's parts, each to its register, and the lookup; returns
 // `meta skuid . ip daddr . tcp dport @dest_uid4` (with `!=` when invert).
-std::string lookup(RuleBuilder& r, DestSet set, bool invert) {
+std::string lookup(RuleBuilder& r, DestSet set, DestKind kind, bool invert) {
     const bool v6 = is_ipv6(set);
     std::string text;
     std::uint32_t offset = 0;  // of the next part in the key
     if (has_id(set)) {
         // uid and gid are host-endian; nft turns them big-endian in concatenated
-        // interval keys, so that the kernel compares ranges of bytes correctly.
+        // interval keys, so that the kernel compares ranges of bytes correctly, and
+        // leaves them as they are for a hash.
         const char* meta = is_gid(set) ? "meta skgid" : "meta skuid";
-        r.meta(is_gid(set) ? NFT_META_SKGID : NFT_META_SKUID, meta, reg_at(offset))
-            .hton32(reg_at(offset), "byteorder hton");
+        r.meta(is_gid(set) ? NFT_META_SKGID : NFT_META_SKUID, meta, reg_at(offset));
+        if (kind == DestKind::Interval)
+            r.hton32(reg_at(offset), "byteorder hton");
         text = std::string(meta) + " . ";
         offset += kIdLen;
     }
@@ -185,46 +194,69 @@ std::string lookup(RuleBuilder& r, DestSet set, bool invert) {
     offset += addr_len(set);
     r.payload(NFT_PAYLOAD_TRANSPORT_HEADER, offsetof(tcphdr, dest), kPortLen, "tcp dport",
               reg_at(offset));
-    const std::string ref = std::string(invert ? "!= @" : "@") + dest_set_name(set);
-    r.lookup(dest_set_name(set), invert, ref.c_str());
+    const char* name = dest_set_name(set, kind);
+    const std::string ref = std::string(invert ? "!= @" : "@") + name;
+    r.lookup(name, invert, ref.c_str());
     return text + "tcp dport " + ref;
 }
 
 }  // namespace
 
-const char* dest_set_name(DestSet set) {
-    return text_of(set).name;
+DestKind dest_kind(const DestRange& r) {
+    return r.addr_lo == r.addr_hi && r.port_lo == r.port_hi ? DestKind::Exact : DestKind::Interval;
 }
 
-BuiltSet build_dest_set(const std::string& table, DestSet set, const std::set<DestRange>& ranges,
-                        std::uint32_t set_id) {
-    const char* name = dest_set_name(set);
+const char* dest_set_name(DestSet set, DestKind kind) {
+    return kind == DestKind::Exact ? text_of(set).exact_name : text_of(set).interval_name;
+}
+
+BuiltSet build_dest_set(const std::string& table, DestSet set, DestKind kind,
+                        const std::set<DestRange>& ranges, std::uint32_t set_id) {
+    const char* name = dest_set_name(set, kind);
+    const bool interval = kind == DestKind::Interval;
     BuiltSet built{name,
-                   {text_of(set).type, "flags interval", "counter"},
+                   {text_of(set).type},
                    {},
                    {},
                    build_set(table, name, concat_type(set), key_len(set), set_id),
                    {},
                    1};
     nftnl_set* s = built.set.get();
-    nftnl_set_set_u32(s, NFTNL_SET_FLAGS, NFT_SET_INTERVAL | NFT_SET_CONCAT);
-    // The length of each part (NFTA_SET_DESC_CONCAT), zero-terminated for libnftnl:
-    // the kernel picks the pipapo set type by them.
-    std::array<std::uint8_t, 4> fields{};
-    std::size_t n = 0;
-    if (has_id(set))
-        fields[n++] = kIdLen;
-    fields[n++] = static_cast<std::uint8_t>(addr_len(set));
-    fields[n++] = kPortLen;
-    nftnl_set_set_data(s, NFTNL_SET_DESC_CONCAT, fields.data(), static_cast<std::uint32_t>(n));
+    if (interval) {
+        built.header.emplace_back("flags interval");
+        nftnl_set_set_u32(s, NFTNL_SET_FLAGS, NFT_SET_INTERVAL | NFT_SET_CONCAT);
+        // The length of each part (NFTA_SET_DESC_CONCAT), zero-terminated for
+        // libnftnl: the kernel picks the pipapo set type by them.
+        std::array<std::uint8_t, 4> fields{};
+        std::size_t n = 0;
+        if (has_id(set))
+            fields[n++] = kIdLen;
+        fields[n++] = static_cast<std::uint8_t>(addr_len(set));
+        fields[n++] = kPortLen;
+        nftnl_set_set_data(s, NFTNL_SET_DESC_CONCAT, fields.data(), static_cast<std::uint32_t>(n));
+    } else {
+        nftnl_set_set_u32(s, NFTNL_SET_FLAGS, 0);  // no part lengths: a hash
+    }
+    built.header.emplace_back("counter");
     put_concat_userdata(s);
     nftnl_set_add_expr(s, make_expr("counter").release());  // the set owns it
+    std::vector<std::pair<DestKeys, DestRange>> members;
     for (const DestRange& r : ranges) {
-        if (r.set != set)
-            continue;
-        DestKeys keys = dest_keys(r);
+        if (r.set == set && dest_kind(r) == kind)
+            members.emplace_back(dest_keys(r), r);
+    }
+    if (!interval) {
+        // nft lists a hash's elements sorted by their key read as one host-endian
+        // number (its last byte the most significant).
+        std::ranges::sort(members, [](const auto& a, const auto& b) {
+            return std::ranges::lexicographical_compare(std::views::reverse(a.first.key),
+                                                        std::views::reverse(b.first.key));
+        });
+    }
+    for (auto& [keys, r] : members) {
         built.keys.push_back(std::move(keys.key));
-        built.key_ends.push_back(std::move(keys.key_end));
+        if (interval)
+            built.key_ends.push_back(std::move(keys.key_end));
         // The kernel clones the set's counter into each element.
         built.elements.push_back(dest_element_text(r) + " counter packets 0 bytes 0");
     }
@@ -232,19 +264,29 @@ BuiltSet build_dest_set(const std::string& table, DestSet set, const std::set<De
 }
 
 DestKeys dest_keys(const DestRange& r) {
-    return {key_of(r.set, r.id, r.addr_lo, r.port_lo), key_of(r.set, r.id, r.addr_hi, r.port_hi)};
+    const DestKind kind = dest_kind(r);
+    if (kind == DestKind::Exact)
+        return {key_of(r.set, kind, r.id, r.addr_lo, r.port_lo), {}};
+    return {key_of(r.set, kind, r.id, r.addr_lo, r.port_lo),
+            key_of(r.set, kind, r.id, r.addr_hi, r.port_hi)};
 }
 
-std::optional<DestRange> dest_range_from_keys(DestSet set, std::span<const std::uint8_t> key,
+std::optional<DestRange> dest_range_from_keys(DestSet set, DestKind kind,
+                                              std::span<const std::uint8_t> key,
                                               std::span<const std::uint8_t> key_end) {
+    if (kind == DestKind::Exact && key_end.empty())
+        key_end = key;
     if (key.size() != key_len(set) || key_end.size() != key_len(set))
         return std::nullopt;
     DestRange r;
     r.set = set;
     std::size_t at = 0;
-    if (has_id(set)) {
+    if (has_id(set) && kind == DestKind::Interval) {
         for (; at < kIdLen; ++at)
             r.id = (r.id << 8) | key[at];
+    } else if (has_id(set)) {
+        std::memcpy(&r.id, key.data(), kIdLen);
+        at = kIdLen;
     }
     std::copy_n(key.begin() + static_cast<std::ptrdiff_t>(at), addr_len(set), r.addr_lo.begin());
     std::copy_n(key_end.begin() + static_cast<std::ptrdiff_t>(at), addr_len(set),
@@ -260,10 +302,11 @@ std::string dest_element_text(const DestRange& r) {
     return text + addresses_text(r) + " . " + ports_text(r);
 }
 
-BuiltRule dest_accept_rule(const std::string& table, const std::string& chain, DestSet set) {
+BuiltRule dest_accept_rule(const std::string& table, const std::string& chain, DestSet set,
+                           DestKind kind) {
     RuleBuilder r(table, chain);
     ip_tcp(r, is_ipv6(set));
-    const std::string text = lookup(r, set, false);
+    const std::string text = lookup(r, set, kind, false);
     r.verdict(NF_ACCEPT, "accept");
     return r.done(text + " accept");
 }
@@ -274,7 +317,8 @@ std::string no_dest_exception(RuleBuilder& r, bool v6) {
     for (const DestSet set : kDestSets) {
         if (is_ipv6(set) != v6)
             continue;
-        text += (text.empty() ? "" : " ") + lookup(r, set, true);
+        for (const DestKind kind : kDestKinds)
+            text += (text.empty() ? "" : " ") + lookup(r, set, kind, true);
     }
     return text;
 }

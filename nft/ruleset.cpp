@@ -199,8 +199,10 @@ void add_sets(Ruleset& rs, const RulesetSpec& spec) {
     if (spec.queue != QueueMode::None)
         rs.sets.push_back(observe_rate_set(t));
     std::uint32_t set_id = 6;
-    for (const DestSet set : kDestSets)
-        rs.sets.push_back(build_dest_set(t, set, spec.dest, set_id++));
+    for (const DestSet set : kDestSets) {
+        for (const DestKind kind : {DestKind::Interval, DestKind::Exact})
+            rs.sets.push_back(build_dest_set(t, set, kind, spec.dest, set_id++));
+    }
 }
 
 // --- chains -------------------------------------------------------------------------
@@ -386,8 +388,12 @@ void add_judge_rules(Ruleset& rs, const RulesetSpec& spec) {
     }
     // After the allow rules: only blocked uids' SYNs pay for these lookups. The one
     // place where an exception's element counter counts (dest_sets.h says why).
-    for (const DestSet set : kDestSets)
-        rs.rules.push_back(dest_accept_rule(t, kChainJudge, set));
+    // Per DestSet the hash first: it holds the common case. One DestSet's two sets
+    // never both match (the ranges of one id are disjoint), so which counts is fixed.
+    for (const DestSet set : kDestSets) {
+        for (const DestKind kind : kDestKinds)
+            rs.rules.push_back(dest_accept_rule(t, kChainJudge, set, kind));
+    }
     if (spec.queue == QueueMode::None) {
         // Without an observe chain, judge counts (see observe_rule for why it counts
         // there otherwise).

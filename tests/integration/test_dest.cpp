@@ -1,4 +1,4 @@
-// Relay exceptions against the real kernel: the six dest_* sets and the chains that
+// Relay exceptions against the real kernel: the dest_* sets and the chains that
 // consult them, in a server namespace joined to a remote one (harness.h's Topology).
 // An exception lets its uid, gid or everyone through to its destination and ports
 // only, is neither counted in @blocked nor redirected, and counts in its own element.
@@ -133,14 +133,24 @@ class DestTest : public ::testing::Test {
     std::unique_ptr<NsEngine> engine_;
 };
 
+// One address with one port goes to the exact (hash) sets, anything wider to the
+// interval ones; both let through and count, and the kernel lists both as render_nft
+// does (the exact elements in nft's order, which is not DestRange's).
 TEST_F(DestTest, AnExceptionLetsThroughItsDestinationAndPortOnly) {
     const DestRange bob4 = host(DestSet::Uid4, kBob.uid, Topology::kRemote4, 587);
     const DestRange bob6 = host(DestSet::Uid6, kBob.uid, Topology::kRemote6, 587);
-    ASSERT_NO_FATAL_FAILURE(apply(spec({bob4, bob6})));
+    const DestRange bob_ports = range(DestSet::Uid4, kBob.uid, kOther4, kOther4, 25, 26);
+    ASSERT_EQ(nft::dest_kind(bob4), nft::DestKind::Exact);
+    ASSERT_EQ(nft::dest_kind(bob_ports), nft::DestKind::Interval);
+    ASSERT_NO_FATAL_FAILURE(
+        apply(spec({bob4, bob6, bob_ports, host(DestSet::Uid4, kAlice.uid, "203.0.113.7", 25),
+                    host(DestSet::Uid4, kCarol.uid, "10.1.2.3", 587),
+                    host(DestSet::All4, 0, "203.0.113.9", 465)})));
 
     EXPECT_EQ(connect(kBob, Topology::kRemote4, 587), Outcome::Connected);
     EXPECT_EQ(connect(kBob, Topology::kRemote4, 25), Outcome::Refused);     // another port
-    EXPECT_EQ(connect(kBob, kOther4, 587), Outcome::Refused);               // another host
+    EXPECT_EQ(connect(kBob, kOther4, 587), Outcome::Refused);               // another port
+    EXPECT_EQ(connect(kBob, kOther4, 25), Outcome::Connected);              // the interval
     EXPECT_EQ(connect(kAlice, Topology::kRemote4, 587), Outcome::Refused);  // another uid
     EXPECT_EQ(connect(kBob, Topology::kRemote6, 587), Outcome::Connected);
     EXPECT_EQ(connect(kBob, Topology::kRemote6, 25), Outcome::Refused);
@@ -149,11 +159,12 @@ TEST_F(DestTest, AnExceptionLetsThroughItsDestinationAndPortOnly) {
     // Each allowed connection counted once, in its element; only refusals in @blocked.
     EXPECT_EQ(dest_packets(bob4), 1U);
     EXPECT_EQ(dest_packets(bob6), 1U);
+    EXPECT_EQ(dest_packets(bob_ports), 1U);
     EXPECT_EQ(blocked_packets(kBob.uid), 4U);
     EXPECT_EQ(blocked_packets(kAlice.uid), 1U);
     auto counters = engine().read_dest_counters(table_);
     ASSERT_TRUE(counters) << counters.error().message();
-    EXPECT_EQ(counters->size(), 2U);
+    EXPECT_EQ(counters->size(), 6U);
 }
 
 // A primary gid (dave's is webmail; carol has it only as a supplementary group, which
@@ -202,12 +213,20 @@ TEST_F(DestTest, ChangeDestTakesEffectWithoutReload) {
     ASSERT_EQ(counters->size(), 1U);
     EXPECT_EQ(counters->begin()->first, net);
 
-    // Adding what is there is fine; a range starting inside another is EEXIST; removing
-    // a range whose first point no element holds is ENOENT; a refused call changes
-    // nothing.
+    // Adding what is there is fine, in either set; an exact element beside the
+    // interval counts on its own; a range starting inside another is EEXIST; removing
+    // an element no set holds is ENOENT; a refused call changes nothing.
     r = engine().change_dest(table_, {net}, {});
     EXPECT_TRUE(r) << r.error().message();
-    r = engine().change_dest(table_, {one}, {});
+    const DestRange smtp = host(DestSet::Uid4, kBob.uid, kOther4, 25);
+    for (int i = 0; i < 2; ++i) {
+        r = engine().change_dest(table_, {smtp}, {});
+        ASSERT_TRUE(r) << r.error().message();
+    }
+    EXPECT_EQ(connect(kBob, kOther4, 25), Outcome::Connected);
+    EXPECT_EQ(dest_packets(smtp), 1U);
+    const DestRange inside = range(DestSet::Uid4, kBob.uid, "192.0.2.10", "192.0.2.20", 587, 587);
+    r = engine().change_dest(table_, {inside}, {});
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, EEXIST) << r.error().message();
     const DestRange v6 = host(DestSet::Uid6, kBob.uid, Topology::kRemote6, 587);
@@ -218,9 +237,10 @@ TEST_F(DestTest, ChangeDestTakesEffectWithoutReload) {
     EXPECT_EQ(connect(kBob, Topology::kRemote6, 587), Outcome::Refused);
     EXPECT_EQ(connect(kBob, kOther4, 587), Outcome::Connected);
 
-    r = engine().change_dest(table_, {}, {net});
+    r = engine().change_dest(table_, {}, {net, smtp});
     ASSERT_TRUE(r) << r.error().message();
     EXPECT_EQ(connect(kBob, kOther4, 587), Outcome::Refused);
+    EXPECT_EQ(connect(kBob, kOther4, 25), Outcome::Refused);
     counters = engine().read_dest_counters(table_);
     ASSERT_TRUE(counters) << counters.error().message();
     EXPECT_TRUE(counters->empty());

@@ -276,8 +276,8 @@ TEST_F(ExceptionHandlersTest, GroupsAndEveryoneGoToTheirSets) {
     ASSERT_NO_FATAL_FAILURE(load());
     // admins (gid 50): carol's primary group, dave a member without an account here.
     ASSERT_TRUE(change(Command::Allow, "%admins", "[2001:db8::25]:25").has_value());
-    EXPECT_EQ(elements("dest_gid6"), 1U);
-    EXPECT_EQ(elements("dest_uid6"), 1U);  // carol by uid (her primary group)
+    EXPECT_EQ(elements("dest_gid6_host"), 1U);
+    EXPECT_EQ(elements("dest_uid6_host"), 1U);  // carol by uid (her primary group)
     EXPECT_EQ(check_to("carol", "[2001:db8::25]:25")->at("blocked"), false);
     EXPECT_EQ(check_to("alice", "[2001:db8::25]:25")->at("blocked"), true);
     ASSERT_TRUE(change(Command::Allow, "*", "192.0.2.25").has_value());
@@ -294,13 +294,13 @@ TEST_F(ExceptionHandlersTest, UnknownSubjectsAreRefusedAndTheConfigsExceptionSta
     EXPECT_EQ(unknown.error().code, ErrorCode::NotFound);
     EXPECT_EQ(unknown.error().message, "no user \"alcie\" in " + options.passwd_path);
     EXPECT_FALSE(std::filesystem::exists(dir.path() + "/allow.list"));
-    EXPECT_EQ(elements("dest_uid4"), 1U);  // bob's, from the config
+    EXPECT_EQ(elements("dest_uid4_host"), 1U);  // bob's, from the config
     const Answer deny = change(Command::Deny, "bob", "192.0.2.25:587");
     ASSERT_TRUE(deny.has_value());
     EXPECT_EQ(deny->at("changed"), false);
     EXPECT_EQ(deny->at("still_allowed").get<std::string>().rfind("SMTP_ALLOWDEST in ", 0), 0U)
         << deny->dump();
-    EXPECT_EQ(elements("dest_uid4"), 1U);
+    EXPECT_EQ(elements("dest_uid4_host"), 1U);
 }
 
 TEST_F(HandlersTest, AllowOfAnUnknownNameIsRefusedAndNothingStored) {

@@ -56,11 +56,15 @@ DestRange range(DestSet set, std::uint32_t id, const char* lo, const char* hi,
     return r;
 }
 
-// Exceptions in each of the six sets: networks, single addresses, a range that is no
-// network, single ports, port ranges and every port.
+// Exceptions in each of the six DestSets: networks, single addresses, a range that is
+// no network, single ports, port ranges and every port; one address with one port goes
+// to the exact (hash) set, listed in nft's order (2003's before 2002's).
 std::set<DestRange> dest_exceptions() {
     return {
         range(DestSet::Uid4, 2001, "198.51.100.0", "198.51.100.255", 587, 587),
+        range(DestSet::Uid4, 2002, "10.0.0.1", "10.0.0.1", 587, 587),
+        range(DestSet::Uid4, 2003, "192.0.2.30", "192.0.2.30", 25, 25),
+        range(DestSet::Gid4, 3000, "192.0.2.40", "192.0.2.40", 465, 465),
         range(DestSet::Uid4, 2001, "192.0.2.25", "192.0.2.25", 25, 587),
         range(DestSet::Uid4, 2002, "192.0.2.7", "192.0.2.9", 0, 65535),
         range(DestSet::Uid6, 2001, "2001:db8::25", "2001:db8::25", 587, 587),
@@ -134,13 +138,31 @@ TEST(Ruleset, DestExceptionsRedirectNoQueue) {
 TEST(Ruleset, DestSetsArePresentAndEmptyWithoutExceptions) {
     const Ruleset rs = build_ruleset(default_spec());
     for (const DestSet set : kDestSets) {
-        const auto it = std::find_if(rs.sets.begin(), rs.sets.end(), [&](const BuiltSet& s) {
-            return s.name == dest_set_name(set);
-        });
-        ASSERT_NE(it, rs.sets.end()) << dest_set_name(set);
-        EXPECT_TRUE(it->keys.empty());
-        EXPECT_EQ(it->header.back(), "counter");
+        for (const DestKind kind : kDestKinds) {
+            const std::string name = dest_set_name(set, kind);
+            const auto it = std::find_if(rs.sets.begin(), rs.sets.end(),
+                                         [&](const BuiltSet& s) { return s.name == name; });
+            ASSERT_NE(it, rs.sets.end()) << name;
+            EXPECT_TRUE(it->keys.empty());
+            EXPECT_EQ(it->header.back(), "counter");
+        }
     }
+    EXPECT_STREQ(dest_set_name(DestSet::Gid6, DestKind::Exact), "dest_gid6_host");
+    EXPECT_STREQ(dest_set_name(DestSet::Gid6, DestKind::Interval), "dest_gid6");
+}
+
+// One address and one port: the hash; anything wider: the intervals.
+TEST(Ruleset, DestKindByTheRangesShape) {
+    EXPECT_EQ(dest_kind(range(DestSet::Uid4, 1, "192.0.2.25", "192.0.2.25", 587, 587)),
+              DestKind::Exact);
+    EXPECT_EQ(dest_kind(range(DestSet::All6, 0, "2001:db8::25", "2001:db8::25", 25, 25)),
+              DestKind::Exact);
+    EXPECT_EQ(dest_kind(range(DestSet::Uid4, 1, "192.0.2.25", "192.0.2.25", 0, 65535)),
+              DestKind::Interval);
+    EXPECT_EQ(dest_kind(range(DestSet::Uid4, 1, "192.0.2.25", "192.0.2.25", 25, 587)),
+              DestKind::Interval);
+    EXPECT_EQ(dest_kind(range(DestSet::Uid4, 1, "192.0.2.24", "192.0.2.25", 587, 587)),
+              DestKind::Interval);
 }
 
 // uid big-endian, the address as given (network order), the port big-endian and
@@ -151,19 +173,42 @@ TEST(Ruleset, DestKeysAndTheirWayBack) {
     EXPECT_EQ(keys.key, (ElementKey{0x00, 0x00, 0x03, 0xe8, 198, 51, 100, 0, 0x00, 0x19, 0, 0}));
     EXPECT_EQ(keys.key_end,
               (ElementKey{0x00, 0x00, 0x03, 0xe8, 198, 51, 100, 255, 0x02, 0x4b, 0, 0}));
-    EXPECT_EQ(dest_range_from_keys(DestSet::Uid4, keys.key, keys.key_end), r);
-    EXPECT_EQ(dest_range_from_keys(DestSet::Uid6, keys.key, keys.key_end), std::nullopt);
+    EXPECT_EQ(dest_range_from_keys(DestSet::Uid4, DestKind::Interval, keys.key, keys.key_end), r);
+    EXPECT_EQ(dest_range_from_keys(DestSet::Uid6, DestKind::Interval, keys.key, keys.key_end),
+              std::nullopt);
     for (const DestRange& each : dest_exceptions()) {
         const DestKeys k = dest_keys(each);
-        EXPECT_EQ(dest_range_from_keys(each.set, k.key, k.key_end), each)
+        EXPECT_EQ(dest_range_from_keys(each.set, dest_kind(each), k.key, k.key_end), each)
             << dest_element_text(each);
     }
+}
+
+// An exact element: the key alone, the uid in host byte order (as nft 1.0.6 stores
+// `1000 . 192.0.2.25 . 587`: "element 000003e8 190200c0 00004b02"), the rest as in
+// the interval keys.
+TEST(Ruleset, DestExactKeysAndTheirWayBack) {
+    const DestRange r = range(DestSet::Uid4, 1000, "192.0.2.25", "192.0.2.25", 587, 587);
+    const DestKeys keys = dest_keys(r);
+    std::uint32_t id = 0;
+    ASSERT_EQ(keys.key.size(), 12U);
+    std::memcpy(&id, keys.key.data(), sizeof id);
+    EXPECT_EQ(id, 1000U);
+    EXPECT_EQ(ElementKey(keys.key.begin() + 4, keys.key.end()),
+              (ElementKey{192, 0, 2, 25, 0x02, 0x4b, 0, 0}));
+    EXPECT_TRUE(keys.key_end.empty());
+    EXPECT_EQ(dest_range_from_keys(DestSet::Uid4, DestKind::Exact, keys.key, {}), r);
+    EXPECT_EQ(dest_range_from_keys(DestSet::Uid4, DestKind::Exact, keys.key, keys.key), r);
+    EXPECT_EQ(dest_range_from_keys(DestSet::Uid6, DestKind::Exact, keys.key, {}), std::nullopt);
+    const DestRange all6 = range(DestSet::All6, 0, "2001:db8::25", "2001:db8::25", 25, 25);
+    const DestKeys k6 = dest_keys(all6);
+    EXPECT_EQ(k6.key.size(), 20U);
+    EXPECT_EQ(dest_range_from_keys(DestSet::All6, DestKind::Exact, k6.key, {}), all6);
 }
 
 // The attributes nft 1.0.6 sends for `type uid . ipv4_addr . inet_service; flags
 // interval; counter;` (read with `nft --debug=netlink` and back from the kernel).
 TEST(Ruleset, DestSetAttributesAsNftMakesThem) {
-    const BuiltSet set = build_dest_set("t", DestSet::Uid4, {}, 6);
+    const BuiltSet set = build_dest_set("t", DestSet::Uid4, DestKind::Interval, {}, 6);
     nftnl_set* s = set.set.get();
     EXPECT_EQ(nftnl_set_get_u32(s, NFTNL_SET_KEY_TYPE), 0x181cdU);
     EXPECT_EQ(nftnl_set_get_u32(s, NFTNL_SET_KEY_LEN), 12U);
@@ -175,9 +220,37 @@ TEST(Ruleset, DestSetAttributesAsNftMakesThem) {
     EXPECT_EQ(std::vector<std::uint8_t>(udata, udata + len),
               (std::vector<std::uint8_t>{0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x08, 0x00, 0x04,
                                          0x0d, 0x00, 0x00, 0x00, 0x01, 0x00}));
-    const BuiltSet all6 = build_dest_set("t", DestSet::All6, {}, 11);
+    const BuiltSet all6 = build_dest_set("t", DestSet::All6, DestKind::Interval, {}, 11);
     EXPECT_EQ(nftnl_set_get_u32(all6.set.get(), NFTNL_SET_KEY_TYPE), 0x20dU);
     EXPECT_EQ(nftnl_set_get_u32(all6.set.get(), NFTNL_SET_KEY_LEN), 20U);
+}
+
+// And for `type uid . ipv4_addr . inet_service; counter;` (`nft --debug=mnl`): the
+// same key type, length and user data, flags 0 and no part lengths, so the kernel
+// makes it a hash.
+TEST(Ruleset, DestExactSetAttributesAsNftMakesThem) {
+    const BuiltSet set = build_dest_set("t", DestSet::Uid4, DestKind::Exact, {}, 7);
+    const BuiltSet interval = build_dest_set("t", DestSet::Uid4, DestKind::Interval, {}, 6);
+    nftnl_set* s = set.set.get();
+    EXPECT_EQ(set.name, "dest_uid4_host");
+    EXPECT_EQ(set.header,
+              (std::vector<std::string>{"type uid . ipv4_addr . inet_service", "counter"}));
+    EXPECT_EQ(nftnl_set_get_u32(s, NFTNL_SET_KEY_TYPE), 0x181cdU);
+    EXPECT_EQ(nftnl_set_get_u32(s, NFTNL_SET_KEY_LEN), 12U);
+    ASSERT_TRUE(nftnl_set_is_set(s, NFTNL_SET_FLAGS));
+    EXPECT_EQ(nftnl_set_get_u32(s, NFTNL_SET_FLAGS), 0U);
+    EXPECT_FALSE(nftnl_set_is_set(s, NFTNL_SET_DESC_CONCAT));
+    EXPECT_TRUE(nftnl_set_is_set(interval.set.get(), NFTNL_SET_DESC_CONCAT));
+    std::uint32_t len = 0;
+    std::uint32_t interval_len = 0;
+    const auto* udata =
+        static_cast<const std::uint8_t*>(nftnl_set_get_data(s, NFTNL_SET_USERDATA, &len));
+    const auto* interval_udata = static_cast<const std::uint8_t*>(
+        nftnl_set_get_data(interval.set.get(), NFTNL_SET_USERDATA, &interval_len));
+    ASSERT_NE(udata, nullptr);
+    ASSERT_NE(interval_udata, nullptr);
+    EXPECT_EQ(std::vector<std::uint8_t>(udata, udata + len),
+              std::vector<std::uint8_t>(interval_udata, interval_udata + interval_len));
 }
 
 TEST(Ruleset, DestElementTextAsNftPrintsIt) {
