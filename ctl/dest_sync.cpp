@@ -246,6 +246,10 @@ Result<void> DestSync::replan() {
                          "); re-applying the whole table");
             nft::RulesetSpec spec = current.spec;
             spec.dest = next.ranges;
+            if (!counts) {  // every set is replaced: keep what all of them counted
+                if (auto c = engine_.read_dest_counters(options_.table))
+                    counts = std::move(*c);
+            }
             if (auto applied = engine_.apply(nft::build_ruleset(spec)); !applied) {
                 retry_at_ = Clock::now() + kRetryDelay;
                 return std::unexpected(applied.error());
