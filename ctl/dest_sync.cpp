@@ -291,7 +291,10 @@ int DestSync::timeout_ms() const {
         return -1;  // nothing to look up with: the loop's second-long turns expire graces
     std::optional<std::chrono::milliseconds> t = resolver_->timeout();
     if (const auto deadline = cache_.next_deadline()) {
-        const auto until = std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - now);
+        // A name due at once is due at TimePoint::min(): no subtraction from that.
+        const auto until = *deadline <= now
+                               ? std::chrono::milliseconds(0)
+                               : std::chrono::ceil<std::chrono::milliseconds>(*deadline - now);
         t = t ? std::min(*t, until) : until;
     }
     if (!t)

@@ -140,12 +140,16 @@ TEST_F(StarvationTest, EightFloodersForThirtySecondsAreAllCountedAndOthersStillE
     // more than allocator noise (a leak of even 1 byte per attempt would show as MiB).
 #ifdef __SANITIZE_ADDRESS__
     constexpr long kSlackKib = 16384;
+    // ASan's shadow memory and allocator metadata come on top of the worker's own (the
+    // goal itself is measured without it: here and by scripts/bench, 5 MiB).
+    constexpr long kMaxWorkerKib = 64 * 1024;
 #else
     constexpr long kSlackKib = 2048;
+    constexpr long kMaxWorkerKib = 32 * 1024;
 #endif
     EXPECT_LT(daemon_mem.peak - daemon_mem.baseline, kSlackKib) << daemon_mem.describe();
     EXPECT_LT(worker_mem.peak - worker_mem.baseline, kSlackKib) << worker_mem.describe();
-    EXPECT_LT(worker_mem.peak, 32 * 1024) << "the worker's memory goal is under 32 MiB";
+    EXPECT_LT(worker_mem.peak, kMaxWorkerKib) << "the worker's memory goal is under 32 MiB";
     EXPECT_EQ(worker_pid(), worker) << "the worker was restarted during the flood\n"
                                     << diagnostics();
     EXPECT_TRUE(daemon_->running());
