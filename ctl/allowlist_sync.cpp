@@ -7,19 +7,10 @@
 #include <string>
 
 #include "common/log.h"
+#include "common/sets.h"
 #include "common/text.h"
 
 namespace smtpfence {
-namespace {
-
-template <class T>
-std::set<T> minus(const std::set<T>& a, const std::set<T>& b) {
-    std::set<T> out;
-    std::ranges::set_difference(a, b, std::inserter(out, out.end()));
-    return out;
-}
-
-}  // namespace
 
 Result<void> AllowlistSync::refresh() {
     std::optional<Desired>& current = state_.current;
@@ -33,10 +24,10 @@ Result<void> AllowlistSync::refresh() {
         return std::unexpected(managed.error());
     Allowlist next = resolve_allowlist(current->loaded.policy, *accounts, *managed);
     const Allowlist& now = current->allow;
-    const auto add_u = minus(next.uids, now.uids);
-    const auto del_u = minus(now.uids, next.uids);
-    const auto add_g = minus(next.gids, now.gids);
-    const auto del_g = minus(now.gids, next.gids);
+    const auto add_u = set_minus(next.uids, now.uids);
+    const auto del_u = set_minus(now.uids, next.uids);
+    const auto add_g = set_minus(next.gids, now.gids);
+    const auto del_g = set_minus(now.gids, next.gids);
     if (state_.enforcing() && !(add_u.empty() && del_u.empty() && add_g.empty() && del_g.empty())) {
         auto r = engine_.change_elements(options_.table, "allow_uid", add_u, del_u);
         if (r)

@@ -4,31 +4,14 @@
 #include <iterator>
 #include <utility>
 
+#include "common/local_time.h"
 #include "common/log.h"
+#include "common/sets.h"
 
 namespace smtpfence {
 namespace {
 
 using nlohmann::json;
-
-std::time_t next_local_midnight(std::time_t now) {
-    std::tm tm{};
-    if (localtime_r(&now, &tm) == nullptr)
-        return now - (now % 86400) + 86400;
-    tm.tm_hour = 0;
-    tm.tm_min = 0;
-    tm.tm_sec = 0;
-    tm.tm_mday += 1;
-    tm.tm_isdst = -1;
-    return std::mktime(&tm);
-}
-
-std::set<nft::DestRange> minus(const std::set<nft::DestRange>& a,
-                               const std::set<nft::DestRange>& b) {
-    std::set<nft::DestRange> out;
-    std::ranges::set_difference(a, b, std::inserter(out, out.end()));
-    return out;
-}
 
 bool in_range(const nft::DestRange& r, const Network& address, std::uint16_t port) {
     const std::size_t len = address.family == Family::V6 ? 16 : 4;
@@ -119,7 +102,7 @@ DestSync::DestSync(const DaemonOptions& options, nft::Engine& engine, DaemonStat
       state_(state),
       resolv_watch_({options.resolv_conf_path}),
       cache_(NameCacheConfig{}),
-      day_ends_(next_local_midnight(std::time(nullptr))) {}
+      day_ends_(local_midnight(std::time(nullptr), 1)) {}
 
 void DestSync::open_resolver() {
     resolv_watch_.rearm();
@@ -228,8 +211,8 @@ Result<void> DestSync::replan() {
     const auto exceptions = exceptions_of(current);
     watch_names(exceptions, current.loaded.policy);
     DestPlan next = plan_for(current);
-    const auto add = minus(next.ranges, plan_.ranges);
-    const auto remove = minus(plan_.ranges, next.ranges);
+    const auto add = set_minus(next.ranges, plan_.ranges);
+    const auto remove = set_minus(plan_.ranges, next.ranges);
     if (state_.enforcing() && !(add.empty() && remove.empty())) {
         // Counted before the ranges go; kept only once they went.
         std::optional<std::map<nft::DestRange, nft::PacketCount>> counts;
@@ -353,7 +336,7 @@ void DestSync::roll_day() {
     if (now < day_ends_)
         return;
     today_base_ = uses_now();
-    day_ends_ = next_local_midnight(now);
+    day_ends_ = local_midnight(now, 1);
 }
 
 json DestSync::list_json() {

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/local_time.h"
 #include "common/log.h"
 #include "common/text.h"
 #include "nfq/attempt_log.h"
@@ -24,17 +25,6 @@ namespace {
 using ctl::Command;
 using ctl::ErrorCode;
 using nlohmann::json;
-
-std::time_t local_midnight(std::time_t now) {
-    std::tm tm{};
-    if (localtime_r(&now, &tm) == nullptr)
-        return now - (now % 86400);  // UTC midnight: better than nothing
-    tm.tm_hour = 0;
-    tm.tm_min = 0;
-    tm.tm_sec = 0;
-    tm.tm_isdst = -1;
-    return std::mktime(&tm);
-}
 
 // Why the daemon enforces what it does, or nothing.
 std::string summary(const DaemonState& state) {
