@@ -155,6 +155,8 @@ Result<Transaction> Transaction::begin(Database& db) {
 
 Result<void> Transaction::commit() {
     Database* db = std::exchange(db_, nullptr);
+    if (db == nullptr)
+        return {};  // moved from
     if (auto r = db->exec("COMMIT"); !r) {
         (void)db->exec("ROLLBACK");
         return r;

@@ -69,10 +69,21 @@ std::vector<std::string> worker_argv(const DaemonOptions& o, const Policy& polic
         const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
         path = (ec ? std::filesystem::path("/usr/sbin") : self.parent_path()) / "smtpfence-worker";
     }
-    std::vector<std::string> argv = {
-        path,          "--table",   o.table,    "--queue-num", std::to_string(policy.queue_num),
-        "--state-dir", o.state_dir, "--passwd", o.passwd_path, "--group",
-        o.group_path};
+    std::vector<std::string> argv = {path,
+                                     "--table",
+                                     o.table,
+                                     "--queue-num",
+                                     std::to_string(policy.queue_num),
+                                     "--state-dir",
+                                     o.state_dir,
+                                     "--passwd",
+                                     o.passwd_path,
+                                     "--group",
+                                     o.group_path,
+                                     "--history-days",
+                                     std::to_string(policy.history_days),
+                                     "--history-max-mb",
+                                     std::to_string(policy.history_max_mb)};
     if (nfq::resolve_da_pipeline(policy.da_pipeline, o.virtual_dir).enabled) {
         argv.insert(argv.end(), {"--da-pipeline", "--virtual-dir", o.virtual_dir,
                                  "--da-attempt-weight", std::to_string(policy.da_attempt_weight)});

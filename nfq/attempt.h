@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <ctime>
 #include <map>
+#include <optional>
 #include <string>
 
 namespace smtpfence::nfq {
@@ -41,6 +42,13 @@ struct Checkpoint {
     std::time_t time = 0;
     std::uint64_t set_handle = 0;
     std::map<std::uint32_t, std::uint64_t> kernel;
+};
+
+// Where the reconciler stands after a restart (HistoryStore::recover): the last
+// checkpoint and the explained attempts recorded after it, per uid.
+struct LogRecovery {
+    std::optional<Checkpoint> checkpoint;
+    std::map<std::uint32_t, std::uint64_t> explained_since;
 };
 
 class AttemptSink {

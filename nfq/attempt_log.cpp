@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <nlohmann/json.hpp>
@@ -51,9 +52,8 @@ Result<void> check_own_file(int fd, const std::string& path) {
     return {};
 }
 
-// One file of the log, never through a symlink: a file planted there could forge a
-// checkpoint (and make the reconciler skip attempts), or, as any user may ask the
-// daemon for `attempts`, show another file.
+// One file of the stream, never through a symlink: a file planted there would show
+// another file to whoever asks the daemon for `attempts`.
 Result<std::string> read_log_file(const std::string& dir, const char* name) {
     return read_text_file(dir + "/" + name, AttemptLog::kMaxReadBytes, Symlinks::Refuse);
 }
@@ -69,35 +69,6 @@ void for_each_record(const std::string& text, OnRecord on_record) {
         if (!j.is_discarded() && j.is_object())
             on_record(j);
     }
-}
-
-// Parses one file's lines into recovery: the last checkpoint wins and resets the
-// per-uid explained counts; explained attempts after it are added up.
-void scan(const std::string& text, LogRecovery& out) {
-    for_each_record(text, [&](const json& j) {
-        const std::string type = j.value("type", "");
-        if (type == "checkpoint") {
-            Checkpoint c;
-            c.time = j.value("epoch", std::time_t{0});
-            c.set_handle = j.value("set_handle", std::uint64_t{0});
-            if (j.contains("kernel") && j["kernel"].is_object()) {
-                for (const auto& [key, count] : j["kernel"].items()) {
-                    // We write decimal uids and unsigned counts; anything else is not
-                    // ours and is skipped (a uid beyond 32 bits too, not truncated).
-                    std::uint32_t uid = 0;
-                    const char* const end = key.data() + key.size();
-                    const auto [stop, ec] = std::from_chars(key.data(), end, uid);
-                    if (ec != std::errc{} || stop != end || !count.is_number_unsigned())
-                        continue;
-                    c.kernel[uid] = count.get<std::uint64_t>();
-                }
-            }
-            out.checkpoint = std::move(c);
-            out.explained_since.clear();
-        } else if (type == "attempt" && j.contains("uid") && j["uid"].is_number_unsigned()) {
-            ++out.explained_since[j["uid"].get<std::uint32_t>()];
-        }
-    });
 }
 
 }  // namespace
@@ -185,23 +156,8 @@ Result<AttemptLog> AttemptLog::open(const std::string& state_dir, std::uint64_t 
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0)
         return fail(errno, path);
-    AttemptLog log(state_dir, path, std::move(dir), std::move(fd), max_bytes,
-                   static_cast<std::uint64_t>(st.st_size));
-    log.last_checkpoint_ = recover(state_dir).checkpoint;
-    return log;
-}
-
-LogRecovery AttemptLog::recover(const std::string& state_dir) {
-    LogRecovery out;
-    auto current = read_log_file(state_dir, kLogName);
-    // The rotated file matters only when the current one has no checkpoint yet.
-    if (!current || current->find("\"type\":\"checkpoint\"") == std::string::npos) {
-        if (auto previous = read_log_file(state_dir, kRotatedName))
-            scan(*previous, out);
-    }
-    if (current)
-        scan(*current, out);
-    return out;
+    return AttemptLog(state_dir, path, std::move(dir), std::move(fd), max_bytes,
+                      static_cast<std::uint64_t>(st.st_size));
 }
 
 std::vector<json> AttemptLog::read_records(const std::string& state_dir, std::int64_t since) {
@@ -226,6 +182,9 @@ std::vector<json> AttemptLog::read_records(const std::string& state_dir, std::in
 }
 
 void AttemptLog::write_line(const std::string& line) {
+    // Before the write: a record never starts a file past the limit.
+    if (size_ >= rotate_at_)
+        rotate();
     const ssize_t n = ::write(fd_.get(), line.data(), line.size());
     const int err = errno;
     if (n != static_cast<ssize_t>(line.size())) {
@@ -261,7 +220,7 @@ void AttemptLog::rotate() {
     if (!fd.valid()) {
         const int err = errno;
         // Something was planted in the instant between: keep writing to the rotated
-        // file, which is ours, and try again after the next checkpoint.
+        // file, which is ours, and try again a little later (rotation_failed).
         rotation_failed("create " + path_ + " after rotating it: " + errno_text(err) +
                         "; writing on in " + kRotatedName);
         return;
@@ -269,13 +228,13 @@ void AttemptLog::rotate() {
     rotation_failing_ = false;
     fd_ = std::move(fd);
     size_ = 0;
-    // The new file starts from where the reconciler stands.
-    if (last_checkpoint_)
-        write_line(to_json_line(*last_checkpoint_));
+    rotate_at_ = max_bytes_;
 }
 
-// Said once until a rotation works again: it is retried after every checkpoint.
+// Said once until a rotation works again; retried after another sixteenth of the limit
+// is written, not at every record.
 void AttemptLog::rotation_failed(const std::string& what) {
+    rotate_at_ = size_ + std::max<std::uint64_t>(max_bytes_ / 16, 1);
     if (!rotation_failing_) {
         rotation_failing_ = true;
         log::warning(what + " (the log grows past its size limit until rotation works)");
@@ -288,15 +247,6 @@ void AttemptLog::explained(const Attempt& attempt) {
 
 void AttemptLog::counted_only(const CountedOnly& record) {
     write_line(to_json_line(record));
-}
-
-void AttemptLog::checkpoint(const Checkpoint& checkpoint) {
-    last_checkpoint_ = checkpoint;
-    write_line(to_json_line(checkpoint));
-    // Rotate only right after a checkpoint: then no attempt follows the old file's last
-    // checkpoint, and recovery from the new file alone (which starts with it) is exact.
-    if (size_ >= max_bytes_)
-        rotate();
 }
 
 }  // namespace smtpfence::nfq

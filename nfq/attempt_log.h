@@ -1,9 +1,8 @@
-// The attempt log: JSON lines at STATE_DIR/attempts.jsonl, one object per explained
-// attempt, per counted-only summary and per reconciler checkpoint. It is also the
-// worker's memory: on start, the last checkpoint and the attempts after it tell the
-// reconciler exactly what is already recorded, so a restart counts nothing twice.
-// Written and read back defensively: whole lines, escaped strings, nothing planted in
-// the state directory followed (the reasons are in attempt_log.cpp).
+// The attempt stream: JSON lines at STATE_DIR/attempts.jsonl, one object per explained
+// attempt and per counted-only summary, for log shippers (docs/history.md). Never read
+// back: the history (nfq/history_store.h) is the record and the worker's memory.
+// Written defensively: whole lines, escaped strings, nothing planted in the state
+// directory followed (the reasons are in attempt_log.cpp).
 #pragma once
 
 #include <cstddef>
@@ -20,26 +19,16 @@
 
 namespace smtpfence::nfq {
 
-struct LogRecovery {
-    std::optional<Checkpoint> checkpoint;
-    // Explained attempts per uid written after that checkpoint.
-    std::map<std::uint32_t, std::uint64_t> explained_since;
-};
-
 class AttemptLog final : public AttemptSink {
   public:
     // max_bytes: when the file grows past it, it is renamed to attempts.jsonl.1 (the
-    // previous .1 is dropped) and a new file starts with the last checkpoint, so the
-    // log never holds more than about 2 * max_bytes.
+    // previous .1 is dropped), so the stream never holds more than about 2 * max_bytes.
     [[nodiscard]] static Result<AttemptLog> open(const std::string& state_dir,
                                                  std::uint64_t max_bytes = kDefaultMaxBytes);
 
     void explained(const Attempt& attempt) override;
     void counted_only(const CountedOnly& record) override;
-    void checkpoint(const Checkpoint& checkpoint) override;
-
-    // Reads the log (and its rotated predecessor when needed) back.
-    [[nodiscard]] static LogRecovery recover(const std::string& state_dir);
+    void checkpoint(const Checkpoint&) override {}  // the history's alone
     // The attempt and counted-only records with an epoch at or after since, in time
     // order: the rotated file, then the current one. Other lines are skipped.
     [[nodiscard]] static std::vector<nlohmann::json> read_records(const std::string& state_dir,
@@ -62,7 +51,8 @@ class AttemptLog final : public AttemptSink {
           dir_fd_(std::move(dir_fd)),
           fd_(std::move(fd)),
           max_bytes_(max_bytes),
-          size_(size) {}
+          size_(size),
+          rotate_at_(max_bytes) {}
     void write_line(const std::string& line);
     void rotation_failed(const std::string& what);
     void rotate();
@@ -73,7 +63,7 @@ class AttemptLog final : public AttemptSink {
     UniqueFd fd_;
     std::uint64_t max_bytes_;
     std::uint64_t size_;
-    std::optional<Checkpoint> last_checkpoint_;
+    std::uint64_t rotate_at_;  // max_bytes_, or later while rotation fails
     std::uint64_t write_errors_ = 0;
     bool write_failing_ = false;     // the last write failed (warned once)
     bool rotation_failing_ = false;  // the last rotation failed (warned once)

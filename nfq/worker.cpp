@@ -21,6 +21,7 @@
 #include "common/privileges.h"
 #include "nfq/attempt_log.h"
 #include "nfq/da_sink.h"
+#include "nfq/history_store.h"
 #include "nfq/packet.h"
 #include "nfq/proc_queue.h"
 #include "nfq/process.h"
@@ -101,8 +102,9 @@ class SyslogSink final : public AttemptSink {
     std::uint64_t suppressed_ = 0;
 };
 
-// Every record goes to each sink in turn: the attempt log (the worker's memory), the
-// journal, and DirectAdmin's files when that pipeline is on.
+// Every record goes to each sink in turn: the history (the record, and the worker's
+// memory), the JSON-lines stream, the journal, and DirectAdmin's files when that
+// pipeline is on.
 class Sinks final : public AttemptSink {
   public:
     void add(AttemptSink& sink) { sinks_.push_back(&sink); }
@@ -168,19 +170,21 @@ std::int64_t mtime_of(const std::string& path) {
 
 class Worker {
   public:
-    // Everything slow (reading the log back, the accounts) happens here, before the
+    // Everything slow (the history's recovery, the accounts) happens here, before the
     // caller binds the queue: once bound, SYNs wait for us, and one that waits a second
     // is retransmitted by its client (and counted again). So the worker does not own
     // the queue; the caller binds it afterwards and hands it to drain and reconcile.
-    Worker(WorkerOptions options, nft::NetlinkSocket nl, AttemptLog log)
+    Worker(WorkerOptions options, nft::NetlinkSocket nl, HistoryStore history, AttemptLog stream,
+           const LogRecovery& recovered)
         : options_(std::move(options)),
           nl_(std::move(nl)),
           engine_(nl_),
           readings_(engine_, options_),
-          log_(std::move(log)),
+          history_(std::move(history)),
+          log_(std::move(stream)),
           reconciler_(
-              readings_, sinks_, [this](CountedOnly& c) { describe(c); },
-              AttemptLog::recover(options_.state_dir)) {
+              readings_, sinks_, [this](CountedOnly& c) { describe(c); }, recovered) {
+        sinks_.add(history_);
         sinks_.add(log_);
         sinks_.add(syslog_);
         reload_accounts();
@@ -257,12 +261,38 @@ class Worker {
             reload_accounts();
         }
         reconciler_.reconcile([&] { return drain(queue); });
+        history_.commit();
+        prune(std::time(nullptr));
     }
+
+    // Ends the history's open transaction: after every turn of the loop, so that a batch
+    // of records is one commit (docs/history.md, "Writes").
+    void commit() { history_.commit(); }
 
     [[nodiscard]] const WorkerStats& stats() const { return stats_; }
     [[nodiscard]] const ReconcilerStats& reconciler_stats() const { return reconciler_.stats(); }
 
   private:
+    // Retention in short steps (HistoryStore::prune_step), at most kPruneBudget of them
+    // at a tick; once nothing is left, again an hour later.
+    void prune(std::time_t now) {
+        if (now < next_prune_)
+            return;
+        for (int i = 0; i < kPruneBudget; ++i) {
+            auto more = history_.prune_step(now);
+            if (!more) {
+                log::warning("attempt history retention: " + more.error().message() +
+                             " (tried again in an hour)");
+                break;
+            }
+            if (!*more) {
+                next_prune_ = now + 3600;
+                return;
+            }
+        }
+        // More to do: next_prune_ stays behind now, so the next tick goes on.
+    }
+
     // A counted-only record names its uid's account as an explained one does, without a
     // working directory.
     void describe(CountedOnly& c) const {
@@ -303,10 +333,13 @@ class Worker {
         accounts_ = std::move(*db);
     }
 
+    static constexpr int kPruneBudget = 4;
+
     WorkerOptions options_;
     nft::NetlinkSocket nl_;
     nft::Engine engine_;
     NftReadings readings_;
+    HistoryStore history_;
     AttemptLog log_;
     SyslogSink syslog_;
     std::unique_ptr<DaSink> da_sink_;
@@ -315,6 +348,7 @@ class Worker {
     std::int64_t passwd_mtime_ = 0;
     std::int64_t group_mtime_ = 0;
     std::map<pid_t, unsigned> told_per_pid_;
+    std::time_t next_prune_ = 0;
     WorkerStats stats_;
     Reconciler reconciler_;
 };
@@ -391,8 +425,8 @@ bool announce_ready(const WorkerOptions& options, Queue& queue, const std::strin
         }
     }
     log::notice("worker " + std::string(options.queue_fd >= 0 ? "reading" : "bound to") +
-                " NFQUEUE " + std::to_string(options.queue_num) + ", attempt log " +
-                options.state_dir + "/attempts.jsonl");
+                " NFQUEUE " + std::to_string(options.queue_num) + ", attempt history " +
+                options.state_dir + "/history.db");
     if (auto r = write_file_atomic(ready_path, std::to_string(::getpid()) + "\n", 0644); !r)
         log::warning(r.error().message());
     return true;
@@ -431,6 +465,7 @@ int serve(Worker& worker, Queue& queue, const Wakeups& wakeups, const std::strin
                 log::error(r.error().message());
                 return 1;
             }
+            worker.commit();
         }
         if ((fds[1].revents & POLLIN) != 0) {
             std::uint64_t expirations = 0;
@@ -468,6 +503,23 @@ bool follow_daemon(pid_t daemon) {
     return true;
 }
 
+// The history, with the JSON-lines log of earlier versions imported into it once
+// (before the stream starts a new attempts.jsonl).
+Result<HistoryStore> open_history(const WorkerOptions& options) {
+    auto history = HistoryStore::open(
+        options.state_dir, HistoryLimits{options.history_days, options.history_max_mb << 20U});
+    if (!history)
+        return history;
+    auto imported = history->import_jsonl();
+    if (!imported)
+        return std::unexpected(imported.error().wrap("import the old attempt log"));
+    if (*imported > 0) {
+        log::notice("attempt history: " + std::to_string(*imported) + " record(s) imported from " +
+                    options.state_dir + "/attempts.jsonl (kept as attempts.jsonl*.imported)");
+    }
+    return history;
+}
+
 }  // namespace
 
 int run_worker(const WorkerOptions& options) {
@@ -479,12 +531,22 @@ int run_worker(const WorkerOptions& options) {
         log::error(nl.error().message());
         return 1;
     }
-    auto attempt_log = AttemptLog::open(options.state_dir);
-    if (!attempt_log) {
-        log::error(attempt_log.error().message());
+    auto history = open_history(options);
+    if (!history) {
+        log::error(history.error().message());
         return 1;
     }
-    Worker worker(options, std::move(*nl), std::move(*attempt_log));
+    auto recovered = history->recover();
+    if (!recovered) {
+        log::error(recovered.error().message());
+        return 1;
+    }
+    auto stream = AttemptLog::open(options.state_dir);
+    if (!stream) {
+        log::error(stream.error().message());
+        return 1;
+    }
+    Worker worker(options, std::move(*nl), std::move(*history), std::move(*stream), *recovered);
     auto queue = open_queue(options);
     if (!queue) {
         log::error(queue.error().message());

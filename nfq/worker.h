@@ -39,6 +39,9 @@ struct WorkerOptions {
     std::uint32_t da_attempt_weight = 1;
     bool da_block_cracking = false;
     std::string blocked_script_paths = "/var/spool/exim/blocked_script_paths";
+    // The history's retention (HISTORY_DAYS, HISTORY_MAX_MB; docs/history.md).
+    int history_days = 90;
+    std::uint64_t history_max_mb = 1024;
 };
 
 // What the worker explained; what it counted only is in ReconcilerStats

@@ -17,8 +17,16 @@ int run(int argc, char** argv) {
                    "an NFQUEUE socket already bound to --queue-num, inherited from smtpfenced");
     app.add_option("--daemon-pid", options.daemon_pid,
                    "the smtpfenced that started this worker: exit when it does");
-    app.add_option("--state-dir", options.state_dir, "where attempts.jsonl lives")
+    app.add_option("--state-dir", options.state_dir, "where history.db and attempts.jsonl live")
         ->capture_default_str();
+    app.add_option("--history-days", options.history_days,
+                   "keep attempt records this many days (HISTORY_DAYS)")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 3650));
+    app.add_option("--history-max-mb", options.history_max_mb,
+                   "keep the history under this many MiB (HISTORY_MAX_MB)")
+        ->capture_default_str()
+        ->check(CLI::Range(16, 1048576));
     app.add_option("--passwd", options.passwd_path, "passwd(5) file")->capture_default_str();
     app.add_option("--group", options.group_path, "group(5) file")->capture_default_str();
     app.add_option("--web-users", options.web_users, "shared web server accounts")->delimiter(',');

@@ -205,7 +205,7 @@ Result<void> assign(Result<T> parsed, U& target) {
     return {};
 }
 
-const std::array<KeyHandler, 23> kHandlers = {{
+const std::array<KeyHandler, 25> kHandlers = {{
     {"SMTP_BLOCK",
      [](const Setting& s, Policy& p, std::vector<std::string>&) {
          return assign(parse_bool(s), p.enabled);
@@ -322,6 +322,14 @@ const std::array<KeyHandler, 23> kHandlers = {{
     {"DA_ATTEMPT_WEIGHT",
      [](const Setting& s, Policy& p, std::vector<std::string>&) {
          return assign(parse_number<std::uint32_t>(s, 0, 1000), p.da_attempt_weight);
+     }},
+    {"HISTORY_DAYS",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         return assign(parse_number<std::uint32_t>(s, 1, 3650), p.history_days);
+     }},
+    {"HISTORY_MAX_MB",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         return assign(parse_number<std::uint32_t>(s, 16, 1048576), p.history_max_mb);
      }},
     {"DA_BLOCK_CRACKING",
      [](const Setting& s, Policy& p, std::vector<std::string>&) {

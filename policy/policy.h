@@ -65,6 +65,9 @@ struct Policy {
     TableOwner table_owner = TableOwner::Auto;  // TABLE_OWNER = "auto" | "1" | "0"
     std::uint32_t da_attempt_weight = 1;        // DA_ATTEMPT_WEIGHT: sends per attempt, 0-1000
     bool da_block_cracking = false;             // DA_BLOCK_CRACKING
+    // The attempt history's retention (docs/history.md): by age and by size.
+    std::uint32_t history_days = 90;      // HISTORY_DAYS, 1-3650
+    std::uint32_t history_max_mb = 1024;  // HISTORY_MAX_MB, 16-1048576
     // CSF's SMTP_REDIRECT: a blocked user's connection goes to the local MTA (same port,
     // nat redirect) instead of being refused.
     bool redirect = false;  // SMTP_REDIRECT

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "nfq/attempt_log.h"
+#include "nfq/history_store.h"
 #include "nfq/reconciler.h"
 #include "tests/support/temp_dir.h"
 
@@ -87,12 +87,15 @@ std::uint64_t recorded(const Written& written, std::uint32_t uid) {
     return n;
 }
 
-// The attempt log in the test's directory; after kill_after(n) it takes n more records
-// and no others, as a worker killed at that point.
+// The attempt history in the test's directory; after kill_after(n) it takes n more
+// records and no others, as a worker killed at that point (what it took is committed
+// when the worker goes: any prefix of the records, as a kill between two commits).
 class DyingLog final : public AttemptSink {
   public:
     DyingLog(const std::string& dir, Written& written)
-        : log_(AttemptLog::open(dir).value()), written_(written) {}
+        : log_(HistoryStore::open(dir, {}).value()), written_(written) {}
+
+    LogRecovery recover() { return log_.recover().value(); }
 
     void kill_after(std::size_t records) { left_ = records; }
 
@@ -123,13 +126,13 @@ class DyingLog final : public AttemptSink {
         written_.push_back(std::move(line));
         return true;
     }
-    AttemptLog log_;
+    HistoryStore log_;
     Written& written_;
     std::optional<std::size_t> left_;
 };
 
-// One worker's life: its log opened, then its reconciler started from what the log
-// holds (as run_worker does).
+// One worker's life: its history opened, then its reconciler started from what the
+// history holds (as run_worker does).
 class Worker {
   public:
     Worker(const std::string& dir, ScriptedKernel& kernel, Written& written)
@@ -137,7 +140,7 @@ class Worker {
           log_(dir, written),
           reconciler_(
               kernel, log_, [](CountedOnly& c) { c.user = "user" + std::to_string(c.uid); },
-              AttemptLog::recover(dir)) {}
+              log_.recover()) {}
 
     // Explains what waits in the socket (the poll loop's drain).
     Result<void> take_waiting() {

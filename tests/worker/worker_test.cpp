@@ -14,6 +14,8 @@
 #include <system_error>
 #include <thread>
 
+#include "common/sqlite.h"
+
 #ifndef SMTPFENCE_WORKER_PATH
 #error "SMTPFENCE_WORKER_PATH must be defined by CMake"
 #endif
@@ -162,34 +164,70 @@ std::vector<Json> AttemptLogView::attempts_of(std::uint32_t uid) const {
     return out;
 }
 
+// A record as JSON shows it: the history keeps a name's bytes exactly, JSON carries
+// invalid UTF-8 as U+FFFD (as the stream and smtpfencectl show them).
+Json as_json(const Json& j) {
+    return Json::parse(j.dump(-1, ' ', false, Json::error_handler_t::replace));
+}
+
+// history.db read with the test's own SQL (not through nfq/history_query.h), so that
+// the worker's writes are checked against the schema, not against our own reader.
 AttemptLogView read_attempt_log(const std::string& state_dir) {
     AttemptLogView view;
-    for (const std::string name : {"/attempts.jsonl.1", "/attempts.jsonl"}) {
-        const std::string text = itest::read_file(state_dir + name);
-        view.text += text;
-        std::size_t start = 0;
-        while (true) {
-            const std::size_t eol = text.find('\n', start);
-            if (eol == std::string::npos)
-                break;  // a line still being written is not read
-            const std::string line = text.substr(start, eol - start);
-            start = eol + 1;
-            const Json j = Json::parse(line, nullptr, false);
-            if (j.is_discarded() || !j.is_object()) {
-                ++view.unparsable;
-                continue;
+    auto db = sql::Database::open(state_dir + "/history.db", sql::Database::Mode::ReadOnly);
+    if (!db) {
+        view.text = db.error().message();
+        return view;
+    }
+    auto records = db->prepare(
+        "SELECT r.id, r.epoch, r.uid, r.gid, r.user, r.account, r.explained, r.count, "
+        "r.identified, r.pid, p.exe, p.cwd, p.cmdline, r.family, r.src, r.sport, r.dst, "
+        "r.dport FROM records r LEFT JOIN procs p ON p.id = r.proc ORDER BY r.id");
+    if (!records) {
+        view.text = records.error().message();
+        return view;
+    }
+    while (records->step().value_or(false)) {
+        const auto& r = *records;
+        if (r.int64(6) == 0) {
+            Json j = {{"type", "counted"},  {"id", r.int64(0)},  {"epoch", r.int64(1)},
+                      {"uid", r.int64(2)},  {"user", r.text(4)}, {"account", r.text(5)},
+                      {"count", r.int64(7)}};
+            j = as_json(j);
+            view.text += j.dump() + "\n";
+            view.counted.push_back(std::move(j));
+        } else {
+            Json j = {{"type", "attempt"},
+                      {"id", r.int64(0)},
+                      {"epoch", r.int64(1)},
+                      {"uid", r.int64(2)},
+                      {"gid", r.int64(3)},
+                      {"user", r.text(4)},
+                      {"account", r.text(5)},
+                      {"identified", r.int64(8) != 0},
+                      {"family", r.int64(13) == 6 ? "ipv6" : "ipv4"},
+                      {"src", r.text(14)},
+                      {"sport", r.int64(15)},
+                      {"dst", r.text(16)},
+                      {"dport", r.int64(17)}};
+            if (r.int64(8) != 0) {
+                j["pid"] = r.int64(9);
+                j["exe"] = r.text(10);
+                j["cwd"] = r.text(11);
+                j["cmdline"] = r.text(12);
             }
-            const std::string type = j.value("type", "");
-            if (type == "attempt") {
-                view.attempts.push_back(j);
-            } else if (type == "counted") {
-                view.counted.push_back(j);
-            } else if (type == "checkpoint") {
-                view.checkpoints.push_back(j);
-            } else {
-                ++view.unparsable;
-            }
+            j = as_json(j);
+            view.text += j.dump() + "\n";
+            view.attempts.push_back(std::move(j));
         }
+    }
+    auto cp = db->prepare("SELECT set_handle, after_record, kernel FROM checkpoint");
+    if (cp && cp->step().value_or(false)) {
+        Json kernel = Json::parse(cp->text(2), nullptr, false);
+        if (kernel.is_discarded())
+            ++view.unparsable;
+        view.checkpoints.push_back(
+            {{"set_handle", cp->int64(0)}, {"after_record", cp->int64(1)}, {"kernel", kernel}});
     }
     return view;
 }

@@ -76,12 +76,14 @@ class Connector {
 };
 
 // The worker's attempt log, read back (attempts.jsonl.1 first, when it exists).
+// What STATE_DIR/history.db holds: its records (as the JSON objects the stream writes,
+// in the order they were written) and its checkpoint.
 struct AttemptLogView {
     std::vector<Json> attempts;
     std::vector<Json> counted;
-    std::vector<Json> checkpoints;
-    std::size_t unparsable = 0;  // complete lines that are not JSON objects
-    std::string text;            // for failure messages
+    std::vector<Json> checkpoints;  // the last one, when there is one
+    std::size_t unparsable = 0;     // a checkpoint whose kernel counters are not JSON
+    std::string text;               // for failure messages
 
     // Attempt records plus counted-only counts, per uid.
     [[nodiscard]] std::map<std::uint32_t, std::uint64_t> totals() const;

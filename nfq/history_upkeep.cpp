@@ -1,0 +1,297 @@
+// The history's upkeep: retention (HISTORY_DAYS, HISTORY_MAX_MB) in short steps, and
+// the one-time import of the JSON-lines log that earlier versions kept.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <vector>
+
+#include "common/fd.h"
+#include "common/files.h"
+#include "common/local_time.h"
+#include "common/log.h"
+#include "nfq/history_store.h"
+
+namespace smtpfence::nfq {
+namespace {
+
+using nlohmann::json;
+
+// Pages given back to the file system per step (4 KiB each): a step stays short.
+constexpr int kVacuumPages = 512;
+// A line longer than this in an old log is not one we wrote: skipped.
+constexpr std::size_t kMaxLineBytes = std::size_t{1} << 20U;
+
+// Calls on_line for every complete line of fd, reading in bounded pieces so that a
+// large file never sits in memory whole.
+template <class OnLine>
+Result<void> for_each_line(int fd, const std::string& path, OnLine on_line) {
+    std::string pending;
+    std::vector<char> buf(std::size_t{64} << 10U);
+    bool skipping = false;  // inside an over-long line
+    while (true) {
+        const ssize_t n = ::read(fd, buf.data(), buf.size());
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return fail(errno, "read " + path);
+        }
+        if (n == 0)
+            return {};  // a last line without its newline was torn: not read
+        std::size_t start = 0;
+        const std::string_view chunk(buf.data(), static_cast<std::size_t>(n));
+        while (start < chunk.size()) {
+            const std::size_t eol = chunk.find('\n', start);
+            if (eol == std::string_view::npos) {
+                if (!skipping)
+                    pending.append(chunk.substr(start));
+                if (pending.size() > kMaxLineBytes) {
+                    pending.clear();
+                    skipping = true;
+                }
+                break;
+            }
+            if (!skipping) {
+                pending.append(chunk.substr(start, eol - start));
+                on_line(pending);
+            }
+            pending.clear();
+            skipping = false;
+            start = eol + 1;
+        }
+    }
+}
+
+Attempt attempt_of(const json& j) {
+    Attempt a;
+    a.time = j.value("epoch", std::time_t{0});
+    a.uid = j.value("uid", 0U);
+    a.gid = j.value("gid", 0U);
+    a.user = j.value("user", "");
+    a.account = j.value("account", "");
+    a.identified = j.value("identified", false);
+    a.pid = j.value("pid", 0);
+    a.exe = j.value("exe", "");
+    a.cwd = j.value("cwd", "");
+    a.cmdline = j.value("cmdline", "");
+    a.family = j.value("family", "ipv4");
+    a.src = j.value("src", "");
+    a.dst = j.value("dst", "");
+    a.sport = j.value("sport", std::uint16_t{0});
+    a.dport = j.value("dport", std::uint16_t{0});
+    return a;
+}
+
+CountedOnly counted_of(const json& j) {
+    CountedOnly c;
+    c.time = j.value("epoch", std::time_t{0});
+    c.uid = j.value("uid", 0U);
+    c.user = j.value("user", "");
+    c.account = j.value("account", "");
+    c.count = j.value("count", std::uint64_t{0});
+    return c;
+}
+
+Checkpoint checkpoint_of(const json& j) {
+    Checkpoint c;
+    c.time = j.value("epoch", std::time_t{0});
+    c.set_handle = j.value("set_handle", std::uint64_t{0});
+    if (j.contains("kernel") && j["kernel"].is_object()) {
+        for (const auto& [key, count] : j["kernel"].items()) {
+            std::uint32_t uid = 0;
+            const char* const end = key.data() + key.size();
+            const auto [stop, ec] = std::from_chars(key.data(), end, uid);
+            if (ec == std::errc{} && stop == end && count.is_number_unsigned())
+                c.kernel[uid] = count.get<std::uint64_t>();
+        }
+    }
+    return c;
+}
+
+// An old log file, opened without following a symlink; nullopt when absent.
+struct OldLog {
+    std::string name;
+    UniqueFd fd;
+    std::string identity;  // "name dev:inode:size", what meta remembers as imported
+};
+
+Result<std::optional<OldLog>> open_old_log(int dir_fd, const std::string& dir,
+                                           const std::string& name) {
+    UniqueFd fd(::openat(dir_fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
+    if (!fd.valid()) {
+        if (errno == ENOENT)
+            return std::optional<OldLog>{};
+        const int err = errno;
+        return fail(err, dir + "/" + name, err == ELOOP ? kSymlinkRefused : "");
+    }
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0)
+        return fail(errno, dir + "/" + name);
+    if (!S_ISREG(st.st_mode))
+        return fail(EINVAL, dir + "/" + name, "not a regular file: refusing to import it");
+    // The name is the stream's next: refused now rather than appended to later.
+    if (st.st_nlink > 1) {
+        return fail(EMLINK, dir + "/" + name,
+                    "has " + std::to_string(st.st_nlink) +
+                        " hard links: refusing to read or write it (another file shares it)");
+    }
+    return OldLog{name, std::move(fd),
+                  name + " " + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino) + ":" +
+                      std::to_string(st.st_size)};
+}
+
+}  // namespace
+
+Result<std::uint64_t> HistoryStore::import_jsonl() {
+    commit();
+    UniqueFd dir(::open(state_dir_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!dir.valid())
+        return fail(errno, "state directory " + state_dir_);
+    // The import happens once in the life of a history: the first time the worker opens
+    // it, with or without files to import. Later, these names are our own stream's.
+    auto seen = db_.prepare("SELECT value FROM meta WHERE key = 'imported_jsonl'");
+    if (!seen)
+        return std::unexpected(seen.error());
+    auto row = seen->step();
+    if (!row)
+        return std::unexpected(row.error());
+    const std::optional<std::string> imported_before =
+        *row ? std::optional<std::string>(seen->text(0)) : std::nullopt;
+    seen->reset();
+    if (imported_before && imported_before->empty())
+        return std::uint64_t{0};  // there was nothing to import
+
+    std::vector<OldLog> logs;
+    std::string identity;
+    for (const char* name : {AttemptLog::kRotatedFileName, AttemptLog::kFileName}) {
+        auto log = open_old_log(dir.get(), state_dir_, name);
+        if (!log) {
+            if (imported_before)
+                return std::uint64_t{0};  // not the files imported: the stream's business
+            return std::unexpected(log.error());
+        }
+        if (*log) {
+            identity += (*log)->identity + "\n";
+            logs.push_back(std::move(**log));
+        }
+    }
+    // Imported, but the renames after the commit did not happen: rename only.
+    const bool done = imported_before && *imported_before == identity;
+    if (imported_before && !done)
+        return std::uint64_t{0};
+
+    std::uint64_t imported = 0;
+    if (!done) {
+        auto tx = sql::Transaction::begin(db_);
+        if (!tx)
+            return std::unexpected(tx.error());
+        tx_.emplace(std::move(*tx));
+        for (const OldLog& log : logs) {
+            auto r = for_each_line(log.fd.get(), state_dir_ + "/" + log.name,
+                                   [&](const std::string& line) {
+                                       const json j = json::parse(line, nullptr, false);
+                                       if (j.is_discarded() || !j.is_object())
+                                           return;
+                                       const std::string type = j.value("type", "");
+                                       if (type == "attempt") {
+                                           explained(attempt_of(j));
+                                           ++imported;
+                                       } else if (type == "counted") {
+                                           counted_only(counted_of(j));
+                                           ++imported;
+                                       } else if (type == "checkpoint") {
+                                           checkpoint(checkpoint_of(j));
+                                       }
+                                   });
+            if (!r) {
+                tx_.reset();  // rolls back: nothing half imported
+                pending_ = 0;
+                return std::unexpected(r.error());
+            }
+        }
+        auto mark =
+            db_.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('imported_jsonl', ?1)");
+        if (!mark)
+            return std::unexpected(mark.error());
+        if (auto r = mark->bind(1, identity).run(); !r)
+            return std::unexpected(r.error());
+        const std::uint64_t errors_before = counters_.write_errors;
+        commit();
+        if (counters_.write_errors != errors_before)
+            return fail(EIO, path(), "importing the old attempt log failed; it stays in place");
+    }
+    for (const OldLog& log : logs) {
+        const std::string to = log.name + ".imported";
+        if (::renameat(dir.get(), log.name.c_str(), dir.get(), to.c_str()) != 0) {
+            log::warning("rename " + state_dir_ + "/" + log.name + " to " + to + ": " +
+                         errno_text(errno) + " (it is not imported twice)");
+        }
+    }
+    return imported;
+}
+
+Result<bool> HistoryStore::prune_step(std::time_t now) {
+    commit();
+    const std::int64_t cutoff = static_cast<std::int64_t>(now) - std::int64_t{limits_.days} * 86400;
+    auto used = bytes_used();
+    if (!used)
+        return std::unexpected(used.error());
+    // Over the size limit: the oldest records go whatever their age, down to 90 % of it
+    // so that it is not pruned again at the next record.
+    const std::uint64_t low_water = limits_.max_bytes / 10 * 9;
+    pruning_for_size_ = *used > limits_.max_bytes || (pruning_for_size_ && *used > low_water);
+    const std::int64_t older_than =
+        pruning_for_size_ ? std::numeric_limits<std::int64_t>::max() : cutoff;
+
+    auto tx = sql::Transaction::begin(db_);
+    if (!tx)
+        return std::unexpected(tx.error());
+    auto batch =
+        db_.prepare("SELECT id, proc FROM records WHERE epoch < ?1 ORDER BY epoch LIMIT ?2");
+    auto drop = db_.prepare("DELETE FROM records WHERE id = ?1");
+    auto drop_proc = db_.prepare(
+        "DELETE FROM procs WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM records WHERE proc = ?1)");
+    auto drop_days = db_.prepare("DELETE FROM daily WHERE day < ?1");
+    for (const auto* st : {&batch, &drop, &drop_proc, &drop_days}) {
+        if (!*st)
+            return std::unexpected(st->error());
+    }
+    batch->bind(1, older_than).bind(2, kPruneBatch);
+    std::vector<std::int64_t> ids;
+    std::set<std::int64_t> procs;
+    while (true) {
+        auto row = batch->step();
+        if (!row)
+            return std::unexpected(row.error());
+        if (!*row)
+            break;
+        ids.push_back(batch->int64(0));
+        if (!batch->is_null(1))
+            procs.insert(batch->int64(1));
+    }
+    for (const std::int64_t id : ids) {
+        if (auto r = drop->bind(1, id).run(); !r)
+            return std::unexpected(r.error());
+    }
+    for (const std::int64_t proc : procs) {
+        if (auto r = drop_proc->bind(1, proc).run(); !r)
+            return std::unexpected(r.error());
+    }
+    if (auto r = drop_days->bind(1, local_day(static_cast<std::time_t>(cutoff))).run(); !r)
+        return std::unexpected(r.error());
+    if (auto r = tx->commit(); !r)
+        return std::unexpected(r.error());
+    if (!procs.empty())
+        procs_.clear();  // an id in the cache may be gone
+    counters_.pruned += ids.size();
+    if (auto r = db_.exec("PRAGMA incremental_vacuum(" + std::to_string(kVacuumPages) + ")"); !r)
+        return std::unexpected(r.error());
+    return ids.size() == static_cast<std::size_t>(kPruneBatch);
+}
+
+}  // namespace smtpfence::nfq
