@@ -26,19 +26,7 @@ using ctl::ErrorCode;
 // The outcome of a real connection attempt, made in a child as another user.
 [[noreturn]] void run_test_child(int client_fd, const Account& account, std::vector<gid_t> groups,
                                  const std::string& address, std::uint16_t port) {
-    const auto reply = [&](const std::string& line) {
-        const int flags = fcntl(client_fd, F_GETFL);
-        if (flags >= 0)
-            (void)fcntl(client_fd, F_SETFL, flags & ~O_NONBLOCK);
-        std::size_t off = 0;
-        while (off < line.size()) {
-            const ssize_t n = ::send(client_fd, line.data() + off, line.size() - off, MSG_NOSIGNAL);
-            if (n <= 0)
-                break;
-            off += static_cast<std::size_t>(n);
-        }
-        _exit(0);
-    };
+    const auto reply = [&](const std::string& line) { ctl::answer_in_child(client_fd, line); };
     // Become the user entirely: groups, then gid, then uid (after setuid, setgid
     // would no longer be permitted). The kernel judges the socket by these.
     if (setgroups(groups.size(), groups.data()) != 0 || setgid(account.gid) != 0 ||

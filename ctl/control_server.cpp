@@ -56,13 +56,15 @@ Result<Peer> peer_of(int fd) {
 
 }  // namespace
 
+bool is_admin(const AccessPolicy& access, const Peer& peer) {
+    return peer.uid == 0 ||
+           (access.admin_gid &&
+            (peer.gid == *access.admin_gid ||
+             std::ranges::find(peer.groups, *access.admin_gid) != peer.groups.end()));
+}
+
 std::string access_problem(const AccessPolicy& access, const Peer& peer, Command command) {
-    if (peer.uid == 0)
-        return {};
-    const bool admin = access.admin_gid &&
-                       (peer.gid == *access.admin_gid ||
-                        std::ranges::find(peer.groups, *access.admin_gid) != peer.groups.end());
-    if (admin)
+    if (is_admin(access, peer))
         return {};
     if (!is_change(command) && access.read_all)
         return {};
@@ -180,7 +182,7 @@ void ControlServer::accept_clients() {
         // Every local user may connect, so no user may take the slots from root and the
         // admin group: a few per uid, and a privileged client takes the slot of the
         // oldest unprivileged one when all are in use.
-        const bool privileged = access_problem(access_, c.peer, Command::Allow).empty();
+        const bool privileged = is_admin(access_, c.peer);
         if (!privileged) {
             const auto mine = std::ranges::count_if(
                 clients_, [&](const Client& o) { return o.peer.uid == c.peer.uid; });
@@ -194,9 +196,8 @@ void ControlServer::accept_clients() {
         if (clients_.size() >= kMaxClients) {
             auto victim = clients_.end();
             if (privileged) {
-                victim = std::ranges::find_if(clients_, [&](const Client& o) {
-                    return !access_problem(access_, o.peer, Command::Allow).empty();
-                });
+                victim = std::ranges::find_if(
+                    clients_, [&](const Client& o) { return !is_admin(access_, o.peer); });
             }
             if (victim == clients_.end()) {
                 refuse_client(c, "the daemon is busy with " + std::to_string(kMaxClients) +
@@ -295,6 +296,14 @@ void ControlServer::flush(Client& c) {
         c.out.erase(0, static_cast<std::size_t>(n));
     }
     c.fd.reset();  // whole answer written: one request per connection
+}
+
+void answer_in_child(int client_fd, const std::string& line) {
+    const int flags = fcntl(client_fd, F_GETFL);
+    if (flags >= 0)
+        (void)fcntl(client_fd, F_SETFL, flags & ~O_NONBLOCK);
+    (void)send_all(client_fd, line);  // a client gone away has nobody to tell
+    _exit(0);
 }
 
 std::expected<std::string, ClientError> call(const std::string& socket_path, const Request& request,

@@ -33,6 +33,10 @@ struct AccessPolicy {
     bool read_all = false;           // CONTROL_READ = "all": anyone may read
 };
 
+// Root, or a member of CONTROL_ADMIN_GROUP (primary or supplementary group): may run
+// every command and sees every uid's history.
+[[nodiscard]] bool is_admin(const AccessPolicy& access, const Peer& peer);
+
 // "" when peer may run command, else why not (for the error message).
 [[nodiscard]] std::string access_problem(const AccessPolicy& access, const Peer& peer,
                                          Command command);
@@ -57,6 +61,7 @@ class ControlServer {
     ~ControlServer();
 
     void set_access(const AccessPolicy& access) { access_ = access; }
+    [[nodiscard]] const AccessPolicy& access() const { return access_; }
 
     // The descriptors to poll; call process() with the same vector after poll().
     void add_pollfds(std::vector<pollfd>& fds) const;
@@ -100,6 +105,11 @@ class ControlServer {
     std::uint64_t requests_ = 0;
     std::uint64_t rejected_ = 0;
 };
+
+// In a child forked by a handler that returned nullopt: writes line on client_fd
+// (blocking, the whole of it) and ends the child without running the daemon's
+// destructors.
+[[noreturn]] void answer_in_child(int client_fd, const std::string& line);
 
 // The client side: connects, sends request, returns the response line. Errors name
 // the socket path ("cannot reach smtpfenced at /run/smtpfence/control.sock: ...").

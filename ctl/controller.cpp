@@ -77,7 +77,8 @@ Controller::Controller(const DaemonOptions& options, nft::Engine& engine,
       allowlist_(options, engine, kernel, state_, server),
       dest_(options, engine, state_),
       handlers_(options, engine, state_, worker_, guard_, allowlist_, dest_, server,
-                [this] { return reload(); }) {}
+                [this] { return reload(); }),
+      history_(options.state_dir) {}
 
 Result<Desired> Controller::read_inputs() {
     accounts_watch_.rearm();
@@ -180,7 +181,8 @@ std::optional<int> Controller::on_signal(int signal_fd) {
     if (::read(signal_fd, &info, sizeof info) != sizeof info)
         return std::nullopt;
     if (info.ssi_signo == SIGCHLD) {
-        worker_.reap();  // also reaps the children of `test`
+        history_.reap();  // first: worker_.reap() reaps any child, the others of `test`
+        worker_.reap();
         return std::nullopt;
     }
     if (info.ssi_signo == SIGHUP) {
@@ -259,6 +261,17 @@ std::optional<std::string> Controller::dispatch(const ctl::Request& r, const ctl
               std::to_string(peer.uid));
     if (r.command == ctl::Command::Test) {
         auto started = start_connect_test(state_, options_.passwd_path, r, client_fd);
+        if (started)
+            return std::nullopt;  // the child answers
+        return ctl::encode_error(started.error());
+    }
+    if (r.command == ctl::Command::Attempts || r.command == ctl::Command::Top) {
+        // The scope: an admin sees every uid, anyone else (CONTROL_READ = "all") only
+        // their own, whatever they asked for.
+        const std::optional<std::uint32_t> only_uid = ctl::is_admin(server_.access(), peer)
+                                                          ? std::nullopt
+                                                          : std::optional<std::uint32_t>(peer.uid);
+        auto started = history_.start(r, only_uid, client_fd);
         if (started)
             return std::nullopt;  // the child answers
         return ctl::encode_error(started.error());

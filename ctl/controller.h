@@ -1,5 +1,6 @@
 // smtpfenced's main loop and composition root: it owns the daemon's state and one of
-// each part sharing it (table guard, worker host, allowlist sync, request handlers),
+// each part sharing it (table guard, worker host, allowlist sync, request handlers,
+// history queries),
 // reloads on SIGHUP, a changed config file or a request, and serves the control socket.
 #pragma once
 
@@ -16,6 +17,7 @@
 #include "ctl/dest_sync.h"
 #include "ctl/first_apply.h"
 #include "ctl/handlers.h"
+#include "ctl/history_child.h"
 #include "ctl/table_guard.h"
 #include "ctl/worker_host.h"
 #include "nft/engine.h"
@@ -69,6 +71,7 @@ class Controller {
     AllowlistSync allowlist_;
     DestSync dest_;
     Handlers handlers_;
+    HistoryQueries history_;
 };
 
 }  // namespace smtpfence

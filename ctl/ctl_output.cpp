@@ -281,12 +281,24 @@ void print_attempts(const json& r) {
             std::cout << "process unidentified (it was gone before it could be looked up)\n";
         }
     }
-    std::cout << r.value("shown", 0) << " of " << r.value("matched", 0)
-              << " matching record(s) from " << field(r, "log") << "\n";
+    const auto shown = r.value("shown", std::size_t{0});
+    std::cout << shown << " record(s) from " << field(r, "store");
+    if (r.contains("only_uid"))
+        std::cout << " (only uid " << r.value("only_uid", 0U) << "'s: you are not an admin)";
+    std::cout << "\n";
+    if (r.value("more", false)) {
+        std::cout << "showing the newest " << shown
+                  << "; more matched: narrow with --since/--limit\n";
+    }
 }
 
 void print_top(const json& r) {
-    std::cout << "attempts since " << when(r.value("since", std::int64_t{0})) << "\n";
+    std::cout << "attempts since " << when(r.value("since", std::int64_t{0}));
+    if (r.contains("until"))
+        std::cout << " until " << when(r.value("until", std::int64_t{0}));
+    if (r.contains("only_uid"))
+        std::cout << " (only uid " << r.value("only_uid", 0U) << "'s: you are not an admin)";
+    std::cout << "\n";
     if (r["accounts"].empty()) {
         std::cout << "  none\n";
         return;

@@ -2,16 +2,11 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <ctime>
-#include <map>
-#include <set>
 #include <utility>
 #include <vector>
 
-#include "common/local_time.h"
 #include "common/log.h"
 #include "common/text.h"
-#include "nfq/attempt_log.h"
 #include "nfq/da_sink.h"
 #include "nfq/proc_queue.h"
 
@@ -65,10 +60,6 @@ Answer Handlers::answer(const ctl::Request& r) {
             return list();
         case Command::Check:
             return check(r);
-        case Command::Attempts:
-            return attempts(r);
-        case Command::Top:
-            return top(r);
         case Command::Allow:
         case Command::Deny:
             return change(r);
@@ -76,7 +67,9 @@ Answer Handlers::answer(const ctl::Request& r) {
             return reload();
         case Command::Remove:
             return remove();
-        case Command::Test:
+        case Command::Test:  // a child answers these (Controller::dispatch)
+        case Command::Attempts:
+        case Command::Top:
             break;
     }
     return refuse(ErrorCode::UnknownCommand, "not handled");
@@ -261,65 +254,6 @@ Answer Handlers::check(const ctl::Request& r) {
     j["blocked"] = blocked;
     j["reason"] = reason;
     return j;
-}
-
-Answer Handlers::attempts(const ctl::Request& r) {
-    std::vector<json> records =
-        nfq::AttemptLog::read_records(options_.state_dir, r.since.value_or(0));
-    if (r.user) {
-        std::erase_if(records, [&](const json& j) {
-            return j.value("user", "") != *r.user && j.value("account", "") != *r.user &&
-                   std::to_string(j.value("uid", 0U)) != *r.user;
-        });
-    }
-    const std::size_t total = records.size();
-    if (records.size() > r.limit)
-        records.erase(records.begin(), records.end() - static_cast<std::ptrdiff_t>(r.limit));
-    return json{{"records", records},
-                {"matched", total},
-                {"shown", records.size()},
-                {"log", options_.state_dir + "/attempts.jsonl"}};
-}
-
-Answer Handlers::top(const ctl::Request& r) {
-    const std::int64_t since = r.since.value_or(local_midnight(std::time(nullptr)));
-    struct Row {
-        std::uint64_t explained = 0, counted = 0;
-        std::set<std::string> users;
-        std::int64_t last = 0;
-        std::string last_cwd, last_exe;
-    };
-    std::map<std::string, Row> rows;
-    for (const json& j : nfq::AttemptLog::read_records(options_.state_dir, since)) {
-        Row& row = rows[j.value("account", "unknown")];
-        if (j["type"] == "attempt") {
-            ++row.explained;
-            if (j.value("identified", false)) {
-                row.last_cwd = j.value("cwd", "");
-                row.last_exe = j.value("exe", "");
-            }
-        } else {
-            row.counted += j.value("count", std::uint64_t{0});
-        }
-        row.users.insert(j.value("user", ""));
-        row.last = std::max(row.last, j.value("epoch", std::int64_t{0}));
-    }
-    std::vector<std::pair<std::string, Row>> sorted(rows.begin(), rows.end());
-    std::ranges::stable_sort(sorted, [](const auto& a, const auto& b) {
-        return a.second.explained + a.second.counted > b.second.explained + b.second.counted;
-    });
-    json out = json::array();
-    for (const auto& [account, row] : sorted) {
-        out.push_back({{"account", account},
-                       {"attempts", row.explained + row.counted},
-                       {"explained", row.explained},
-                       {"counted_only", row.counted},
-                       {"users", row.users},
-                       {"last_epoch", row.last},
-                       {"last_cwd", row.last_cwd},
-                       {"last_exe", row.last_exe}});
-    }
-    return json{{"since", since}, {"accounts", out}};
 }
 
 Answer Handlers::change(const ctl::Request& r) {

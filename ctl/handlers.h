@@ -1,4 +1,5 @@
-// The answers to control requests (all but `test`, see connect_test.h), from the
+// The answers to control requests (all but `test`, see connect_test.h, and `attempts`
+// and `top`, see history_child.h), from the
 // daemon's state and parts. Who may ask what is checked before, by the ControlServer.
 #pragma once
 
@@ -47,8 +48,6 @@ class Handlers {
     [[nodiscard]] Answer status();
     [[nodiscard]] Answer list();
     [[nodiscard]] Answer check(const ctl::Request& r);
-    [[nodiscard]] Answer attempts(const ctl::Request& r);
-    [[nodiscard]] Answer top(const ctl::Request& r);
     [[nodiscard]] Answer change(const ctl::Request& r);
     [[nodiscard]] Answer change_exception(const ctl::Request& r);
     // check --to: which exceptions let the user reach the destination, port by port.

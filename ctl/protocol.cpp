@@ -7,6 +7,7 @@
 #include <set>
 #include <utility>
 
+#include "nfq/history_query.h"
 #include "policy/allow_store.h"
 #include "policy/destination.h"
 
@@ -51,13 +52,16 @@ std::set<std::string_view> allowed_fields(Command c) {
         case Command::Test:
             return {"user", "address", "port"};
         case Command::Attempts:
-            return {"since", "user", "limit"};
+            return {"since", "until", "user", "account", "exe", "dst", "limit"};
         case Command::Top:
-            return {"since"};
+            return {"since", "until"};
         default:
             return {};
     }
 }
+
+// PATH_MAX: longer is no path the kernel hands the worker.
+constexpr std::size_t kMaxPathBytes = 4096;
 
 std::unexpected<ProtocolError> bad(ErrorCode code, std::string message) {
     return std::unexpected(ProtocolError{code, std::move(message)});
@@ -173,6 +177,53 @@ std::expected<std::string, ProtocolError> destination_field(const json& j) {
     return dest->text();
 }
 
+// "since" and "until": epoch seconds, until after since.
+std::expected<void, ProtocolError> read_times(const json& j, Request& r) {
+    for (const auto& [field, time] : {std::pair{"since", &r.since}, std::pair{"until", &r.until}}) {
+        if (!j.contains(field))
+            continue;
+        const json& t = j[field];
+        if (!t.is_number_integer() || t.get<std::int64_t>() < 0)
+            return bad(ErrorCode::InvalidArgument,
+                       std::string(field) + " must be a non-negative epoch time");
+        *time = t.get<std::int64_t>();
+    }
+    if (r.since && r.until && *r.until <= *r.since)
+        return bad(ErrorCode::InvalidArgument, "until must be after since");
+    return {};
+}
+
+// The filters of attempts besides user and the times: account, exe, dst.
+std::expected<void, ProtocolError> read_filters(const json& j, Request& r) {
+    if (j.contains("account")) {
+        auto a = name_field(j, "account");
+        if (!a)
+            return std::unexpected(a.error());
+        r.account = std::move(*a);
+    }
+    if (j.contains("exe")) {
+        auto e = string_field(j, "exe");
+        if (!e)
+            return std::unexpected(e.error());
+        if (e->empty() || e->front() != '/' || e->find('\0') != std::string::npos ||
+            e->size() > kMaxPathBytes)
+            return bad(ErrorCode::InvalidArgument,
+                       "exe " + quote_value(*e) + " is not an absolute path");
+        r.exe = std::move(*e);
+    }
+    if (j.contains("dst")) {
+        auto d = string_field(j, "dst");
+        if (!d)
+            return std::unexpected(d.error());
+        auto canonical = nfq::canonical_address(*d);
+        if (!canonical)
+            return bad(ErrorCode::InvalidArgument,
+                       "dst " + quote_value(*d) + " is not an IPv4 or IPv6 address");
+        r.dst = std::move(*canonical);
+    }
+    return {};
+}
+
 // The value fields, each checked for its type and range in a fixed order: the error
 // names the first bad one in that order, whatever the order in the line.
 std::expected<void, ProtocolError> read_fields(const json& j, Request& r) {
@@ -211,19 +262,15 @@ std::expected<void, ProtocolError> read_fields(const json& j, Request& r) {
             return bad(ErrorCode::InvalidArgument, "port must be an integer from 1 to 65535");
         r.port = static_cast<std::uint16_t>(p.get<std::int64_t>());
     }
-    if (j.contains("since")) {
-        const json& s = j["since"];
-        if (!s.is_number_integer() || s.get<std::int64_t>() < 0)
-            return bad(ErrorCode::InvalidArgument, "since must be a non-negative epoch time");
-        r.since = s.get<std::int64_t>();
-    }
+    if (auto times = read_times(j, r); !times)
+        return times;
     if (j.contains("limit")) {
         const json& l = j["limit"];
         if (!l.is_number_integer() || l.get<std::int64_t>() < 1 || l.get<std::int64_t>() > 100000)
             return bad(ErrorCode::InvalidArgument, "limit must be an integer from 1 to 100000");
         r.limit = static_cast<std::uint32_t>(l.get<std::int64_t>());
     }
-    return {};
+    return read_filters(j, r);
 }
 
 // What each command requires.
@@ -327,6 +374,14 @@ std::string encode_request(const Request& r) {
     }
     if (r.since)
         j["since"] = *r.since;
+    if (r.until)
+        j["until"] = *r.until;
+    if (r.account)
+        j["account"] = *r.account;
+    if (r.exe)
+        j["exe"] = *r.exe;
+    if (r.dst)
+        j["dst"] = *r.dst;
     if (r.command == Command::Attempts)
         j["limit"] = r.limit;
     return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";

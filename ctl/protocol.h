@@ -49,7 +49,7 @@ enum class Command {
 
 struct Request {
     Command command = Command::Version;
-    std::optional<std::string> user;   // allow, deny, check, test, attempts (filter)
+    std::optional<std::string> user;   // allow, deny, check, test; attempts: user, account or uid
     std::optional<std::string> group;  // allow, deny
     bool everyone = false;             // allow, deny: an exception for every user
     // allow, deny, check: a destination exception (HOST[:PORT], policy/destination.h),
@@ -57,7 +57,11 @@ struct Request {
     std::optional<std::string> to;
     std::optional<std::string> address;  // test: numeric IPv4 or IPv6
     std::uint16_t port = 25;             // test
-    std::optional<std::int64_t> since;   // attempts, top: epoch seconds
+    std::optional<std::int64_t> since;   // attempts, top: epoch seconds, [since, until)
+    std::optional<std::int64_t> until;   // attempts, top: epoch seconds, after since
+    std::optional<std::string> account;  // attempts: the hosting account
+    std::optional<std::string> exe;      // attempts: an executable's absolute path
+    std::optional<std::string> dst;      // attempts: a destination address, canonical text
     std::uint32_t limit = 100;           // attempts: newest N records
 };
 

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "common/conf_reader.h"
 #include "common/log.h"
@@ -21,6 +22,7 @@
 #include "ctl/ctl_output.h"
 #include "ctl/daemon.h"
 #include "ctl/protocol.h"
+#include "nfq/history_query.h"
 #include "nft/engine.h"
 #include "nft/netlink.h"
 #include "policy/destination.h"
@@ -127,9 +129,13 @@ struct CliArgs {
     std::string group;
     bool everyone = false;  // allow, deny: an exception for every user
     std::string to;         // allow, deny, check: HOST[:PORT]
-    std::string since;
-    std::string address;  // test
-    int port = 25;        // test
+    std::string since;      // attempts, top
+    std::string until;      // attempts, top
+    std::string account;    // attempts
+    std::string exe;        // attempts
+    std::string dst;        // attempts
+    std::string address;    // test
+    int port = 25;          // test
     std::uint32_t limit = 100;
     bool dry = false;  // apply --dry-run
     std::string csf_path = csf::kDefaultCsfConfPath;
@@ -198,14 +204,19 @@ void add_report_commands(CLI::App& app, CliArgs& a, Subcommands& s) {
     s.status = app.add_subcommand("status", "what is enforced, worker health, counters");
     add_json_flag(s.status, a);
     s.attempts = app.add_subcommand("attempts", "who tried: user, process, destination");
-    s.attempts->add_option("--since", a.since, "e.g. 90s, 30m, 1h, 2d, today");
-    s.attempts->add_option("--user", a.user, "only this user or hosting account");
+    s.attempts->add_option("--since", a.since, "from then on, e.g. 90s, 30m, 1h, 2d, today");
+    s.attempts->add_option("--until", a.until, "before then, as --since");
+    s.attempts->add_option("--user", a.user, "only this user, hosting account or uid");
+    s.attempts->add_option("--account", a.account, "only this hosting account");
+    s.attempts->add_option("--exe", a.exe, "only processes of this executable (absolute path)");
+    s.attempts->add_option("--dst", a.dst, "only attempts to this IPv4 or IPv6 address");
     s.attempts->add_option("--limit", a.limit, "show the newest N records")
         ->capture_default_str()
         ->check(CLI::Range(1, 100000));
     add_json_flag(s.attempts, a);
     s.top = app.add_subcommand("top", "accounts ranked by attempts (default: today)");
-    s.top->add_option("--since", a.since, "e.g. 1h, 2d, today");
+    s.top->add_option("--since", a.since, "from then on, e.g. 1h, 2d, today");
+    s.top->add_option("--until", a.until, "before then, as --since");
     add_json_flag(s.top, a);
 }
 
@@ -257,16 +268,56 @@ Subcommands build_cli(CLI::App& app, CliArgs& a) {
     return s;
 }
 
-// The --since of attempts and top into req, or the exit code of a usage error.
-std::optional<int> read_since(const CliArgs& a, ctl::Request& req) {
-    if (a.since.empty())
-        return std::nullopt;
-    req.since = parse_since(a.since);
-    if (!req.since) {
-        log::error("--since \"" + text::printable(a.since) +
-                   "\": expected a duration such as 90s, 30m, 1h, 2d, or \"today\"");
+// --since and --until of attempts and top into req, or the exit code of a usage error
+// (reported).
+std::optional<int> read_times(const CliArgs& a, ctl::Request& req) {
+    for (const auto& [option, text, time] : {std::tuple{"--since", &a.since, &req.since},
+                                             std::tuple{"--until", &a.until, &req.until}}) {
+        if (text->empty())
+            continue;
+        *time = parse_since(*text);
+        if (!*time) {
+            log::error(std::string(option) + " \"" + text::printable(*text) +
+                       "\": expected a duration such as 90s, 30m, 1h, 2d, or \"today\"");
+            return kExitUsage;
+        }
+    }
+    if (req.since && req.until && *req.until <= *req.since) {
+        log::error("--until \"" + text::printable(a.until) + "\" is not after --since \"" +
+                   text::printable(a.since) + "\"");
         return kExitUsage;
     }
+    return std::nullopt;
+}
+
+// The filters of attempts into req, or the exit code of a usage error (reported).
+std::optional<int> read_filters(const CliArgs& a, ctl::Request& req) {
+    if (!a.user.empty())
+        req.user = a.user;
+    if (!a.account.empty()) {
+        if (const std::string p = ctl::name_problem(a.account); !p.empty()) {
+            log::error("--account \"" + text::printable(a.account) + "\": " + p);
+            return kExitUsage;
+        }
+        req.account = a.account;
+    }
+    if (!a.exe.empty()) {
+        if (a.exe.front() != '/') {
+            log::error("--exe \"" + text::printable(a.exe) + "\": expected an absolute path");
+            return kExitUsage;
+        }
+        req.exe = a.exe;
+    }
+    if (!a.dst.empty()) {
+        auto address = nfq::canonical_address(a.dst);
+        if (!address) {
+            log::error("--dst \"" + text::printable(a.dst) +
+                       "\": expected an IPv4 or IPv6 address");
+            return kExitUsage;
+        }
+        req.dst = std::move(*address);
+    }
+    req.limit = a.limit;
     return std::nullopt;
 }
 
@@ -310,12 +361,11 @@ std::expected<ctl::Request, int> request_from(const Subcommands& s, const CliArg
         req.command = ctl::Command::Status;
     } else if (s.attempts->parsed() || s.top->parsed()) {
         req.command = s.attempts->parsed() ? ctl::Command::Attempts : ctl::Command::Top;
-        if (const auto usage = read_since(a, req))
+        if (const auto usage = read_times(a, req))
             return std::unexpected(*usage);
         if (s.attempts->parsed()) {
-            if (!a.user.empty())
-                req.user = a.user;
-            req.limit = a.limit;
+            if (const auto usage = read_filters(a, req))
+                return std::unexpected(*usage);
         }
     } else if (s.reload->parsed() || s.apply->parsed()) {
         req.command = ctl::Command::Reload;

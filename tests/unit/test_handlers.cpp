@@ -1,5 +1,6 @@
 // The daemon's answers to control requests, for a given policy and state, against a
-// fake kernel: status, list, check, attempts, top, allow/deny, reload and remove, and
+// fake kernel: status, list, check, allow/deny, reload and remove (attempts and top:
+// test_history_query.cpp), and
 // who may ask for a change under CONTROL_ADMIN_GROUP and CONTROL_READ.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -11,7 +12,6 @@
 #include <vector>
 
 #include "ctl/connect_test.h"
-#include "nfq/attempt_log.h"
 #include "tests/unit/daemon_fixture.h"
 
 namespace smtpfence {
@@ -412,99 +412,6 @@ TEST_F(HandlersTest, RemoveThatTheKernelRefusesChangesNothing) {
     EXPECT_EQ(a.error().code, ErrorCode::Failed);
     EXPECT_FALSE(state.removed);
     EXPECT_NE(table(), nullptr);
-}
-
-// The attempt log as the worker writes it: two accounts, a checkpoint, a counted-only
-// summary, a torn line, and an older record in the rotated file.
-class AttemptsTest : public DaemonPartsTest {
-  protected:
-    AttemptsTest() {
-        ::mkdir(options.state_dir.c_str(), 0750);
-        std::string rotated = nfq::to_json_line(attempt(100, 1001, "alice", "alice"));
-        std::string current =
-            nfq::to_json_line(attempt(200, 1001, "alice", "alice")) +
-            nfq::to_json_line(checkpoint(250)) +
-            nfq::to_json_line(attempt(300, 1002, "bob", "shop")) +
-            nfq::to_json_line(nfq::CountedOnly{
-                .time = 400, .uid = 1002, .user = "bob", .account = "shop", .count = 5}) +
-            "{\"type\":\"attempt\",\"ep";
-        dir.write("state/attempts.jsonl.1", rotated);
-        dir.write("state/attempts.jsonl", current);
-    }
-    static nfq::Checkpoint checkpoint(std::time_t t) {
-        nfq::Checkpoint c;
-        c.time = t;
-        return c;
-    }
-    static nfq::Attempt attempt(std::time_t t, std::uint32_t uid, const std::string& user,
-                                const std::string& account) {
-        nfq::Attempt a;
-        a.time = t;
-        a.uid = uid;
-        a.user = user;
-        a.account = account;
-        a.identified = true;
-        a.cwd = "/home/" + user;
-        a.exe = "/usr/bin/php";
-        return a;
-    }
-    Answer attempts(std::optional<std::string> user, std::int64_t since, std::uint32_t limit) {
-        ctl::Request r;
-        r.command = Command::Attempts;
-        r.user = std::move(user);
-        r.since = since;
-        r.limit = limit;
-        return handlers.answer(r);
-    }
-};
-
-TEST_F(AttemptsTest, AttemptsInTimeOrderFilteredAndLimited) {
-    const Answer all = attempts(std::nullopt, 0, 100);
-    ASSERT_TRUE(all.has_value());
-    std::vector<std::int64_t> epochs;
-    for (const json& j : all->at("records"))
-        epochs.push_back(j.at("epoch").get<std::int64_t>());
-    EXPECT_EQ(epochs, (std::vector<std::int64_t>{100, 200, 300, 400}));  // no checkpoint
-    EXPECT_EQ(all->at("log"), options.state_dir + "/attempts.jsonl");
-
-    const Answer shop = attempts("shop", 0, 1);  // the account, newest first kept
-    ASSERT_TRUE(shop.has_value());
-    EXPECT_EQ(shop->at("matched"), 2);
-    EXPECT_EQ(shop->at("shown"), 1);
-    EXPECT_EQ(shop->at("records")[0].at("type"), "counted");
-    EXPECT_EQ(attempts("1001", 150, 100)->at("matched"), 1);  // a uid, and since
-}
-
-TEST_F(AttemptsTest, TopRanksAccounts) {
-    ctl::Request r;
-    r.command = Command::Top;
-    r.since = 0;
-    const Answer a = handlers.answer(r);
-    ASSERT_TRUE(a.has_value());
-    EXPECT_EQ(a->at("since"), 0);
-    const json& accounts = a->at("accounts");
-    ASSERT_EQ(accounts.size(), 2U);
-    EXPECT_EQ(accounts[0], json({{"account", "shop"},
-                                 {"attempts", 6},
-                                 {"explained", 1},
-                                 {"counted_only", 5},
-                                 {"users", {"bob"}},
-                                 {"last_epoch", 400},
-                                 {"last_cwd", "/home/bob"},
-                                 {"last_exe", "/usr/bin/php"}}));
-    EXPECT_EQ(accounts[1].at("account"), "alice");
-    EXPECT_EQ(accounts[1].at("attempts"), 2);
-}
-
-TEST_F(AttemptsTest, ALogReplacedByASymlinkIsNotRead) {
-    const std::string other =
-        dir.write("other.jsonl", nfq::to_json_line(attempt(500, 7, "x", "x")));
-    std::filesystem::remove(options.state_dir + "/attempts.jsonl");
-    std::filesystem::create_symlink(other, options.state_dir + "/attempts.jsonl");
-    const Answer a = attempts(std::nullopt, 0, 100);
-    ASSERT_TRUE(a.has_value());
-    EXPECT_EQ(a->at("matched"), 1);  // the rotated file only
-    EXPECT_EQ(a->at("records")[0].at("epoch"), 100);
 }
 
 TEST_F(HandlersTest, ConnectTestOfAnUnknownUserIsRefusedWithoutAFork) {

@@ -198,6 +198,38 @@ TEST(Protocol, AttemptsTakesSinceUserAndLimit) {
     }
 }
 
+TEST(Protocol, AttemptsTakesTheHistoryFilters) {
+    const Request r = parsed(R"({"v":1,"cmd":"attempts","since":100,"until":200,"account":"shop",)"
+                             R"("exe":"/usr/bin/php8.2","dst":"2001:DB8:0::1"})");
+    EXPECT_EQ(r.since, 100);
+    EXPECT_EQ(r.until, 200);
+    EXPECT_EQ(r.account, "shop");
+    EXPECT_EQ(r.exe, "/usr/bin/php8.2");
+    EXPECT_EQ(r.dst, "2001:db8::1");  // as the worker writes it
+    EXPECT_EQ(parsed(R"({"v":1,"cmd":"top","until":5})").until, 5);
+
+    expect_refused(R"({"v":1,"cmd":"top","since":200,"until":200})", ErrorCode::InvalidArgument,
+                   "until must be after since");
+    expect_refused(R"({"v":1,"cmd":"attempts","until":-5})", ErrorCode::InvalidArgument,
+                   "until must be a non-negative epoch time");
+    expect_refused(R"({"v":1,"cmd":"attempts","account":"a b"})", ErrorCode::InvalidArgument,
+                   R"(account name "a b": )" + name_problem("a b"));
+    // The value as JSON has it, and as the message quotes it.
+    for (const auto& [exe, quoted] : std::vector<std::pair<std::string, std::string>>{
+             {"php", "php"}, {"", ""}, {R"(/usr/bin/php\u0000x)", R"(/usr/bin/php\x00x)"}}) {
+        expect_refused(R"({"v":1,"cmd":"attempts","exe":")" + exe + "\"}",
+                       ErrorCode::InvalidArgument,
+                       "exe \"" + quoted + "\" is not an absolute path");
+    }
+    for (const std::string dst : {"mail.example", "192.0.2.0/24", "2001:db8::1]"}) {
+        expect_refused(R"({"v":1,"cmd":"attempts","dst":")" + dst + "\"}",
+                       ErrorCode::InvalidArgument,
+                       "dst \"" + dst + "\" is not an IPv4 or IPv6 address");
+    }
+    expect_refused(R"({"v":1,"cmd":"top","account":"shop"})", ErrorCode::BadRequest,
+                   R"(command top takes no field "account")");
+}
+
 TEST(Protocol, FieldsACommandDoesNotTakeAreRefused) {
     expect_refused(R"({"v":1,"cmd":"status","user":"alice"})", ErrorCode::BadRequest,
                    R"(command status takes no field "user")");
