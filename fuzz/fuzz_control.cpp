@@ -1,8 +1,8 @@
 // The control protocol as smtpfenced reads it: one request line from any local user
 // (ctl::parse_request), and the response lines it writes back (encode_error, encode_ok).
 // Invariants: nothing throws; an accepted request holds only what its checks allow
-// (valid names, a numeric address, values in range) and survives encode_request ->
-// parse_request unchanged; every response is one line of JSON that a client reads
+// (valid names, numeric addresses in the worker's text, values in range) and survives
+// encode_request -> parse_request unchanged; every response is one line of JSON that a client reads
 // back to the same code and (when the message is UTF-8) the same message.
 #include <arpa/inet.h>
 
@@ -14,6 +14,7 @@
 
 #include "ctl/protocol.h"
 #include "fuzz/fuzz_check.h"
+#include "nfq/history_query.h"
 #include "policy/destination.h"
 
 namespace smtpfence::fuzz {
@@ -24,7 +25,8 @@ using nlohmann::json;
 bool same_request(const ctl::Request& a, const ctl::Request& b) {
     return a.command == b.command && a.user == b.user && a.group == b.group &&
            a.address == b.address && a.port == b.port && a.since == b.since && a.limit == b.limit &&
-           a.everyone == b.everyone && a.to == b.to;
+           a.everyone == b.everyone && a.to == b.to && a.until == b.until &&
+           a.account == b.account && a.exe == b.exe && a.dst == b.dst;
 }
 
 bool is_numeric_address(const std::string& s) {
@@ -54,7 +56,7 @@ void check_error_response(const ctl::ProtocolError& error) {
 }
 
 void check_accepted(const ctl::Request& r) {
-    for (const auto* name : {&r.user, &r.group}) {
+    for (const auto* name : {&r.user, &r.group, &r.account}) {
         if (*name)
             check(ctl::name_problem(**name).empty(), "an invalid name accepted");
     }
@@ -63,6 +65,17 @@ void check_accepted(const ctl::Request& r) {
     check(r.port >= 1, "port 0 accepted");
     check(r.limit >= 1 && r.limit <= 100000, "a limit out of range accepted");
     check(!r.since || *r.since >= 0, "a negative since accepted");
+    check(!r.until || *r.until >= 0, "a negative until accepted");
+    check(!r.since || !r.until || *r.until > *r.since, "an until not after since accepted");
+    if (r.exe) {
+        check(!r.exe->empty() && r.exe->front() == '/' && r.exe->find('\0') == std::string::npos,
+              "an exe that is not an absolute path accepted");
+    }
+    if (r.dst) {
+        // The worker's text of an address: it reads back to itself.
+        const auto canonical = nfq::canonical_address(*r.dst);
+        check(canonical.has_value() && *canonical == *r.dst, "a dst not in canonical form");
+    }
     if (r.to) {
         // Kept in its canonical form: it parses back to the very same text.
         auto dest = parse_destination(*r.to);

@@ -107,13 +107,13 @@ expect_exact "--help --json" smtpfencectl status --
 expect_exact "--help --json" smtpfencectl list --
 expect_exact "--help --json" smtpfencectl check --
 expect_exact "--help --json" smtpfencectl test --
-expect_exact "--help --json --limit --since --user" smtpfencectl attempts --
-expect_exact "--help --json --since" smtpfencectl top --
+expect_exact "--account --dst --exe --help --json --limit --since --until --user" smtpfencectl attempts --
+expect_exact "--help --json --since --until" smtpfencectl top --
 expect_exact "--help" smtpfencectl reload --
 expect_exact "--help" smtpfencectl remove --
 expect_exact "--allow-list --config --csf-conf --dry-run --group --help --passwd --table" smtpfencectl apply --
 expect_exact "--dry-run" smtpfencectl apply --d
-expect_exact "--user" smtpfencectl --socket /run/x.sock attempts --u
+expect_exact "--user" smtpfencectl --socket /run/x.sock attempts --us
 
 # User names.
 expect_has "$user" smtpfencectl allow "${user:0:2}"
@@ -142,6 +142,9 @@ expect_none smtpfencectl test "$user" 192.0.2.25 25 ""
 expect_exact "today" smtpfencectl attempts --since t
 expect_has "1h" smtpfencectl top --since ""
 expect_none smtpfencectl attempts --limit ""
+expect_none smtpfencectl attempts --dst ""
+expect_has "1h" smtpfencectl top --until ""
+expect_has "$user" smtpfencectl attempts --account "${user:0:2}"
 expect_none smtpfencectl apply --table ""
 
 # Files after apply's --config, --passwd, --group (a file here, not a group name)
