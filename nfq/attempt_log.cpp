@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <charconv>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <system_error>
 
 #include "common/files.h"
@@ -50,25 +49,6 @@ Result<void> check_own_file(int fd, const std::string& path) {
                         " hard links: refusing to write to it (another file shares it)");
     }
     return {};
-}
-
-// One file of the stream, never through a symlink: a file planted there would show
-// another file to whoever asks the daemon for `attempts`.
-Result<std::string> read_log_file(const std::string& dir, const char* name) {
-    return read_text_file(dir + "/" + name, AttemptLog::kMaxReadBytes, Symlinks::Refuse);
-}
-
-// Each line of text that is a JSON object; others (a torn line after a short write, an
-// edit by hand) are skipped.
-template <class OnRecord>
-void for_each_record(const std::string& text, OnRecord on_record) {
-    std::istringstream in(text);
-    std::string line;
-    while (std::getline(in, line)) {
-        json j = json::parse(line, nullptr, false);
-        if (!j.is_discarded() && j.is_object())
-            on_record(j);
-    }
 }
 
 }  // namespace
@@ -158,27 +138,6 @@ Result<AttemptLog> AttemptLog::open(const std::string& state_dir, std::uint64_t 
         return fail(errno, path);
     return AttemptLog(state_dir, path, std::move(dir), std::move(fd), max_bytes,
                       static_cast<std::uint64_t>(st.st_size));
-}
-
-std::vector<json> AttemptLog::read_records(const std::string& state_dir, std::int64_t since) {
-    std::vector<json> out;
-    for (const char* name : {kRotatedName, kLogName}) {
-        const auto text = read_log_file(state_dir, name);
-        if (!text)
-            continue;
-        for_each_record(*text, [&](json& j) {
-            if (!j.contains("type") || !j["type"].is_string())
-                return;
-            const std::string type = j["type"].get<std::string>();
-            if (type != "attempt" && type != "counted")
-                return;
-            if (!j.contains("epoch") || !j["epoch"].is_number_integer() ||
-                j["epoch"].get<std::int64_t>() < since)
-                return;
-            out.push_back(std::move(j));
-        });
-    }
-    return out;
 }
 
 void AttemptLog::write_line(const std::string& line) {

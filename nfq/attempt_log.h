@@ -7,11 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <map>
-#include <nlohmann/json_fwd.hpp>
-#include <optional>
 #include <string>
-#include <vector>
 
 #include "common/error.h"
 #include "common/fd.h"
@@ -29,19 +25,13 @@ class AttemptLog final : public AttemptSink {
     void explained(const Attempt& attempt) override;
     void counted_only(const CountedOnly& record) override;
     void checkpoint(const Checkpoint&) override {}  // the history's alone
-    // The attempt and counted-only records with an epoch at or after since, in time
-    // order: the rotated file, then the current one. Other lines are skipped.
-    [[nodiscard]] static std::vector<nlohmann::json> read_records(const std::string& state_dir,
-                                                                  std::int64_t since);
-
     [[nodiscard]] std::uint64_t write_errors() const { return write_errors_; }
     [[nodiscard]] const std::string& path() const { return path_; }
 
     static constexpr std::uint64_t kDefaultMaxBytes = 16ULL << 20U;
-    // The file names in the state directory, and how much of either is read back.
+    // The file names in the state directory.
     static constexpr const char* kFileName = "attempts.jsonl";
     static constexpr const char* kRotatedFileName = "attempts.jsonl.1";
-    static constexpr std::size_t kMaxReadBytes = std::size_t{1} << 30U;
 
   private:
     AttemptLog(std::string dir, std::string path, UniqueFd dir_fd, UniqueFd fd,
