@@ -288,7 +288,8 @@ void print_attempts(const json& r) {
     std::cout << "\n";
     if (r.value("more", false)) {
         std::cout << "showing the newest " << shown
-                  << "; more matched: narrow with --since/--limit\n";
+                  << "; more matched (a larger --limit shows more, --since/--until "
+                     "another period)\n";
     }
 }
 
