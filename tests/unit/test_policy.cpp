@@ -265,6 +265,22 @@ TEST(Policy, ObserveRateAndBurst) {
     EXPECT_NE(bad("OBSERVE_BURST", "").find("expected a number"), std::string::npos);
 }
 
+TEST(Policy, HistoryRetention) {
+    const Policy defaults = map_ok("");
+    EXPECT_EQ(defaults.history_days, 90U);
+    EXPECT_EQ(defaults.history_max_mb, 1024U);
+    EXPECT_EQ(map_ok("HISTORY_DAYS = \"1\"").history_days, 1U);
+    EXPECT_EQ(map_ok("HISTORY_DAYS = \"3650\"").history_days, 3650U);
+    EXPECT_EQ(map_ok("HISTORY_MAX_MB = \"16\"").history_max_mb, 16U);
+    EXPECT_EQ(map_ok("HISTORY_MAX_MB = \"1048576\"").history_max_mb, 1048576U);
+    EXPECT_EQ(bad("HISTORY_DAYS", "0"),
+              "smtpfence.conf:1: HISTORY_DAYS: bad value \"0\": expected a number from 1 to 3650");
+    EXPECT_EQ(bad("HISTORY_MAX_MB", "15"),
+              "smtpfence.conf:1: HISTORY_MAX_MB: bad value \"15\": expected a number from 16 to "
+              "1048576");
+    EXPECT_NE(bad("HISTORY_DAYS", "90d").find("bad value \"90d\""), std::string::npos);
+}
+
 TEST(Policy, UnknownKeyWithHint) {
     EXPECT_EQ(map_error("SMTP_BLOCK = \"1\"\nSMTP_BLOK = \"1\"\n"),
               "smtpfence.conf:2: unknown setting \"SMTP_BLOK\" (did you mean SMTP_BLOCK?)");

@@ -76,14 +76,14 @@ std::string tail(const std::string& text, std::size_t max) {
     return text.size() <= max ? text : "..." + text.substr(text.size() - max);
 }
 
+}  // namespace
+
 std::string describe_counts(const std::map<std::uint32_t, std::uint64_t>& m) {
     std::string s = "{";
     for (const auto& [uid, n] : m)
         s += (s.size() > 1 ? ", " : "") + std::to_string(uid) + ": " + std::to_string(n);
     return s + "}";
 }
-
-}  // namespace
 
 std::string worker_path() {
     return SMTPFENCE_WORKER_PATH;

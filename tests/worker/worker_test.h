@@ -90,6 +90,8 @@ struct AttemptLogView {
     [[nodiscard]] std::vector<Json> attempts_of(std::uint32_t uid) const;
 };
 [[nodiscard]] AttemptLogView read_attempt_log(const std::string& state_dir);
+// "{2001: 3, 2002: 1}", for failure messages.
+[[nodiscard]] std::string describe_counts(const std::map<std::uint32_t, std::uint64_t>& m);
 
 // The kernel's per-uid packet counters of set `blocked`, read with `nft -j` in ns (not
 // with the project's own engine, so the two are checked against each other).
