@@ -28,6 +28,8 @@ inline constexpr const char* kReaderPragmas =
     "PRAGMA cache_size = -2048; PRAGMA mmap_size = 0; PRAGMA temp_store = MEMORY;"
     "PRAGMA query_only = ON;";
 
+// records.id is AUTOINCREMENT: an id is never given out twice, not even after retention
+// has removed the newest rows, since recovery counts the records after the checkpoint's.
 inline constexpr const char* kCreateTables = R"sql(
 CREATE TABLE IF NOT EXISTS procs (
   id      INTEGER PRIMARY KEY,
@@ -37,7 +39,7 @@ CREATE TABLE IF NOT EXISTS procs (
   UNIQUE (exe, cwd, cmdline)
 );
 CREATE TABLE IF NOT EXISTS records (
-  id         INTEGER PRIMARY KEY,
+  id         INTEGER PRIMARY KEY AUTOINCREMENT,
   epoch      INTEGER NOT NULL,
   uid        INTEGER NOT NULL,
   gid        INTEGER,

@@ -117,11 +117,9 @@ HistoryStore::HistoryStore(sql::Database db, std::string state_dir, HistoryLimit
       stmt_(std::make_unique<Statements>()) {}
 
 HistoryStore::HistoryStore(HistoryStore&&) noexcept = default;
-// What the last turn wrote is committed, not rolled back, when the worker stops.
-HistoryStore::~HistoryStore() {
-    if (stmt_)  // not moved from
-        commit();
-}
+// What was not committed is rolled back (tx_'s destructor): a batch is whole or not
+// there, and the worker commits what it means to keep.
+HistoryStore::~HistoryStore() = default;
 
 Result<HistoryStore> HistoryStore::open(const std::string& state_dir, HistoryLimits limits) {
     if (::mkdir(state_dir.c_str(), 0750) != 0 && errno != EEXIST)
@@ -188,7 +186,12 @@ Result<HistoryStore> HistoryStore::open(const std::string& state_dir, HistoryLim
     return store;
 }
 
+// A batch is written whole or not at all: after the first failure nothing more goes
+// into it (SQLite may have rolled the transaction back already, and a later statement
+// would then commit alone), and commit() rolls it back and says so.
 bool HistoryStore::begin() {
+    if (batch_error_)
+        return false;
     if (tx_)
         return true;
     auto tx = sql::Transaction::begin(db_);
@@ -201,14 +204,8 @@ bool HistoryStore::begin() {
 }
 
 void HistoryStore::write_failed(const Error& e) {
-    ++counters_.write_errors;
-    // Once when writes start failing, not once per record (a flood would fill the
-    // journal); commit() says when they work again.
-    if (!failing_) {
-        failing_ = true;
-        log::warning("attempt history: " + e.message() +
-                     "; records are lost until it works again (the kernel still counts)");
-    }
+    if (!batch_error_)
+        batch_error_ = e;
 }
 
 std::optional<std::int64_t> HistoryStore::proc_id(const Attempt& a) {
@@ -219,8 +216,7 @@ std::optional<std::int64_t> HistoryStore::proc_id(const Attempt& a) {
     st.bind(1, a.exe).bind(2, a.cwd).bind(3, a.cmdline);
     auto row = st.step();
     if (!row || !*row) {
-        if (!row)
-            write_failed(row.error());
+        write_failed(row ? Error{EIO, path(), "no id for a process"} : row.error());
         st.reset();
         return std::nullopt;
     }
@@ -256,8 +252,11 @@ void HistoryStore::explained(const Attempt& a) {
     if (!begin())
         return;
     std::optional<std::int64_t> proc;
-    if (a.identified)
+    if (a.identified) {
         proc = proc_id(a);
+        if (!proc)
+            return;
+    }
     sql::Statement& st = stmt_->insert_record;
     st.bind(1, std::int64_t{a.time})
         .bind(2, std::int64_t{a.uid})
@@ -274,11 +273,11 @@ void HistoryStore::explained(const Attempt& a) {
         .bind(13, std::int64_t{a.sport})
         .bind(14, a.dst)
         .bind(15, std::int64_t{a.dport});
+    ++pending_;
     if (auto r = st.run(); !r) {
         write_failed(r.error());
         return;
     }
-    ++pending_;
     add_daily(a.time, a.account, a.uid, a.user, 1, 0, a.identified ? &a : nullptr);
 }
 
@@ -296,11 +295,11 @@ void HistoryStore::counted_only(const CountedOnly& c) {
         .bind(8, 0);
     for (const int i : {9, 10, 11, 12, 13, 14, 15})
         st.bind_null(i);
+    ++pending_;
     if (auto r = st.run(); !r) {
         write_failed(r.error());
         return;
     }
-    ++pending_;
     add_daily(c.time, c.account, c.uid, c.user, 0, c.count, nullptr);
 }
 
@@ -318,30 +317,31 @@ void HistoryStore::checkpoint(const Checkpoint& cp) {
         write_failed(r.error());
 }
 
-void HistoryStore::commit() {
-    if (!tx_)
-        return;
-    auto r = tx_->commit();
-    tx_.reset();
-    if (!r) {
-        counters_.write_errors += pending_;
-        write_failed(r.error());
+Result<void> HistoryStore::commit() {
+    std::optional<Error> failure = std::exchange(batch_error_, std::nullopt);
+    if (tx_ && !failure) {
+        if (auto r = tx_->commit(); !r)
+            failure = r.error();
+    }
+    tx_.reset();  // rolls back what did not commit
+    const std::uint64_t records = std::exchange(pending_, 0);
+    if (failure) {
+        counters_.write_errors += records;
         // The rolled-back procs may still sit in the cache under ids that are gone.
         procs_.clear();
-    } else {
-        counters_.written += pending_;
-        ++counters_.commits;
-        if (failing_) {
-            failing_ = false;
-            log::notice("attempt history " + path() + " written again; " +
-                        std::to_string(counters_.write_errors) + " record(s) lost so far");
-        }
+        return std::unexpected(failure->wrap("attempt history: a batch of " +
+                                             std::to_string(records) +
+                                             " record(s) and its checkpoint was not written"));
     }
-    pending_ = 0;
+    counters_.written += records;
+    if (records > 0)
+        ++counters_.commits;
+    return {};
 }
 
 Result<LogRecovery> HistoryStore::recover() {
-    commit();
+    if (auto r = commit(); !r)
+        return std::unexpected(r.error());
     LogRecovery out;
     auto cp = db_.prepare("SELECT epoch, set_handle, after_record, kernel FROM checkpoint");
     if (!cp)

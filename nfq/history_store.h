@@ -50,9 +50,11 @@ class HistoryStore final : public AttemptSink {
     void counted_only(const CountedOnly& record) override;
     void checkpoint(const Checkpoint& checkpoint) override;
 
-    // Ends the open transaction, if any. A failure is logged once and counted; the
-    // records are lost (the kernel's counters still count them, see above).
-    void commit();
+    // Ends the open batch: committed whole, or, when any of its writes or the commit
+    // failed, rolled back whole and the error returned. The reconciler then no longer
+    // knows what is recorded: the worker exits, and the next one counts the batch's
+    // attempts from the kernel's counters (docs/history.md, "Writes").
+    [[nodiscard]] Result<void> commit();
 
     // Where the reconciler stands: the last checkpoint and the explained attempts
     // written after it, per uid.
@@ -65,16 +67,22 @@ class HistoryStore final : public AttemptSink {
     [[nodiscard]] Result<std::uint64_t> import_jsonl();
 
     // One short step of retention (records older than HISTORY_DAYS or beyond
-    // HISTORY_MAX_MB, oldest first, at most kPruneBatch of them): true when there is
-    // more to do. Called between packets, so that no step holds the worker long.
+    // HISTORY_MAX_MB, oldest first, at most kPruneBatch of them, never one after the
+    // last checkpoint): true when there is more to do. Called between packets, so that
+    // no step holds the worker long.
     [[nodiscard]] Result<bool> prune_step(std::time_t now);
+
+    // Over HISTORY_MAX_MB now (checked at every tick, not only when retention is due).
+    [[nodiscard]] bool over_size();
 
     [[nodiscard]] const HistoryCounters& counters() const { return counters_; }
     [[nodiscard]] const std::string& path() const { return db_.path(); }
     // The file's size in bytes as SQLite counts it (pages in use, without the WAL).
     [[nodiscard]] Result<std::uint64_t> bytes_used();
 
-    static constexpr int kPruneBatch = 2000;
+    // Records per retention step: a few milliseconds (docs/history.md, "Retention").
+    static constexpr int kPruneBatch = 256;
+    static constexpr int kBusyMs = 100;
 
   private:
     struct Statements;
@@ -85,6 +93,8 @@ class HistoryStore final : public AttemptSink {
                    const std::string& user, std::uint64_t explained, std::uint64_t counted,
                    const Attempt* identified);
     void write_failed(const Error& e);
+    [[nodiscard]] bool import_line(const std::string& line);
+    [[nodiscard]] Result<void> give_back_space();
 
     sql::Database db_;
     std::string state_dir_;
@@ -95,8 +105,8 @@ class HistoryStore final : public AttemptSink {
     // Interned processes: (exe, cwd, cmdline) -> procs.id, bounded; cleared by pruning.
     std::map<std::tuple<std::string, std::string, std::string>, std::int64_t> procs_;
     HistoryCounters counters_;
-    bool failing_ = false;
-    bool pruning_for_size_ = false;  // over HISTORY_MAX_MB, until 90 % of it
+    std::optional<Error> batch_error_;  // the first failure in the open batch
+    bool pruning_for_size_ = false;     // over HISTORY_MAX_MB, until 90 % of it
 };
 
 }  // namespace smtpfence::nfq

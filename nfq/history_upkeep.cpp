@@ -9,6 +9,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <type_traits>
 #include <vector>
 
 #include "common/fd.h"
@@ -23,7 +24,7 @@ namespace {
 using nlohmann::json;
 
 // Pages given back to the file system per step (4 KiB each): a step stays short.
-constexpr int kVacuumPages = 512;
+constexpr int kVacuumPages = 64;
 // A line longer than this in an old log is not one we wrote: skipped.
 constexpr std::size_t kMaxLineBytes = std::size_t{1} << 20U;
 
@@ -67,42 +68,77 @@ Result<void> for_each_line(int fd, const std::string& path, OnLine on_line) {
     }
 }
 
-Attempt attempt_of(const json& j) {
+// A field of an old record, or nullopt when it is missing or of another type: a line
+// edited by hand is skipped, not allowed to stop the import (and the worker with it).
+std::optional<std::string> text_of(const json& j, const char* key) {
+    const auto it = j.find(key);
+    if (it == j.end() || !it->is_string())
+        return std::nullopt;
+    return it->get<std::string>();
+}
+
+template <class T>
+std::optional<T> number_of(const json& j, const char* key) {
+    const auto it = j.find(key);
+    if (it == j.end() || !it->is_number_integer())
+        return std::nullopt;
+    if constexpr (std::is_unsigned_v<T>) {
+        if (!it->is_number_unsigned() || it->get<std::uint64_t>() > std::numeric_limits<T>::max())
+            return std::nullopt;
+    } else if (it->get<std::int64_t>() < std::numeric_limits<T>::min() ||
+               it->get<std::int64_t>() > std::numeric_limits<T>::max()) {
+        return std::nullopt;
+    }
+    return it->get<T>();
+}
+
+std::optional<Attempt> attempt_of(const json& j) {
+    const auto time = number_of<std::time_t>(j, "epoch");
+    const auto uid = number_of<std::uint32_t>(j, "uid");
+    if (!time || !uid)
+        return std::nullopt;
     Attempt a;
-    a.time = j.value("epoch", std::time_t{0});
-    a.uid = j.value("uid", 0U);
-    a.gid = j.value("gid", 0U);
-    a.user = j.value("user", "");
-    a.account = j.value("account", "");
-    a.identified = j.value("identified", false);
-    a.pid = j.value("pid", 0);
-    a.exe = j.value("exe", "");
-    a.cwd = j.value("cwd", "");
-    a.cmdline = j.value("cmdline", "");
-    a.family = j.value("family", "ipv4");
-    a.src = j.value("src", "");
-    a.dst = j.value("dst", "");
-    a.sport = j.value("sport", std::uint16_t{0});
-    a.dport = j.value("dport", std::uint16_t{0});
+    a.time = *time;
+    a.uid = *uid;
+    a.gid = number_of<std::uint32_t>(j, "gid").value_or(0);
+    a.user = text_of(j, "user").value_or("");
+    a.account = text_of(j, "account").value_or("unknown");
+    const auto identified = j.find("identified");
+    a.identified = identified != j.end() && identified->is_boolean() && identified->get<bool>();
+    a.pid = number_of<pid_t>(j, "pid").value_or(0);
+    a.exe = text_of(j, "exe").value_or("");
+    a.cwd = text_of(j, "cwd").value_or("");
+    a.cmdline = text_of(j, "cmdline").value_or("");
+    a.family = text_of(j, "family").value_or("ipv4");
+    a.src = text_of(j, "src").value_or("");
+    a.dst = text_of(j, "dst").value_or("");
+    a.sport = number_of<std::uint16_t>(j, "sport").value_or(0);
+    a.dport = number_of<std::uint16_t>(j, "dport").value_or(0);
     return a;
 }
 
-CountedOnly counted_of(const json& j) {
+std::optional<CountedOnly> counted_of(const json& j) {
+    const auto time = number_of<std::time_t>(j, "epoch");
+    const auto uid = number_of<std::uint32_t>(j, "uid");
+    const auto count = number_of<std::uint64_t>(j, "count");
+    if (!time || !uid || !count)
+        return std::nullopt;
     CountedOnly c;
-    c.time = j.value("epoch", std::time_t{0});
-    c.uid = j.value("uid", 0U);
-    c.user = j.value("user", "");
-    c.account = j.value("account", "");
-    c.count = j.value("count", std::uint64_t{0});
+    c.time = *time;
+    c.uid = *uid;
+    c.user = text_of(j, "user").value_or("");
+    c.account = text_of(j, "account").value_or("unknown");
+    c.count = *count;
     return c;
 }
 
 Checkpoint checkpoint_of(const json& j) {
     Checkpoint c;
-    c.time = j.value("epoch", std::time_t{0});
-    c.set_handle = j.value("set_handle", std::uint64_t{0});
-    if (j.contains("kernel") && j["kernel"].is_object()) {
-        for (const auto& [key, count] : j["kernel"].items()) {
+    c.time = number_of<std::time_t>(j, "epoch").value_or(0);
+    c.set_handle = number_of<std::uint64_t>(j, "set_handle").value_or(0);
+    const auto kernel = j.find("kernel");
+    if (kernel != j.end() && kernel->is_object()) {
+        for (const auto& [key, count] : kernel->items()) {
             std::uint32_t uid = 0;
             const char* const end = key.data() + key.size();
             const auto [stop, ec] = std::from_chars(key.data(), end, uid);
@@ -147,8 +183,32 @@ Result<std::optional<OldLog>> open_old_log(int dir_fd, const std::string& dir,
 
 }  // namespace
 
+// One line of an old log into the open import: true for a record (attempt or counted).
+bool HistoryStore::import_line(const std::string& line) {
+    const json j = json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object())
+        return false;
+    const std::string type = text_of(j, "type").value_or("");
+    if (type == "attempt") {
+        const auto a = attempt_of(j);
+        if (a)
+            explained(*a);
+        return a.has_value();
+    }
+    if (type == "counted") {
+        const auto c = counted_of(j);
+        if (c)
+            counted_only(*c);
+        return c.has_value();
+    }
+    if (type == "checkpoint")
+        checkpoint(checkpoint_of(j));
+    return false;
+}
+
 Result<std::uint64_t> HistoryStore::import_jsonl() {
-    commit();
+    if (auto r = commit(); !r)
+        return std::unexpected(r.error());
     UniqueFd dir(::open(state_dir_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
     if (!dir.valid())
         return fail(errno, "state directory " + state_dir_);
@@ -187,43 +247,37 @@ Result<std::uint64_t> HistoryStore::import_jsonl() {
 
     std::uint64_t imported = 0;
     if (!done) {
-        auto tx = sql::Transaction::begin(db_);
-        if (!tx)
-            return std::unexpected(tx.error());
-        tx_.emplace(std::move(*tx));
+        std::uint64_t skipped = 0;
         for (const OldLog& log : logs) {
             auto r = for_each_line(log.fd.get(), state_dir_ + "/" + log.name,
                                    [&](const std::string& line) {
-                                       const json j = json::parse(line, nullptr, false);
-                                       if (j.is_discarded() || !j.is_object())
-                                           return;
-                                       const std::string type = j.value("type", "");
-                                       if (type == "attempt") {
-                                           explained(attempt_of(j));
+                                       if (import_line(line))
                                            ++imported;
-                                       } else if (type == "counted") {
-                                           counted_only(counted_of(j));
-                                           ++imported;
-                                       } else if (type == "checkpoint") {
-                                           checkpoint(checkpoint_of(j));
-                                       }
+                                       else
+                                           ++skipped;
                                    });
             if (!r) {
                 tx_.reset();  // rolls back: nothing half imported
+                batch_error_.reset();
                 pending_ = 0;
                 return std::unexpected(r.error());
             }
         }
-        auto mark =
-            db_.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('imported_jsonl', ?1)");
-        if (!mark)
-            return std::unexpected(mark.error());
-        if (auto r = mark->bind(1, identity).run(); !r)
-            return std::unexpected(r.error());
-        const std::uint64_t errors_before = counters_.write_errors;
-        commit();
-        if (counters_.write_errors != errors_before)
-            return fail(EIO, path(), "importing the old attempt log failed; it stays in place");
+        if (begin()) {
+            auto mark = db_.prepare(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('imported_jsonl', ?1)");
+            if (!mark)
+                write_failed(mark.error());
+            else if (auto r = mark->bind(1, identity).run(); !r)
+                write_failed(r.error());
+        }
+        // All or nothing: a failed record rolls the whole import back, files in place.
+        if (auto r = commit(); !r)
+            return std::unexpected(r.error().wrap("import " + state_dir_ + "/attempts.jsonl"));
+        if (skipped > 0) {
+            log::warning("attempt history: " + std::to_string(skipped) + " line(s) of " +
+                         state_dir_ + "/attempts.jsonl* skipped: not records of smtpfence");
+        }
     }
     for (const OldLog& log : logs) {
         const std::string to = log.name + ".imported";
@@ -236,7 +290,8 @@ Result<std::uint64_t> HistoryStore::import_jsonl() {
 }
 
 Result<bool> HistoryStore::prune_step(std::time_t now) {
-    commit();
+    if (auto r = commit(); !r)
+        return std::unexpected(r.error());
     const std::int64_t cutoff = static_cast<std::int64_t>(now) - std::int64_t{limits_.days} * 86400;
     auto used = bytes_used();
     if (!used)
@@ -251,8 +306,11 @@ Result<bool> HistoryStore::prune_step(std::time_t now) {
     auto tx = sql::Transaction::begin(db_);
     if (!tx)
         return std::unexpected(tx.error());
-    auto batch =
-        db_.prepare("SELECT id, proc FROM records WHERE epoch < ?1 ORDER BY epoch LIMIT ?2");
+    // Only records the last checkpoint covers: the ones after it are what recovery
+    // counts (and with AUTOINCREMENT no id is ever given out twice).
+    auto batch = db_.prepare(
+        "SELECT id, proc FROM records WHERE epoch < ?1 AND id <= "
+        "(SELECT coalesce(max(after_record), 0) FROM checkpoint) ORDER BY epoch LIMIT ?2");
     auto drop = db_.prepare("DELETE FROM records WHERE id = ?1");
     auto drop_proc = db_.prepare(
         "DELETE FROM procs WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM records WHERE proc = ?1)");
@@ -289,9 +347,27 @@ Result<bool> HistoryStore::prune_step(std::time_t now) {
     if (!procs.empty())
         procs_.clear();  // an id in the cache may be gone
     counters_.pruned += ids.size();
-    if (auto r = db_.exec("PRAGMA incremental_vacuum(" + std::to_string(kVacuumPages) + ")"); !r)
+    if (auto r = give_back_space(); !r)
         return std::unexpected(r.error());
     return ids.size() == static_cast<std::size_t>(kPruneBatch);
+}
+
+bool HistoryStore::over_size() {
+    const auto used = bytes_used();
+    return used && *used > limits_.max_bytes;
+}
+
+// Freed pages are reused by new records; they are given back to the file system only
+// when many are free (after pruning for size, or a smaller HISTORY_MAX_MB), a few at a
+// time: moving pages is the costly part of a step.
+Result<void> HistoryStore::give_back_space() {
+    auto pages = db_.query_int("PRAGMA page_count");
+    auto free_pages = db_.query_int("PRAGMA freelist_count");
+    if (!pages || !free_pages)
+        return fail(EIO, path(), "cannot read its page counts");
+    if (free_pages->value_or(0) * 8 <= pages->value_or(0))
+        return {};
+    return db_.exec("PRAGMA incremental_vacuum(" + std::to_string(kVacuumPages) + ")");
 }
 
 }  // namespace smtpfence::nfq

@@ -250,8 +250,10 @@ class Worker {
         reconciler_.explained(p.id, std::move(a));
     }
 
-    // One reconciler round (nfq/reconciler.h), after the upkeep that goes with it.
-    void reconcile(Queue& queue) {
+    // One reconciler round (nfq/reconciler.h), after the upkeep that goes with it, and
+    // its commit; an error when the history lost the batch (then the worker must go,
+    // see HistoryStore::commit).
+    [[nodiscard]] Result<void> reconcile(Queue& queue) {
         if (da_sink_)
             da_sink_->settle();  // crossings waiting for a concurrent Exim's own notice
         if (told_per_pid_.size() > 65536)
@@ -261,38 +263,40 @@ class Worker {
             reload_accounts();
         }
         reconciler_.reconcile([&] { return drain(queue); });
-        history_.commit();
-        prune(std::time(nullptr));
+        return history_.commit();
     }
 
     // Ends the history's open transaction: after every turn of the loop, so that a batch
     // of records is one commit (docs/history.md, "Writes").
-    void commit() { history_.commit(); }
+    [[nodiscard]] Result<void> commit() { return history_.commit(); }
 
-    [[nodiscard]] const WorkerStats& stats() const { return stats_; }
-    [[nodiscard]] const ReconcilerStats& reconciler_stats() const { return reconciler_.stats(); }
-
-  private:
-    // Retention in short steps (HistoryStore::prune_step), at most kPruneBudget of them
-    // at a tick; once nothing is left, again an hour later.
+    // Retention in short steps (HistoryStore::prune_step) for at most kPruneBudget of
+    // the loop's time at a tick: when due (hourly, or at once while more is left), or
+    // whenever the history is over HISTORY_MAX_MB.
     void prune(std::time_t now) {
-        if (now < next_prune_)
+        if (now < next_prune_ && !history_.over_size())
             return;
-        for (int i = 0; i < kPruneBudget; ++i) {
+        const auto start = std::chrono::steady_clock::now();
+        while (std::chrono::steady_clock::now() - start < kPruneBudget) {
             auto more = history_.prune_step(now);
             if (!more) {
                 log::warning("attempt history retention: " + more.error().message() +
                              " (tried again in an hour)");
-                break;
+                next_prune_ = now + 3600;
+                return;
             }
             if (!*more) {
                 next_prune_ = now + 3600;
                 return;
             }
         }
-        // More to do: next_prune_ stays behind now, so the next tick goes on.
+        next_prune_ = now;  // more to do at the next tick
     }
 
+    [[nodiscard]] const WorkerStats& stats() const { return stats_; }
+    [[nodiscard]] const ReconcilerStats& reconciler_stats() const { return reconciler_.stats(); }
+
+  private:
     // A counted-only record names its uid's account as an explained one does, without a
     // working directory.
     void describe(CountedOnly& c) const {
@@ -333,7 +337,7 @@ class Worker {
         accounts_ = std::move(*db);
     }
 
-    static constexpr int kPruneBudget = 4;
+    static constexpr std::chrono::milliseconds kPruneBudget{10};
 
     WorkerOptions options_;
     nft::NetlinkSocket nl_;
@@ -437,7 +441,8 @@ bool announce_ready(const WorkerOptions& options, Queue& queue, const std::strin
 int stop(Worker& worker, Queue& queue, const std::string& ready_path) {
     if (auto r = queue.stop_accepting(); !r)
         log::warning(r.error().message());
-    worker.reconcile(queue);  // drains what waits, then reconciles
+    if (auto r = worker.reconcile(queue); !r)  // drains what waits, then reconciles
+        log::error(r.error().message());
     const WorkerStats& s = worker.stats();
     const QueueCounters& q = queue.counters();
     log::notice("worker exiting: " + std::to_string(s.explained) + " explained (" +
@@ -446,6 +451,16 @@ int stop(Worker& worker, Queue& queue, const std::string& ready_path) {
                 std::to_string(q.enobufs) + " ENOBUFS");
     (void)::unlink(ready_path.c_str());
     return 0;
+}
+
+// A batch the history could not keep: the reconciler believes it recorded, so this
+// worker would never count those attempts again. It exits; the next one starts from the
+// last committed checkpoint and counts them from the kernel's counters.
+int history_lost(const Error& e) {
+    log::error(e.message() +
+               "; the worker exits so that the next one counts these attempts "
+               "from the kernel's counters");
+    return 1;
 }
 
 // Explains SYNs as they come and reconciles at every tick, until SIGTERM/SIGINT.
@@ -465,12 +480,15 @@ int serve(Worker& worker, Queue& queue, const Wakeups& wakeups, const std::strin
                 log::error(r.error().message());
                 return 1;
             }
-            worker.commit();
+            if (auto r = worker.commit(); !r)
+                return history_lost(r.error());
         }
         if ((fds[1].revents & POLLIN) != 0) {
             std::uint64_t expirations = 0;
             (void)!::read(wakeups.timer.get(), &expirations, sizeof expirations);
-            worker.reconcile(queue);
+            if (auto r = worker.reconcile(queue); !r)
+                return history_lost(r.error());
+            worker.prune(std::time(nullptr));
         }
         if ((fds[2].revents & POLLIN) != 0) {
             signalfd_siginfo info{};
@@ -555,7 +573,9 @@ int run_worker(const WorkerOptions& options) {
     const std::string ready_path = ready_file_path(options.state_dir);
     if (!drop_privileges(options) || !announce_ready(options, *queue, ready_path))
         return 1;
-    worker.reconcile(*queue);  // records what was counted while no worker ran
+    // Records what was counted while no worker ran.
+    if (auto r = worker.reconcile(*queue); !r)
+        return history_lost(r.error());
     return serve(worker, *queue, *wakeups, ready_path);
 }
 

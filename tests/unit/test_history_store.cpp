@@ -73,7 +73,7 @@ TEST_F(HistoryStoreTest, WritesEachRecordOnceWithItsProcessAndDailyTotals) {
         c.user = c.account = "user1000";
         c.count = 495;
         s.counted_only(c);
-        s.commit();
+        ASSERT_TRUE(s.commit());
         EXPECT_EQ(s.counters().written, 4U);
         EXPECT_EQ(s.counters().write_errors, 0U);
     }
@@ -108,7 +108,7 @@ TEST_F(HistoryStoreTest, RecoveryIsTheCheckpointAndTheAttemptsAfterIt) {
         s.checkpoint(cp);
         s.explained(attempt(1000, now));  // held after the checkpoint
         s.explained(attempt(1001, now));
-        s.commit();
+        ASSERT_TRUE(s.commit());
     }
     HistoryStore s = open();
     auto r = s.recover();
@@ -130,7 +130,7 @@ TEST_F(HistoryStoreTest, WhatWasNotCommittedIsNeitherRecordedNorCheckpointed) {
         cp.kernel = {{1000, 1}};
         s.explained(attempt(1000, now));
         s.checkpoint(cp);
-        s.commit();
+        ASSERT_TRUE(s.commit());
     }
     // A worker killed before its commit: a child process writes and dies with _exit.
     const pid_t child = ::fork();
@@ -159,22 +159,94 @@ TEST_F(HistoryStoreTest, WhatWasNotCommittedIsNeitherRecordedNorCheckpointed) {
     EXPECT_EQ(count("SELECT count(*) FROM records"), 1);
 }
 
+TEST_F(HistoryStoreTest, AFailedWriteLosesTheWholeBatchAndSaysSo) {
+    const std::time_t now = std::time(nullptr);
+    HistoryStore s = open();
+    {
+        // A write that fails: the test's own trigger refuses uid 666.
+        auto db = sql::Database::open(dir_.path() + "/history.db", sql::Database::Mode::Create);
+        ASSERT_TRUE(db);
+        ASSERT_TRUE(
+            db->exec("CREATE TRIGGER refuse BEFORE INSERT ON records WHEN NEW.uid = 666 "
+                     "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"));
+    }
+    s.explained(attempt(1000, now));
+    s.explained(attempt(666, now));
+    Checkpoint cp;
+    cp.time = now;
+    cp.set_handle = 3;
+    cp.kernel = {{1000, 1}, {666, 1}};
+    s.checkpoint(cp);
+    s.explained(attempt(1001, now));
+    auto r = s.commit();
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message().find("refused by the test"), std::string::npos)
+        << r.error().message();
+    EXPECT_NE(r.error().message().find("a batch of 2 record(s)"), std::string::npos)
+        << r.error().message();
+    EXPECT_EQ(s.counters().write_errors, 2U);
+    EXPECT_EQ(count("SELECT count(*) FROM records"), 0) << "nothing of the batch";
+    EXPECT_EQ(count("SELECT count(*) FROM checkpoint"), 0) << "nor its checkpoint";
+    EXPECT_EQ(count("SELECT count(*) FROM daily"), 0);
+    // The next batch is written again.
+    s.explained(attempt(1000, now));
+    ASSERT_TRUE(s.commit());
+    EXPECT_EQ(count("SELECT count(*) FROM records"), 1);
+}
+
+TEST_F(HistoryStoreTest, AnIdIsNeverGivenOutTwiceSoRecoveryStaysExact) {
+    const std::time_t now = std::time(nullptr);
+    HistoryStore s = open(HistoryLimits{1, std::uint64_t{1024} << 20U});
+    for (int i = 0; i < 3; ++i)
+        s.explained(attempt(1000, now - 3 * 86400));
+    Checkpoint cp;
+    cp.time = now;
+    cp.set_handle = 1;
+    cp.kernel = {{1000, 3}};
+    s.checkpoint(cp);
+    ASSERT_TRUE(s.commit());
+    ASSERT_EQ(s.prune_step(now).value_or(true), false);
+    EXPECT_EQ(count("SELECT count(*) FROM records"), 0) << "all three were older than a day";
+    // The next attempt, committed before any checkpoint (the commit after a drain),
+    // then a kill: recovery must see it after the checkpoint.
+    s.explained(attempt(1000, now));
+    ASSERT_TRUE(s.commit());
+    auto r = s.recover();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->explained_since, (std::map<std::uint32_t, std::uint64_t>{{1000, 1}}));
+}
+
+TEST_F(HistoryStoreTest, RetentionNeverRemovesARecordAfterTheCheckpoint) {
+    const std::time_t now = std::time(nullptr);
+    HistoryStore s = open(HistoryLimits{1, std::uint64_t{1024} << 20U});
+    s.explained(attempt(1000, now - 3 * 86400));  // old, and not covered by a checkpoint
+    ASSERT_TRUE(s.commit());
+    ASSERT_EQ(s.prune_step(now).value_or(true), false);
+    EXPECT_EQ(count("SELECT count(*) FROM records"), 1)
+        << "recovery counts it: removing it would count it twice";
+}
+
 TEST_F(HistoryStoreTest, RetentionRemovesOldRecordsTheirProcessesAndDays) {
     const std::time_t now = std::time(nullptr);
     {
         HistoryStore s = open(HistoryLimits{30, std::uint64_t{1024} << 20U});
-        for (int i = 0; i < 2500; ++i)
+        for (int i = 0; i < 300; ++i)
             s.explained(attempt(1000, now - 40 * 86400, "/old/" + std::to_string(i % 3)));
         s.explained(attempt(1000, now - 10 * 86400, "/old/0"));
         s.explained(attempt(1000, now, "/new"));
-        s.commit();
+        Checkpoint cp;
+        cp.time = now;
+        cp.set_handle = 1;
+        cp.kernel = {{1000, 302}};
+        s.checkpoint(cp);
+        ASSERT_TRUE(s.commit());
         auto more = s.prune_step(now);
         ASSERT_TRUE(more) << more.error().message();
-        EXPECT_TRUE(*more) << "2,500 old records take two steps of 2,000";
+        EXPECT_TRUE(*more) << "300 old records take two steps of 256";
         more = s.prune_step(now);
         ASSERT_TRUE(more) << more.error().message();
         EXPECT_FALSE(*more);
-        EXPECT_EQ(s.counters().pruned, 2500U);
+        EXPECT_EQ(s.counters().pruned, 300U);
     }
     EXPECT_EQ(count("SELECT count(*) FROM records"), 2);
     EXPECT_EQ(count("SELECT count(*) FROM procs"), 2) << "/old/0 (still used) and /new";
@@ -191,11 +263,15 @@ TEST_F(HistoryStoreTest, RetentionBySizeRemovesTheOldestFirst) {
                             "/usr/bin/php" + std::to_string(i));
         s.explained(a);
     }
-    s.commit();
+    Checkpoint cp;
+    cp.time = now;
+    cp.set_handle = 1;
+    s.checkpoint(cp);
+    ASSERT_TRUE(s.commit());
     auto before = s.bytes_used();
     ASSERT_TRUE(before);
     ASSERT_GT(*before, std::uint64_t{1} << 20U);
-    for (int i = 0; i < 100; ++i) {
+    for (int i = 0; i < 1000; ++i) {
         auto more = s.prune_step(now);
         ASSERT_TRUE(more) << more.error().message();
         if (!*more)
@@ -231,18 +307,25 @@ TEST_F(HistoryStoreTest, ImportsTheOldLogOnceWithItsCheckpoint) {
         c.user = c.account = "user1001";
         c.count = 7;
         current << to_json_line(c) << "not json\n"
+                << R"({"type":"attempt","uid":1000,"epoch":5,"user":5})"
+                << "\n"
+                << R"({"type":"counted","uid":"1000","epoch":5,"count":1})"
+                << "\n"
                 << R"({"type":"attempt","uid":1000)";
     }
     {
         HistoryStore s = open();
         auto n = s.import_jsonl();
         ASSERT_TRUE(n) << n.error().message();
-        EXPECT_EQ(*n, 3U) << "two attempts and a counted record; the torn last line is not one";
+        EXPECT_EQ(*n, 4U) << "three attempts (one with a user of the wrong type, kept as "
+                             "\"\") and a counted record; the counted record with a uid "
+                             "string and the torn last line are skipped";
         auto r = s.recover();
         ASSERT_TRUE(r);
         ASSERT_TRUE(r->checkpoint);
         EXPECT_EQ(r->checkpoint->set_handle, 5U);
-        EXPECT_EQ(r->explained_since, (std::map<std::uint32_t, std::uint64_t>{{1000, 1}}));
+        EXPECT_EQ(r->explained_since, (std::map<std::uint32_t, std::uint64_t>{{1000, 2}}))
+            << "the two attempts after the checkpoint";
     }
     EXPECT_TRUE(std::filesystem::exists(dir_.path() + "/attempts.jsonl.imported"));
     EXPECT_TRUE(std::filesystem::exists(dir_.path() + "/attempts.jsonl.1.imported"));
@@ -253,8 +336,8 @@ TEST_F(HistoryStoreTest, ImportsTheOldLogOnceWithItsCheckpoint) {
         ASSERT_TRUE(n);
         EXPECT_EQ(*n, 0U);
     }
-    EXPECT_EQ(count("SELECT count(*) FROM records"), 3);
-    EXPECT_EQ(count("SELECT sum(count) FROM records"), 9);
+    EXPECT_EQ(count("SELECT count(*) FROM records"), 4);
+    EXPECT_EQ(count("SELECT sum(count) FROM records"), 10);
 }
 
 TEST_F(HistoryStoreTest, AnImportInterruptedBeforeTheRenamesIsNotCountedTwice) {

@@ -95,6 +95,11 @@ class DyingLog final : public AttemptSink {
     DyingLog(const std::string& dir, Written& written)
         : log_(HistoryStore::open(dir, {}).value()), written_(written) {}
 
+    // The worker dies: what it took is committed (any prefix of the records, see above).
+    ~DyingLog() { EXPECT_TRUE(log_.commit()); }
+    DyingLog(const DyingLog&) = delete;
+    DyingLog& operator=(const DyingLog&) = delete;
+
     LogRecovery recover() { return log_.recover().value(); }
 
     void kill_after(std::size_t records) { left_ = records; }

@@ -66,6 +66,13 @@ TEST_F(WorkerHistoryTest, RecordsOlderThanHistoryDaysAreRemovedByTheWorker) {
             row.cmdline = "php mailer.php";
             ASSERT_TRUE(file->add(row));
         }
+        // The checkpoint of an earlier worker (of a set that is gone), which covers
+        // them: retention removes only what a checkpoint covers.
+        ASSERT_TRUE(
+            file->db().exec("INSERT INTO checkpoint (id, epoch, set_handle, after_record, kernel) "
+                            "VALUES (1, " +
+                            std::to_string(now - 3 * 86400) +
+                            ", 99999, (SELECT max(id) FROM records), '{\"2003\":3}')"));
     }
     write_config("SMTP_BLOCK = \"1\"\nHISTORY_DAYS = \"7\"\n");
     ASSERT_NO_FATAL_FAILURE(start_daemon());
