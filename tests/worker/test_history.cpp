@@ -139,5 +139,39 @@ TEST_F(WorkerHistoryTest, AnOldAttemptLogIsImportedOnceAndNeverCountedTwice) {
     expect_totals({{kBob.uid, 2}, {kDave.uid, 42}}, {{kBob.uid, 2}});
 }
 
+TEST_F(WorkerHistoryTest, AWorkerWhoseBatchIsNotWrittenExitsAndTheNextCountsIt) {
+    ASSERT_NO_FATAL_FAILURE(start_daemon());
+    pid_t worker = 0;
+    ASSERT_NO_FATAL_FAILURE(wait_for_worker(&worker));
+    {
+        // Writes of bob's records fail (as a full disk would), until the test lifts it.
+        auto db =
+            sql::Database::open(state_dir() + "/history.db", sql::Database::Mode::Create, 5000);
+        ASSERT_TRUE(db) << db.error().message();
+        ASSERT_TRUE(
+            db->exec("CREATE TRIGGER refuse_bob BEFORE INSERT ON records WHEN "
+                     "NEW.uid = 2002 BEGIN SELECT RAISE(ABORT, 'disk full (test)'); END"));
+    }
+    ASSERT_NO_FATAL_FAILURE(one_attempt(kBob));
+    const pid_t first = worker;
+    const bool exited =
+        itest::wait_until([&] { return worker_pid() != std::optional<pid_t>(first); }, 10s, 50ms);
+    ASSERT_TRUE(exited) << "the worker went on after losing a batch\n" << diagnostics();
+    EXPECT_NE(daemon_->log().find("disk full (test)"), std::string::npos) << daemon_->log();
+    EXPECT_NE(daemon_->log().find("the worker exits so that the next one counts"),
+              std::string::npos)
+        << daemon_->log();
+    {
+        auto db =
+            sql::Database::open(state_dir() + "/history.db", sql::Database::Mode::Create, 5000);
+        ASSERT_TRUE(db) << db.error().message();
+        ASSERT_TRUE(db->exec("DROP TRIGGER refuse_bob"));
+    }
+    ASSERT_NO_FATAL_FAILURE(wait_for_worker(&worker, first, 45s));
+    expect_totals({{kBob.uid, 1}}, {{kBob.uid, 1}});
+    EXPECT_EQ(query("SELECT count(*) FROM records WHERE uid = 2002 AND explained = 0"), 1)
+        << "counted from the kernel by the next worker";
+}
+
 }  // namespace
 }  // namespace smtpfence::wtest
