@@ -1,7 +1,7 @@
 // smtpfence-bench-worker: what the NFQUEUE worker costs under a flood, measured side by
 // side in one run. A program, not a test: it prints rates, ratios, CPU and memory and
 // never judges timing by its exit status, which is non-zero only when something broke
-// (setup failed, a blocked connection got through, or the attempt log's counts differ
+// (setup failed, a blocked connection got through, or the attempt history's counts differ
 // from the connects made: "Every attempt counted" is a promise, not a goal).
 //
 // The flood: 4 processes at once, each as its own blocked uid (61001..61004, so the
@@ -22,7 +22,7 @@
 // (a) would pay it at the start of every slice where a real flood pays it once (the
 // summary gives the ratio with it too).
 //
-// After every round, (a)'s attempt log is followed until it accounts for every connect
+// After every round, (a)'s attempt history is followed until it accounts for every connect
 // (or its totals stop changing, at most 5 s) and compared, per uid, with the connects
 // made and with the kernel's counters. Then a fresh daemon and worker take continuous
 // floods of 2, 10 and 30 s (--quick: 2 and 10), one after the other: the worker's CPU per
@@ -69,6 +69,7 @@
 
 #include "bench/report.h"
 #include "bench/sandbox.h"
+#include "common/sqlite.h"
 #include "ctl/daemon.h"
 #include "nft/engine.h"
 #include "nft/ruleset.h"
@@ -101,7 +102,7 @@ constexpr double kMemoryGoalMiB = 32;
 // flood's, and peak memory no more than this much above it.
 constexpr double kCpuFlatFactor = 1.5;
 constexpr double kMemoryFlatMiB = 1.0;
-// Following the attempt log after a flood: the worker reconciles every second, so
+// Following the attempt history after a flood: the worker reconciles every second, so
 // totals unchanged for longer than that have stopped changing; never more than 5 s.
 constexpr auto kStableWindow = 1500ms;
 constexpr auto kSettleLimit = 5s;
@@ -419,34 +420,39 @@ class Daemon {
     pid_t worker_ = 0;
 };
 
-// ---- the attempt log, followed -----------------------------------------------------------
+// ---- the attempt history, followed ---------------------------------------------------------
 
-// Reads STATE_DIR/attempts.jsonl as it grows (and across its rotation to .1): the
-// attempt records and counted-only counts per uid, and the last checkpoint.
+// Reads STATE_DIR/history.db (read only, as the daemon's query children do) after each
+// flood: the attempt records and counted-only counts per uid, and the last checkpoint.
 class LogFollower {
   public:
-    explicit LogFollower(std::string state_dir) : path_(std::move(state_dir) + "/attempts.jsonl") {}
+    explicit LogFollower(std::string state_dir) : dir_(std::move(state_dir)) {}
 
     void poll() {
-        if (!fd_.valid()) {
-            fd_ = UniqueFd(::open(path_.c_str(), O_RDONLY | O_CLOEXEC));
-            struct stat st {};
-            if (!fd_.valid() || ::fstat(fd_.get(), &st) != 0) {
-                fd_.reset();
-                return;
-            }
-            ino_ = st.st_ino;
+        auto db = sql::Database::open(dir_ + "/history.db", sql::Database::Mode::ReadOnly);
+        if (!db)
+            return;  // not there yet
+        auto totals =
+            db->prepare("SELECT uid, explained, sum(count) FROM records GROUP BY uid, explained");
+        auto cp = db->prepare("SELECT kernel FROM checkpoint");
+        if (!totals || !cp)
+            return;
+        explained_.clear();
+        counted_.clear();
+        while (totals->step().value_or(false)) {
+            auto& to = totals->int64(1) != 0 ? explained_ : counted_;
+            to[static_cast<uid_t>(totals->int64(0))] = static_cast<std::uint64_t>(totals->int64(2));
         }
-        read_available();
-        struct stat st {};
-        if (::stat(path_.c_str(), &st) == 0 && st.st_ino != ino_) {
-            // Rotated: our descriptor holds attempts.jsonl.1 now, complete; read its
-            // end, then the new file from its start.
-            read_available();
-            partial_.clear();
-            fd_.reset();
-            ++rotations_;
-            poll();
+        checkpoint_.clear();
+        const Json kernel =
+            cp->step().value_or(false) ? Json::parse(cp->text(0), nullptr, false) : Json::object();
+        if (kernel.is_object()) {
+            for (const auto& [key, count] : kernel.items()) {
+                if (count.is_number_unsigned()) {
+                    checkpoint_[static_cast<uid_t>(std::strtoul(key.c_str(), nullptr, 10))] =
+                        count.get<std::uint64_t>();
+                }
+            }
         }
     }
 
@@ -457,9 +463,16 @@ class LogFollower {
         const auto it = checkpoint_.find(uid);
         return it == checkpoint_.end() ? std::nullopt : std::optional(it->second);
     }
-    [[nodiscard]] std::uint64_t unparsable() const { return unparsable_; }
-    [[nodiscard]] std::uint64_t bytes() const { return bytes_; }
-    [[nodiscard]] int rotations() const { return rotations_; }
+    // history.db with its write-ahead log.
+    [[nodiscard]] std::uint64_t bytes() const {
+        std::uint64_t n = 0;
+        for (const char* suffix : {"", "-wal"}) {
+            struct stat st {};
+            if (::stat((dir_ + "/history.db" + suffix).c_str(), &st) == 0)
+                n += static_cast<std::uint64_t>(st.st_size);
+        }
+        return n;
+    }
 
   private:
     static std::uint64_t value(const std::map<uid_t, std::uint64_t>& m, uid_t uid) {
@@ -467,63 +480,10 @@ class LogFollower {
         return it == m.end() ? 0 : it->second;
     }
 
-    void read_available() {
-        std::array<char, 65536> buf{};
-        while (true) {
-            const ssize_t n = ::read(fd_.get(), buf.data(), buf.size());
-            if (n < 0 && errno == EINTR) {
-                continue;
-            }
-            if (n <= 0) {
-                return;
-            }
-            bytes_ += static_cast<std::uint64_t>(n);
-            partial_.append(buf.data(), static_cast<std::size_t>(n));
-            std::size_t start = 0;
-            for (std::size_t eol = partial_.find('\n'); eol != std::string::npos;
-                 eol = partial_.find('\n', start)) {
-                consume(std::string_view(partial_).substr(start, eol - start));
-                start = eol + 1;
-            }
-            partial_.erase(0, start);
-        }
-    }
-
-    void consume(std::string_view line) {
-        const Json j = Json::parse(line, nullptr, false);
-        if (j.is_discarded() || !j.is_object()) {
-            ++unparsable_;
-            return;
-        }
-        const std::string type = j.value("type", "");
-        const auto uid = j.value("uid", std::uint32_t{0});
-        if (type == "attempt") {
-            ++explained_[uid];
-        } else if (type == "counted") {
-            counted_[uid] += j.value("count", std::uint64_t{0});
-        } else if (type == "checkpoint" && j.contains("kernel") && j["kernel"].is_object()) {
-            checkpoint_.clear();
-            for (const auto& [key, count] : j["kernel"].items()) {
-                if (count.is_number_unsigned()) {
-                    checkpoint_[static_cast<uid_t>(std::strtoul(key.c_str(), nullptr, 10))] =
-                        count.get<std::uint64_t>();
-                }
-            }
-        } else if (type != "checkpoint") {
-            ++unparsable_;
-        }
-    }
-
-    std::string path_;
-    UniqueFd fd_;
-    ino_t ino_ = 0;
-    std::string partial_;
+    std::string dir_;
     std::map<uid_t, std::uint64_t> explained_;
     std::map<uid_t, std::uint64_t> counted_;
     std::map<uid_t, std::uint64_t> checkpoint_;
-    std::uint64_t unparsable_ = 0;
-    std::uint64_t bytes_ = 0;
-    int rotations_ = 0;
 };
 
 // ---- the flood ------------------------------------------------------------------------------
@@ -1235,7 +1195,7 @@ int run(const Options& opt) {
     }
 
     std::printf(
-        "\nEvery attempt counted, (a): the attempt log against the connects made, cumulative "
+        "\nEvery attempt counted, (a): the attempt history against the connects made, cumulative "
         "(warm-up included), summed over the uids\n"
         "(explained: \"attempt\" records; counted: sum of \"counted\" records; logged = explained "
         "+ counted; log followed: until it accounted for every connect, or stopped changing)\n\n");
@@ -1257,11 +1217,9 @@ int run(const Options& opt) {
             ? static_cast<double>(rounds_ticks) * us_per_tick / static_cast<double>(rounds_attempts)
             : 0.0);
     std::printf(
-        "worker peak memory after the rounds: VmHWM %s; attempt log %s bytes, %d rotation(s)%s\n",
-        mib(a_hwm).c_str(), grouped(alog.bytes()).c_str(), alog.rotations(),
-        alog.unparsable() > 0
-            ? (", " + std::to_string(alog.unparsable()) + " unparsable line(s)").c_str()
-            : "");
+        "worker peak memory after the rounds: VmHWM %s; attempt history %s bytes "
+        "(history.db and its -wal)\n",
+        mib(a_hwm).c_str(), grouped(alog.bytes()).c_str());
 
     std::printf(
         "\nContinuous floods against a fresh daemon and worker, one after the other (worker CPU: "
