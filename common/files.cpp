@@ -17,6 +17,18 @@ bool is_symlink_at(int dirfd, const std::string& name) {
     return ::fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode);
 }
 
+Result<UniqueFd> open_state_dir(const std::string& state_dir) {
+    if (::mkdir(state_dir.c_str(), 0750) != 0 && errno != EEXIST)
+        return fail(errno, "create state directory " + state_dir);
+    UniqueFd dir(::open(state_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!dir.valid()) {
+        const int err = errno;
+        return fail(err, "state directory " + state_dir,
+                    is_symlink_at(AT_FDCWD, state_dir) ? kSymlinkRefused : "");
+    }
+    return dir;
+}
+
 Result<std::string> read_text_file(const std::string& path, std::size_t max_bytes,
                                    Symlinks symlinks) {
     // O_NONBLOCK so that a FIFO given by mistake cannot hang the daemon in open().

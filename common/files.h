@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "common/error.h"
+#include "common/fd.h"
 
 namespace smtpfence {
 
@@ -26,6 +27,11 @@ inline constexpr const char* kSymlinkRefused = "a symlink: refusing to follow it
 // the error of an open() with O_DIRECTORY|O_NOFOLLOW, which says ENOTDIR for a symlink,
 // even one to a directory.
 [[nodiscard]] bool is_symlink_at(int dirfd, const std::string& name);
+
+// The worker's state directory (mode 0750, created when missing), opened as a directory
+// descriptor and never through a symlink: replaced by one, it would make the worker, as
+// root, create and write files in whatever directory it points at.
+[[nodiscard]] Result<UniqueFd> open_state_dir(const std::string& state_dir);
 
 // Reads a regular file of at most max_bytes. Errors name the path:
 // "/etc/smtpfence/smtpfence.conf: Is a directory".

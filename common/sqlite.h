@@ -36,6 +36,20 @@ class Statement {
 
     // true: a row is there to read; false: done.
     [[nodiscard]] Result<bool> step();
+    // Calls on_row(*this) for every row, then resets the statement.
+    template <class OnRow>
+    [[nodiscard]] Result<void> each(OnRow on_row) {
+        while (true) {
+            auto row = step();
+            if (!row)
+                return std::unexpected(row.error());
+            if (!*row)
+                break;
+            on_row(*this);
+        }
+        reset();
+        return {};
+    }
     // Runs a statement that returns no rows (or whose rows are not wanted) and resets it.
     [[nodiscard]] Result<void> run();
     void reset();

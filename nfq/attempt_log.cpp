@@ -111,17 +111,10 @@ std::string to_json_line(const Checkpoint& c) {
 }
 
 Result<AttemptLog> AttemptLog::open(const std::string& state_dir, std::uint64_t max_bytes) {
-    if (::mkdir(state_dir.c_str(), 0750) != 0 && errno != EEXIST) {
-        return fail(errno, "create state directory " + state_dir);
-    }
-    // The state directory itself is never followed either: replaced by a symlink, it
-    // would make us create and append to files in whatever directory it points at.
-    UniqueFd dir(::open(state_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-    if (!dir.valid()) {
-        const int err = errno;
-        return fail(err, "state directory " + state_dir,
-                    is_symlink_at(AT_FDCWD, state_dir) ? kSymlinkRefused : "");
-    }
+    auto opened = open_state_dir(state_dir);
+    if (!opened)
+        return std::unexpected(opened.error());
+    UniqueFd dir = std::move(*opened);
     const std::string path = log_path(state_dir);
     // O_NOFOLLOW: a symlink planted in the state directory is refused, not followed.
     UniqueFd fd(::openat(dir.get(), kLogName,

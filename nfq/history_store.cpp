@@ -122,18 +122,12 @@ HistoryStore::HistoryStore(HistoryStore&&) noexcept = default;
 HistoryStore::~HistoryStore() = default;
 
 Result<HistoryStore> HistoryStore::open(const std::string& state_dir, HistoryLimits limits) {
-    if (::mkdir(state_dir.c_str(), 0750) != 0 && errno != EEXIST)
-        return fail(errno, "create state directory " + state_dir);
-    // The state directory itself is never followed either (see check_own_files).
-    UniqueFd dir(::open(state_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-    if (!dir.valid()) {
-        const int err = errno;
-        return fail(err, "state directory " + state_dir,
-                    is_symlink_at(AT_FDCWD, state_dir) ? kSymlinkRefused : "");
-    }
-    if (auto r = check_own_files(dir.get(), state_dir); !r)
+    auto dir = open_state_dir(state_dir);
+    if (!dir)
+        return std::unexpected(dir.error());
+    if (auto r = check_own_files(dir->get(), state_dir); !r)
         return std::unexpected(r.error());
-    if (auto r = create_private(dir.get(), state_dir); !r)
+    if (auto r = create_private(dir->get(), state_dir); !r)
         return std::unexpected(r.error());
     auto db =
         sql::Database::open(state_dir + "/" + history::kFileName, sql::Database::Mode::Create);
@@ -374,15 +368,12 @@ Result<LogRecovery> HistoryStore::recover() {
     if (!since)
         return std::unexpected(since.error());
     since->bind(1, after);
-    while (true) {
-        auto r = since->step();
-        if (!r)
-            return std::unexpected(r.error());
-        if (!*r)
-            break;
-        out.explained_since[static_cast<std::uint32_t>(since->int64(0))] =
-            static_cast<std::uint64_t>(since->int64(1));
-    }
+    if (auto r = since->each([&](const sql::Statement& uid_count) {
+            out.explained_since[static_cast<std::uint32_t>(uid_count.int64(0))] =
+                static_cast<std::uint64_t>(uid_count.int64(1));
+        });
+        !r)
+        return std::unexpected(r.error());
     return out;
 }
 

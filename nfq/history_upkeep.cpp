@@ -209,9 +209,10 @@ bool HistoryStore::import_line(const std::string& line) {
 Result<std::uint64_t> HistoryStore::import_jsonl() {
     if (auto r = commit(); !r)
         return std::unexpected(r.error());
-    UniqueFd dir(::open(state_dir_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-    if (!dir.valid())
-        return fail(errno, "state directory " + state_dir_);
+    auto opened = open_state_dir(state_dir_);
+    if (!opened)
+        return std::unexpected(opened.error());
+    const UniqueFd dir = std::move(*opened);
     // The import happens once in the life of a history: the first time the worker opens
     // it, with or without files to import. Later, these names are our own stream's.
     auto seen = db_.prepare("SELECT value FROM meta WHERE key = 'imported_jsonl'");
@@ -322,16 +323,13 @@ Result<bool> HistoryStore::prune_step(std::time_t now) {
     batch->bind(1, older_than).bind(2, kPruneBatch);
     std::vector<std::int64_t> ids;
     std::set<std::int64_t> procs;
-    while (true) {
-        auto row = batch->step();
-        if (!row)
-            return std::unexpected(row.error());
-        if (!*row)
-            break;
-        ids.push_back(batch->int64(0));
-        if (!batch->is_null(1))
-            procs.insert(batch->int64(1));
-    }
+    if (auto r = batch->each([&](const sql::Statement& row) {
+            ids.push_back(row.int64(0));
+            if (!row.is_null(1))
+                procs.insert(row.int64(1));
+        });
+        !r)
+        return std::unexpected(r.error());
     for (const std::int64_t id : ids) {
         if (auto r = drop->bind(1, id).run(); !r)
             return std::unexpected(r.error());
