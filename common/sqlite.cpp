@@ -116,15 +116,7 @@ Result<bool> Statement::step() {
 }
 
 Result<void> Statement::run() {
-    while (true) {
-        auto row = step();
-        if (!row)
-            return std::unexpected(row.error());
-        if (!*row)
-            break;
-    }
-    reset();
-    return {};
+    return each([](const Statement&) {});
 }
 
 void Statement::reset() {
