@@ -88,9 +88,9 @@ using ctl::ErrorCode;
 
 }  // namespace
 
-std::expected<void, ctl::ProtocolError> start_connect_test(const DaemonState& state,
-                                                           const std::string& passwd_path,
-                                                           const ctl::Request& r, int client_fd) {
+std::expected<pid_t, ctl::ProtocolError> start_connect_test(const DaemonState& state,
+                                                            const std::string& passwd_path,
+                                                            const ctl::Request& r, int client_fd) {
     if (!state.current)
         return refuse(ErrorCode::Failed, "no policy loaded");
     const std::string user = r.user.value_or("");
@@ -111,7 +111,7 @@ std::expected<void, ctl::ProtocolError> start_connect_test(const DaemonState& st
         run_test_child(client_fd, account, std::move(groups), address, r.port);
     log::notice("control: test connection as " + account.name + " to " + address + " port " +
                 std::to_string(r.port) + " (child pid " + std::to_string(pid) + ")");
-    return {};
+    return pid;
 }
 
 }  // namespace smtpfence

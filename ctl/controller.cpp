@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "common/privileges.h"
 #include "csf-compat/csf_rules.h"
+#include "ctl/children.h"
 #include "ctl/connect_test.h"
 #include "ctl/service_notify.h"
 #include "nft/netlink.h"
@@ -181,8 +182,10 @@ std::optional<int> Controller::on_signal(int signal_fd) {
     if (::read(signal_fd, &info, sizeof info) != sizeof info)
         return std::nullopt;
     if (info.ssi_signo == SIGCHLD) {
-        history_.reap();  // first: worker_.reap() reaps any child, the others of `test`
-        worker_.reap();
+        (void)reap_children(
+            {[this](pid_t pid, int status) { return worker_.ended(pid, status); },
+             [this](pid_t pid, int) { return history_.ended(pid); },
+             [this](pid_t pid, int) { return std::erase(test_children_, pid) > 0; }});
         return std::nullopt;
     }
     if (info.ssi_signo == SIGHUP) {
@@ -261,8 +264,10 @@ std::optional<std::string> Controller::dispatch(const ctl::Request& r, const ctl
               std::to_string(peer.uid));
     if (r.command == ctl::Command::Test) {
         auto started = start_connect_test(state_, options_.passwd_path, r, client_fd);
-        if (started)
+        if (started) {
+            test_children_.push_back(*started);
             return std::nullopt;  // the child answers
+        }
         return ctl::encode_error(started.error());
     }
     if (r.command == ctl::Command::Attempts || r.command == ctl::Command::Top) {

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/error.h"
 #include "common/file_watch.h"
@@ -72,6 +73,7 @@ class Controller {
     DestSync dest_;
     Handlers handlers_;
     HistoryQueries history_;
+    std::vector<pid_t> test_children_;  // `test`, until reaped
 };
 
 }  // namespace smtpfence

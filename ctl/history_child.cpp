@@ -1,6 +1,5 @@
 #include "ctl/history_child.h"
 
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -104,7 +103,6 @@ Answer answer_history(const std::string& state_dir, const ctl::Request& r,
 std::expected<void, ctl::ProtocolError> HistoryQueries::start(const ctl::Request& r,
                                                               std::optional<std::uint32_t> only_uid,
                                                               int client_fd) {
-    reap();
     if (children_.size() >= kMaxRunning) {
         return refuse(ErrorCode::Failed, "busy: " + std::to_string(children_.size()) +
                                              " history queries are running; try again");
@@ -121,13 +119,8 @@ std::expected<void, ctl::ProtocolError> HistoryQueries::start(const ctl::Request
     return {};
 }
 
-void HistoryQueries::reap() {
-    std::erase_if(children_, [](pid_t pid) {
-        int status = 0;
-        const pid_t done = waitpid(pid, &status, WNOHANG);
-        // ECHILD: reaped already by the daemon's catch-all.
-        return done == pid || (done < 0 && errno == ECHILD);
-    });
+bool HistoryQueries::ended(pid_t pid) {
+    return std::erase(children_, pid) > 0;
 }
 
 }  // namespace smtpfence

@@ -2,7 +2,7 @@
 // child the daemon forks per request, never in the daemon's loop, which meanwhile
 // answers `status` and keeps the table. The child drops every capability, reads
 // history.db read only within a time limit, writes the answer on the client's socket
-// and exits; SIGCHLD reaps it. Why a child: docs/history.md.
+// and exits; the daemon's reaper reaps it. Why a child: docs/history.md.
 #pragma once
 
 #include <sys/types.h>
@@ -37,9 +37,8 @@ class HistoryQueries {
     // kMaxRunning children run already or the fork fails.
     [[nodiscard]] std::expected<void, ctl::ProtocolError> start(
         const ctl::Request& r, std::optional<std::uint32_t> only_uid, int client_fd);
-    // The children that ended, reaped (on SIGCHLD, before WorkerHost::reap(), which
-    // reaps any child).
-    void reap();
+    // The daemon's reaper (ctl/children.h) reaped pid: true when it was one of these.
+    bool ended(pid_t pid);
     [[nodiscard]] std::size_t running() const { return children_.size(); }
 
     // Each child is a process with a SQLite cache of 2 MiB: a few at once, for 4

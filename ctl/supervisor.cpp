@@ -259,30 +259,25 @@ void WorkerSupervisor::start() {
     log::info("worker started: pid " + std::to_string(pid));
 }
 
-void WorkerSupervisor::reap() {
-    while (true) {
-        int status = 0;
-        const pid_t done = waitpid(-1, &status, WNOHANG);
-        if (done <= 0)
-            return;
-        if (done != pid_)
-            continue;
-        pid_ = -1;
-        if (on_exit_)
-            on_exit_();
-        const std::string how = WIFEXITED(status)
-                                    ? "exited with status " + std::to_string(WEXITSTATUS(status))
-                                    : "killed by signal " + std::to_string(WTERMSIG(status));
-        // A worker that ran for a minute was healthy: restart quickly. One that dies
-        // at once backs off up to 30 s so a broken setup does not spin.
-        if (Clock::now() - started_at_ > std::chrono::seconds(60))
-            backoff_ = std::chrono::milliseconds(500);
-        log::warning("worker " + how + "; restarting in " + std::to_string(backoff_.count()) +
-                     " ms (the kernel keeps refusing and counting meanwhile)");
-        restart_pending_ = true;
-        restart_at_ = Clock::now() + backoff_;
-        backoff_ = std::min(backoff_ * 2, std::chrono::milliseconds(30000));
-    }
+bool WorkerSupervisor::ended(pid_t pid, int status) {
+    if (pid <= 0 || pid != pid_)
+        return false;
+    pid_ = -1;
+    if (on_exit_)
+        on_exit_();
+    const std::string how = WIFEXITED(status)
+                                ? "exited with status " + std::to_string(WEXITSTATUS(status))
+                                : "killed by signal " + std::to_string(WTERMSIG(status));
+    // A worker that ran for a minute was healthy: restart quickly. One that dies
+    // at once backs off up to 30 s so a broken setup does not spin.
+    if (Clock::now() - started_at_ > std::chrono::seconds(60))
+        backoff_ = std::chrono::milliseconds(500);
+    log::warning("worker " + how + "; restarting in " + std::to_string(backoff_.count()) +
+                 " ms (the kernel keeps refusing and counting meanwhile)");
+    restart_pending_ = true;
+    restart_at_ = Clock::now() + backoff_;
+    backoff_ = std::min(backoff_ * 2, std::chrono::milliseconds(30000));
+    return true;
 }
 
 int WorkerSupervisor::tick() {

@@ -45,8 +45,9 @@ class WorkerSupervisor {
         if (pid_ <= 0)
             start();
     }
-    // Reaps the worker after SIGCHLD; schedules a restart if it died.
-    void reap();
+    // The daemon's reaper (ctl/children.h) reaped pid with status: when it was the
+    // worker (true), schedules a restart.
+    bool ended(pid_t pid, int status);
     // Restarts the worker if a restart is due; returns ms until the next one is due
     // (-1: none pending), for poll().
     int tick();

@@ -30,9 +30,10 @@ class WorkerHost {
     // Starts, restarts or stops the worker (and the held queue) for the state in force.
     void sync(const DaemonState& state);
 
-    // The supervisor's loop hooks: restarts due (ms until the next, -1: none), SIGCHLD.
+    // The supervisor's loop hooks: restarts due (ms until the next, -1: none), a reaped
+    // child (true: the worker).
     [[nodiscard]] int tick() { return worker_.tick(); }
-    void reap() { worker_.reap(); }
+    bool ended(pid_t pid, int status) { return worker_.ended(pid, status); }
     void stop() { worker_.stop(); }
 
     [[nodiscard]] pid_t pid() const { return worker_.pid(); }

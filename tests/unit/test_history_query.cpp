@@ -14,6 +14,7 @@
 
 #include "common/fd.h"
 #include "common/local_time.h"
+#include "ctl/children.h"
 #include "ctl/history_child.h"
 #include "nfq/attempt_log.h"
 #include "nfq/history_query.h"
@@ -423,7 +424,7 @@ TEST_F(HistoryQueryTest, QueryChildrenAnswerAndAreLimited) {
         }
     }
     for (int i = 0; i < 100 && queries.running() > 0; ++i) {
-        queries.reap();
+        (void)reap_children({[&](pid_t pid, int) { return queries.ended(pid); }});
         ::usleep(20000);
     }
     EXPECT_EQ(queries.running(), 0U);
