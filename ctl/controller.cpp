@@ -271,12 +271,9 @@ std::optional<std::string> Controller::dispatch(const ctl::Request& r, const ctl
         return ctl::encode_error(started.error());
     }
     if (r.command == ctl::Command::Attempts || r.command == ctl::Command::Top) {
-        // The scope: an admin sees every uid, anyone else (CONTROL_READ = "all") only
-        // their own, whatever they asked for.
-        const std::optional<std::uint32_t> only_uid = ctl::is_admin(server_.access(), peer)
-                                                          ? std::nullopt
-                                                          : std::optional<std::uint32_t>(peer.uid);
-        auto started = history_.start(r, only_uid, client_fd);
+        // The scope and the limits follow who asks (HistoryQueries::start).
+        const HistoryPeer who{.uid = peer.uid, .admin = ctl::is_admin(server_.access(), peer)};
+        auto started = history_.start(r, who, client_fd);
         if (started)
             return std::nullopt;  // the child answers
         return ctl::encode_error(started.error());

@@ -10,10 +10,7 @@
 #include <utility>
 
 #include "common/local_time.h"
-#include "common/text.h"
-#include "nfq/attempt_log.h"
 #include "nfq/history_schema.h"
-#include "policy/destination.h"
 
 namespace smtpfence::nfq {
 namespace {
@@ -22,52 +19,6 @@ using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 constexpr std::int64_t kForever = std::numeric_limits<std::int64_t>::max();
-
-// The columns every attempts query reads, in the order record_of() takes them.
-constexpr const char* kRecordColumns =
-    "r.epoch, r.uid, r.gid, r.user, r.account, r.explained, r.count, r.identified, r.pid, "
-    "p.exe, p.cwd, p.cmdline, r.family, r.src, r.sport, r.dst, r.dport";
-
-// One row as the stream's JSON object. Built by the stream's own writer (to_json_line),
-// so that `attempts --json` and a log shipper see one format.
-json record_of(const sql::Statement& s) {
-    const auto u32 = [&](int c) { return static_cast<std::uint32_t>(s.int64(c)); };
-    if (s.int64(5) == 0) {
-        return json::parse(
-            to_json_line(CountedOnly{.time = s.int64(0),
-                                     .uid = u32(1),
-                                     .user = s.text(3),
-                                     .account = s.text(4),
-                                     .count = static_cast<std::uint64_t>(s.int64(6))}));
-    }
-    Attempt a;
-    a.time = s.int64(0);
-    a.uid = u32(1);
-    a.gid = u32(2);
-    a.user = s.text(3);
-    a.account = s.text(4);
-    a.identified = s.int64(7) != 0;
-    if (a.identified) {
-        a.pid = static_cast<pid_t>(s.int64(8));
-        a.exe = s.text(9);
-        a.cwd = s.text(10);
-        a.cmdline = s.text(11);
-    }
-    a.family = s.int64(12) == 6 ? "ipv6" : "ipv4";
-    a.src = s.text(13);
-    a.sport = static_cast<std::uint16_t>(s.int64(14));
-    a.dst = s.text(15);
-    a.dport = static_cast<std::uint16_t>(s.int64(16));
-    return json::parse(to_json_line(a));
-}
-
-// A uid given as the user filter ("1001"), as the old log's filter took it.
-std::optional<std::int64_t> uid_of(const std::string& text) {
-    const auto uid = text::parse_unsigned(text, std::numeric_limits<std::uint32_t>::max());
-    if (!uid)
-        return std::nullopt;
-    return static_cast<std::int64_t>(*uid);
-}
 
 // One account's line of `top`, added up over the parts of the time range.
 struct TopRow {
@@ -158,37 +109,6 @@ json top_json(const TopRows& rows) {
 
 }  // namespace
 
-Result<std::string> canonical_address(std::string_view text) {
-    auto n = parse_network(text);
-    if (!n || text.find('/') != std::string_view::npos) {
-        return fail(EINVAL, "dst \"" + text::printable(text) + "\"", "not an IPv4 or IPv6 address");
-    }
-    return n->text();
-}
-
-std::string attempts_sql(const AttemptQuery& q) {
-    std::string sql = std::string("SELECT ") + kRecordColumns +
-                      " FROM records r LEFT JOIN procs p ON p.id = r.proc"
-                      " WHERE r.epoch >= ?1 AND r.epoch < ?2";
-    if (q.only_uid)
-        sql += " AND r.uid = ?3";
-    if (q.account)
-        sql += " AND r.account = ?4";
-    if (q.exe)
-        sql += " AND r.proc IN (SELECT id FROM procs WHERE exe = ?5)";
-    if (q.dst)
-        sql += " AND r.dst = ?6";
-    if (q.user) {
-        // Indexed candidates (the account, the uid, the uids the name had in the days
-        // asked for: `daily` keeps each uid's name), then the old filter's exact test.
-        sql +=
-            " AND (r.account = ?7 OR r.uid = ?8 OR r.uid IN (SELECT uid FROM daily"
-            " WHERE day >= ?9 AND day <= ?10 AND user = ?7))"
-            " AND (r.user = ?7 OR r.account = ?7 OR r.uid = ?8)";
-    }
-    return sql + " ORDER BY r.epoch DESC, r.id DESC LIMIT ?11";
-}
-
 Result<HistoryReader> HistoryReader::open(const std::string& state_dir) {
     std::string path = state_dir + "/" + history::kFileName;
     struct stat st {};
@@ -265,58 +185,6 @@ Result<json> HistoryReader::top(const TopQuery& q) {
             return std::unexpected(failed(ok.error()));
     }
     return top_json(rows);
-}
-
-Result<AttemptPage> HistoryReader::attempts(const AttemptQuery& q) {
-    if (q.limit < 1 || q.limit > kMaxLimit) {
-        return fail(EINVAL, "limit " + std::to_string(q.limit),
-                    "must be from 1 to " + std::to_string(kMaxLimit));
-    }
-    std::optional<std::string> dst;
-    if (q.dst) {
-        auto canonical = canonical_address(*q.dst);
-        if (!canonical)
-            return std::unexpected(canonical.error());
-        dst = std::move(*canonical);
-    }
-    AttemptPage page;
-    if (!db_)
-        return page;
-    auto stmt = db_->prepare(attempts_sql(q));
-    if (!stmt)
-        return std::unexpected(stmt.error());
-    // The numbers of attempts_sql()'s parameters; those a query lacks are not bound.
-    const std::int64_t since = q.since.value_or(0);
-    const std::int64_t until = q.until.value_or(kForever);
-    stmt->bind(1, since).bind(2, until).bind(11, static_cast<std::int64_t>(q.limit) + 1);
-    if (q.only_uid)
-        stmt->bind(3, static_cast<std::int64_t>(*q.only_uid));
-    if (q.account)
-        stmt->bind(4, *q.account);
-    if (q.exe)
-        stmt->bind(5, *q.exe);
-    if (dst)
-        stmt->bind(6, *dst);
-    if (q.user) {
-        stmt->bind(7, *q.user).bind(8, uid_of(*q.user));
-        // A day either side: the writer's zone may not have been this process's.
-        stmt->bind(9, local_day(since) - 1);
-        stmt->bind(10, until == kForever ? kForever : local_day(until) + 1);
-    }
-    while (true) {
-        auto row = stmt->step();
-        if (!row)
-            return std::unexpected(failed(row.error()));
-        if (!*row)
-            break;
-        if (page.records.size() == q.limit) {
-            page.more = true;
-            break;
-        }
-        page.records.push_back(record_of(*stmt));
-    }
-    std::ranges::reverse(page.records);
-    return page;
 }
 
 }  // namespace smtpfence::nfq

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 #include "common/error.h"
@@ -41,6 +42,17 @@ struct AttemptPage {
     bool more = false;
 };
 
+// Takes the answer to an attempts query while it is read, so that nobody holds a page
+// of up to kMaxLimit records (docs/history.md, "Time and memory").
+class AttemptVisitor {
+  public:
+    virtual ~AttemptVisitor() = default;
+    // Once, before the records: how many follow, and whether more matched.
+    [[nodiscard]] virtual Result<void> begin(std::size_t shown, bool more) = 0;
+    // Each record, oldest first, as AttemptPage has them. An error stops the query.
+    [[nodiscard]] virtual Result<void> record(const nlohmann::json& record) = 0;
+};
+
 struct TopQuery {
     std::int64_t since = 0;
     std::optional<std::int64_t> until{};
@@ -58,7 +70,10 @@ class HistoryReader {
     void set_deadline(std::chrono::steady_clock::time_point deadline);
 
     // Errors: EINVAL for a bad argument (a dst that is no address, a limit out of
-    // range), naming it.
+    // range), naming it, before out.begin(). Each filter combination walks indexes in
+    // time order and reads at most twice limit + 1 matches (attempts_plan()).
+    [[nodiscard]] Result<void> attempts(const AttemptQuery& q, AttemptVisitor& out);
+    // The same, collected: for small answers and the tests.
     [[nodiscard]] Result<AttemptPage> attempts(const AttemptQuery& q);
     // Accounts ranked by attempts (explained and counted) in [since, until): one object
     // each, {account, attempts, explained, counted_only, users, last_epoch, last_cwd,
@@ -86,8 +101,29 @@ class HistoryReader {
 // "2001:DB8:0::1" -> "2001:db8::1". EINVAL naming text when it is no single address.
 [[nodiscard]] Result<std::string> canonical_address(std::string_view text);
 
-// The SQL of the attempts query for q (its parameters bound by name in attempts()),
-// for the tests that check its plan.
-[[nodiscard]] std::string attempts_sql(const AttemptQuery& q);
+// An index attempts() walks in time order (its column equal to value), or time alone
+// (records_epoch, no column). Matches of q are read one statement per branch and
+// merged by (epoch, id): the uid, the account, the destination, each process of an
+// executable, each uid of a user. Never "USE TEMP B-TREE": no sort of every match.
+struct AttemptBranch {
+    std::string index;
+    std::string column;
+    std::variant<std::int64_t, std::string> value;
+};
+
+// The branches for q, from the filters it has: reads `procs` (the processes of an
+// executable) and `daily` (the uids a user name had). Empty when nothing can match.
+[[nodiscard]] Result<std::vector<AttemptBranch>> attempts_branches(sql::Database& db,
+                                                                   const AttemptQuery& q);
+
+// attempts() reads in two passes of the same snapshot (see history_attempts.cpp):
+// newest first, the keys only, to the (limit + 1)th match; then oldest first from it,
+// the records.
+enum class AttemptPass { Keys, Records };
+
+// The SQL of one branch in one pass, its parameters bound by number in attempts(); for
+// the tests that check its plan.
+[[nodiscard]] std::string attempts_sql(const AttemptQuery& q, const AttemptBranch& branch,
+                                       AttemptPass pass);
 
 }  // namespace smtpfence::nfq

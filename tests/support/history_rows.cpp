@@ -77,6 +77,27 @@ Result<void> HistoryFile::add(const HistoryRow& row, bool daily) {
     return daily ? add_daily(row) : Result<void>{};
 }
 
+Result<void> HistoryFile::add_copies(const HistoryRow& row, std::uint32_t copies,
+                                     std::int64_t step) {
+    auto proc = proc_of(row);
+    if (!proc)
+        return std::unexpected(proc.error());
+    auto insert = db_.prepare(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?1) "
+        "INSERT INTO records (epoch, uid, gid, user, account, explained, count, identified, pid, "
+        "proc, family, src, sport, dst, dport) "
+        "SELECT ?2 + i * ?3, ?4, ?5, ?6, ?7, 1, 1, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15 FROM n");
+    if (!insert)
+        return std::unexpected(insert.error());
+    insert->bind(1, std::int64_t{copies}).bind(2, row.epoch).bind(3, step);
+    insert->bind(4, std::int64_t{row.uid}).bind(5, std::int64_t{row.gid});
+    insert->bind(6, row.user).bind(7, row.account);
+    insert->bind(8, std::int64_t{proc->has_value() ? 1 : 0}).bind(9, row.pid).bind(10, *proc);
+    insert->bind(11, std::int64_t{row.family}).bind(12, row.src);
+    insert->bind(13, std::int64_t{row.sport}).bind(14, row.dst).bind(15, std::int64_t{row.dport});
+    return insert->run();
+}
+
 Result<void> HistoryFile::add_daily(const HistoryRow& row) {
     const bool explained = row.count == 0;
     const bool identified = explained && !row.exe.empty();

@@ -37,6 +37,10 @@ class HistoryFile {
     // Inserts the record and adds it to its local day's row in `daily`. daily = false:
     // the record alone (a test of which table a query reads).
     [[nodiscard]] Result<void> add(const HistoryRow& row, bool daily = true);
+    // copies records like row (an explained attempt), one every step seconds from
+    // row.epoch, in one statement: a big history in a moment. No daily totals.
+    [[nodiscard]] Result<void> add_copies(const HistoryRow& row, std::uint32_t copies,
+                                          std::int64_t step);
     // Only the daily totals of row (a day whose records retention has deleted).
     [[nodiscard]] Result<void> add_daily(const HistoryRow& row);
 

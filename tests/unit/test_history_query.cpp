@@ -2,14 +2,22 @@
 // plain SQL on the schema: every filter of `attempts`, the per-uid scope, `top` from
 // whole days in `daily` and partial days in `records`, the query plans, a missing file
 // and a file of another version; and the daemon's query children (ctl/history_child.h).
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <cstring>
 #include <ctime>
+#include <fstream>
+#include <iostream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/fd.h"
@@ -19,6 +27,7 @@
 #include "nfq/attempt_log.h"
 #include "nfq/history_query.h"
 #include "nfq/history_schema.h"
+#include "tests/support/child.h"
 #include "tests/support/history_rows.h"
 #include "tests/support/temp_dir.h"
 
@@ -297,37 +306,77 @@ TEST_F(HistoryQueryTest, TopReadsWholeDaysFromDailyAndPartialDaysFromRecords) {
     EXPECT_EQ(top({.since = day(2, 1), .until = day(2, 7001)})[0].at("counted_only"), 54000);
 }
 
-// Every combination of filters is answered from an index, never by a scan of records.
-TEST_F(HistoryQueryTest, EveryFilterCombinationUsesAnIndex) {
+// Every combination of filters walks indexes in time order, in both passes: never a
+// scan of records, never a sort of every match ("USE TEMP B-TREE FOR ORDER BY").
+TEST_F(HistoryQueryTest, EveryFilterCombinationWalksAnIndexInTimeOrder) {
     ASSERT_NO_FATAL_FAILURE(add_usual());
-    for (unsigned mask = 0; mask < 64; ++mask) {
+    // An executable run from more folders than the query reads as branches.
+    for (int i = 0; i < 70; ++i) {
+        HistoryRow r = alice(day0(i));
+        r.exe = "/usr/bin/many";
+        r.cwd = "/home/alice/" + std::to_string(i);
+        ASSERT_TRUE(file.add(r).has_value());
+    }
+    for (unsigned mask = 0; mask < 128; ++mask) {
         AttemptQuery q;
         const auto set = [&](unsigned bit) { return (mask & (1U << bit)) != 0; };
         if (set(0))
-            q.user = "alice";
+            q.user = set(6) ? "1001" : "alice";
         if (set(1))
             q.account = "alice";
         if (set(2))
-            q.exe = "/usr/bin/php";
+            q.exe = set(6) ? "/usr/bin/many" : "/usr/bin/php";
         if (set(3))
             q.dst = "198.51.100.7";
         if (set(4))
             q.since = day0(1);
         if (set(5))
             q.only_uid = kAlice;
-        auto plan = file.db().prepare("EXPLAIN QUERY PLAN " + nfq::attempts_sql(q));
-        ASSERT_TRUE(plan.has_value()) << plan.error().message();
-        std::string details;
-        while (plan->step().value_or(false))
-            details += plan->text(3) + "\n";
-        EXPECT_EQ(details.find("SCAN r\n"), std::string::npos) << "mask " << mask << ":\n"
-                                                               << details;
-        EXPECT_EQ(details.find("SCAN r "), std::string::npos) << "mask " << mask << ":\n"
-                                                              << details;
-        EXPECT_NE(details.find("SEARCH r USING INDEX records_"), std::string::npos)
-            << "mask " << mask << ":\n"
-            << details;
+        auto branches = nfq::attempts_branches(file.db(), q);
+        ASSERT_TRUE(branches.has_value()) << branches.error().message();
+        ASSERT_FALSE(branches->empty()) << "mask " << mask;
+        for (const nfq::AttemptBranch& b : *branches) {
+            for (const auto pass : {nfq::AttemptPass::Keys, nfq::AttemptPass::Records}) {
+                const std::string sql = nfq::attempts_sql(q, b, pass);
+                auto plan = file.db().prepare("EXPLAIN QUERY PLAN " + sql);
+                ASSERT_TRUE(plan.has_value()) << plan.error().message();
+                std::string details;
+                while (plan->step().value_or(false))
+                    details += plan->text(3) + "\n";
+                const std::string where = "mask " + std::to_string(mask) + ": " + sql + "\n";
+                EXPECT_EQ(details.find("TEMP B-TREE"), std::string::npos) << where << details;
+                EXPECT_EQ(details.find("SCAN r"), std::string::npos) << where << details;
+                EXPECT_NE(details.find("SEARCH r USING "), std::string::npos) << where << details;
+                EXPECT_NE(details.find("INDEX " + b.index + " "), std::string::npos)
+                    << where << details;
+            }
+        }
     }
+    // A handful of processes: one branch each; more: time alone.
+    EXPECT_EQ(nfq::attempts_branches(file.db(), {.exe = "/usr/bin/php"})->size(), 1U);
+    EXPECT_EQ(nfq::attempts_branches(file.db(), {.exe = "/usr/bin/many"})->at(0).index,
+              "records_epoch");
+    EXPECT_TRUE(nfq::attempts_branches(file.db(), {.exe = "/usr/bin/none"})->empty());
+    EXPECT_EQ(epochs({.exe = "/usr/bin/many", .limit = 3}),
+              (std::vector<std::int64_t>{67, 68, 69}));
+}
+
+// Branches are merged in time order, each record once (a user's account and uid both
+// hold it), ties in one second in the order written.
+TEST_F(HistoryQueryTest, BranchesAreMergedInTimeOrderEachRecordOnce) {
+    for (int i = 0; i < 12; ++i) {
+        HistoryRow r = alice(day0(100 + i / 2));  // two a second
+        r.cwd = "/home/alice/" + std::to_string(i % 3);
+        r.pid = i;
+        ASSERT_TRUE(file.add(r).has_value());
+    }
+    std::vector<std::int64_t> pids;
+    for (const json& j : attempts({.exe = "/usr/bin/php", .limit = 5}).records)
+        pids.push_back(j.at("pid").get<std::int64_t>());
+    EXPECT_EQ(pids, (std::vector<std::int64_t>{7, 8, 9, 10, 11}));
+    EXPECT_EQ(attempts({.user = "alice", .limit = 100}).records.size(), 12U);
+    EXPECT_EQ(attempts({.user = "1001", .limit = 12}).more, false);
+    EXPECT_EQ(attempts({.user = "1001", .limit = 11}).more, true);
 }
 
 // ---- the daemon's children ----------------------------------------------------------
@@ -338,49 +387,192 @@ ctl::Request history_request(ctl::Command command) {
     return r;
 }
 
+// The line answer_history() writes, read while it is written.
+std::string answer_line(const std::string& dir, const ctl::Request& r,
+                        std::optional<std::uint32_t> only_uid,
+                        std::chrono::steady_clock::time_point deadline) {
+    std::array<int, 2> fds{};
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds.data()), 0);
+    UniqueFd reader(fds[0]);
+    std::thread writer([&, fd = UniqueFd(fds[1])] {
+        const auto written = answer_history(fd.get(), dir, r, only_uid, deadline);
+        EXPECT_TRUE(written.has_value()) << written.error().message();
+    });
+    std::string line;
+    std::array<char, 65536> buf{};
+    ssize_t n = 0;
+    while ((n = ::recv(reader.get(), buf.data(), buf.size(), 0)) > 0)
+        line.append(buf.data(), static_cast<std::size_t>(n));
+    writer.join();
+    return line;
+}
+
+// The result of an answer, or its error message as {"error": message}.
+json answer_of(const std::string& dir, const ctl::Request& r, std::optional<std::uint32_t> only_uid,
+               std::chrono::steady_clock::time_point deadline) {
+    const json j = json::parse(answer_line(dir, r, only_uid, deadline));
+    if (j.at("ok") == true)
+        return j.at("result");
+    return {{"error", j.at("error").at("message")}, {"code", j.at("error").at("code")}};
+}
+
 TEST_F(HistoryQueryTest, AnswersSayWhatWasShownAndTheScope) {
     ASSERT_NO_FATAL_FAILURE(add_usual());
     const auto in = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     ctl::Request r = history_request(ctl::Command::Attempts);
     r.limit = 2;
-    const Answer a = answer_history(dir.path(), r, std::nullopt, in);
-    ASSERT_TRUE(a.has_value()) << a.error().message;
-    EXPECT_EQ(a->at("shown"), 2);
-    EXPECT_EQ(a->at("more"), true);
-    EXPECT_EQ(a->at("store"), dir.path() + "/history.db");
-    EXPECT_FALSE(a->contains("only_uid"));
-    const Answer mine = answer_history(dir.path(), r, kBob, in);
-    ASSERT_TRUE(mine.has_value());
-    EXPECT_EQ(mine->at("only_uid"), kBob);
-    EXPECT_EQ(mine->at("more"), false);
+    const json a = answer_of(dir.path(), r, std::nullopt, in);
+    EXPECT_EQ(a.at("shown"), 2) << a.dump();
+    EXPECT_EQ(a.at("more"), true);
+    EXPECT_EQ(a.at("store"), dir.path() + "/history.db");
+    EXPECT_FALSE(a.contains("only_uid"));
+    const json mine = answer_of(dir.path(), r, kBob, in);
+    EXPECT_EQ(mine.at("only_uid"), kBob) << mine.dump();
+    EXPECT_EQ(mine.at("more"), false);
 
-    const Answer today =
-        answer_history(dir.path(), history_request(ctl::Command::Top), std::nullopt, in);
-    ASSERT_TRUE(today.has_value());
-    EXPECT_EQ(today->at("since"), local_midnight(std::time(nullptr)));
-    EXPECT_EQ(today->at("accounts"), json::array());  // all ten days ago
+    const json today = answer_of(dir.path(), history_request(ctl::Command::Top), std::nullopt, in);
+    EXPECT_EQ(today.at("since"), local_midnight(std::time(nullptr))) << today.dump();
+    EXPECT_EQ(today.at("accounts"), json::array());  // all ten days ago
 
     r.dst = "not-an-address";
-    const Answer bad = answer_history(dir.path(), r, std::nullopt, in);
-    ASSERT_FALSE(bad.has_value());
-    EXPECT_EQ(bad.error().code, ctl::ErrorCode::InvalidArgument);
-    EXPECT_EQ(bad.error().message, "dst \"not-an-address\": not an IPv4 or IPv6 address");
+    const json bad = answer_of(dir.path(), r, std::nullopt, in);
+    EXPECT_EQ(bad.at("code"), "invalid_argument") << bad.dump();
+    EXPECT_EQ(bad.at("error"), "dst \"not-an-address\": not an IPv4 or IPv6 address");
+}
+
+// Written record by record, the line is the one encode_ok() makes of the whole answer,
+// byte for byte (smtpfencectl and scripts parse it).
+TEST_F(HistoryQueryTest, TheStreamedLineIsTheLineOfTheWholeAnswer) {
+    ASSERT_NO_FATAL_FAILURE(add_usual());
+    for (int i = 0; i < 2000; ++i) {  // several chunks
+        HistoryRow r = alice(day(2, i));
+        r.cmdline = "php \"quoted\" \xff\xfe not UTF-8 " + std::to_string(i);
+        ASSERT_TRUE(file.add(r).has_value());
+    }
+    const auto in = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (const std::uint32_t limit : {1U, 6U, 1500U, 3000U}) {
+        for (const std::optional<std::uint32_t> only_uid :
+             {std::optional<std::uint32_t>(), std::optional<std::uint32_t>(kBob)}) {
+            ctl::Request r = history_request(ctl::Command::Attempts);
+            r.limit = limit;
+            const auto page = attempts({.limit = limit, .only_uid = only_uid});
+            json whole = {{"records", page.records},
+                          {"shown", page.records.size()},
+                          {"more", page.more},
+                          {"store", dir.path() + "/history.db"}};
+            if (only_uid)
+                whole["only_uid"] = *only_uid;
+            EXPECT_EQ(answer_line(dir.path(), r, only_uid, in), ctl::encode_ok(whole))
+                << "limit " << limit;
+        }
+    }
 }
 
 TEST_F(HistoryQueryTest, AQueryPastItsDeadlineStopsWithAClearError) {
-    // More than the 1000 steps between two looks at the clock.
-    for (int i = 0; i < 500; ++i)
-        ASSERT_TRUE(file.add(bob(day0(i), 1)).has_value());
-    const Answer late = answer_history(dir.path(), history_request(ctl::Command::Attempts),
-                                       std::nullopt, std::chrono::steady_clock::now());
-    ASSERT_FALSE(late.has_value());
-    EXPECT_EQ(late.error().code, ctl::ErrorCode::Failed);
-    EXPECT_NE(late.error().message.find("the query ran past its time limit"), std::string::npos)
-        << late.error().message;
+    // Far more than the 1000 steps between two looks at the clock.
+    ASSERT_TRUE(file.add_copies(bob(day0()), 20000, 1).has_value());
+    ctl::Request r = history_request(ctl::Command::Attempts);
+    r.limit = HistoryReader::kMaxLimit;
+    const json late = answer_of(dir.path(), r, std::nullopt, std::chrono::steady_clock::now());
+    EXPECT_EQ(late.at("code"), "failed") << late.dump();
+    EXPECT_NE(late.at("error").get<std::string>().find("the query ran past its time limit"),
+              std::string::npos)
+        << late.dump();
 }
 
-// Children answer on their socket; beyond kMaxRunning the next is refused, not forked.
-TEST_F(HistoryQueryTest, QueryChildrenAnswerAndAreLimited) {
+// Peak memory of a child answering `attempts --limit 100000` from 100,000 records: the
+// issue's bound for the daemon's side is 32 MiB. Without AddressSanitizer: the growth of
+// the child's resident set (ru_maxrss from wait4, its high-water mark reset at the
+// start). With it, freed memory waits in its quarantine (256 MiB) and would read as
+// growth, so: the peak of the heap in use, from its malloc and free hooks.
+#ifdef __SANITIZE_ADDRESS__
+extern "C" {
+int __sanitizer_install_malloc_and_free_hooks(void (*)(const volatile void*, std::size_t),
+                                              void (*)(const volatile void*));
+std::size_t __sanitizer_get_allocated_size(const volatile void*);
+}
+std::atomic<std::int64_t> g_heap{0}, g_heap_peak{0};
+void on_malloc(const volatile void*, std::size_t size) {
+    const std::int64_t now = g_heap += static_cast<std::int64_t>(size);
+    std::int64_t peak = g_heap_peak.load();
+    while (now > peak && !g_heap_peak.compare_exchange_weak(peak, now)) {
+    }
+}
+void on_free(const volatile void* p) {
+    g_heap -= static_cast<std::int64_t>(__sanitizer_get_allocated_size(p));
+}
+#endif
+
+long status_kib(const char* key) {
+    std::ifstream in("/proc/self/status");
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.starts_with(key))
+            return std::stol(line.substr(std::strlen(key)));
+    }
+    return -1;
+}
+
+TEST_F(HistoryQueryTest, AChildAnswersAHundredThousandRecordsInLittleMemory) {
+    constexpr std::uint32_t kRecords = 100000;
+    ASSERT_TRUE(file.add_copies(alice(day0()), kRecords, 1).has_value());
+    std::array<int, 2> answer{}, growth{};
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, answer.data()), 0);
+    ASSERT_EQ(::pipe2(growth.data(), O_CLOEXEC), 0);
+    UniqueFd answer_in(answer[0]), growth_in(growth[0]);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        ::close(answer[0]);
+        std::ofstream("/proc/self/clear_refs") << "5";  // the high-water mark: from here
+        long start = status_kib("VmRSS:");
+#ifdef __SANITIZE_ADDRESS__
+        __sanitizer_install_malloc_and_free_hooks(on_malloc, on_free);
+        start = 0;
+#endif
+        ctl::Request r = history_request(ctl::Command::Attempts);
+        r.limit = HistoryReader::kMaxLimit;
+        const bool ok = answer_history(answer[1], dir.path(), r, std::nullopt,
+                                       std::chrono::steady_clock::now() + std::chrono::minutes(2))
+                            .has_value();
+        long peak = 0;
+#ifdef __SANITIZE_ADDRESS__
+        peak = static_cast<long>(g_heap_peak.load() / 1024);
+#endif
+        const long grown = peak - start;  // without ASan: finished by ru_maxrss below
+        (void)!::write(growth[1], &grown, sizeof grown);
+        _exit(ok ? 0 : 1);
+    }
+    ::close(answer[1]);
+    ::close(growth[1]);
+    std::size_t bytes = 0;
+    std::string tail;
+    std::array<char, 65536> buf{};
+    ssize_t n = 0;
+    while ((n = ::recv(answer_in.get(), buf.data(), buf.size(), 0)) > 0) {
+        bytes += static_cast<std::size_t>(n);
+        tail = (tail + std::string(buf.data(), static_cast<std::size_t>(n)));
+        tail.erase(0, tail.size() > 200 ? tail.size() - 200 : 0);
+    }
+    long grown = 0;
+    ASSERT_EQ(::read(growth_in.get(), &grown, sizeof grown), static_cast<ssize_t>(sizeof grown));
+    int status = 0;
+    rusage usage{};
+    ASSERT_EQ(::wait4(pid, &status, 0, &usage), pid);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+#ifndef __SANITIZE_ADDRESS__
+    grown += usage.ru_maxrss;  // KiB on Linux
+#endif
+    EXPECT_NE(tail.find("],\"shown\":100000,\"store\":"), std::string::npos) << tail;
+    EXPECT_GT(bytes, std::size_t{kRecords} * 100);
+    EXPECT_LT(grown, 32 * 1024) << "KiB";
+    std::cout << "[ note ] " << bytes << " bytes answered; child peak grew by " << grown
+              << " KiB\n";
+}
+
+// Children answer on their socket. A uid that is not an admin runs at most two at once,
+// and all such uids together leave two of the eight to root and the admins.
+TEST_F(HistoryQueryTest, QueryChildrenAnswerAndOrdinaryUsersLeaveRoomForAdmins) {
     // Enough records that an answer outgrows a small socket buffer: each child blocks in
     // its write until the test reads.
     for (int i = 0; i < 300; ++i) {
@@ -391,19 +583,38 @@ TEST_F(HistoryQueryTest, QueryChildrenAnswerAndAreLimited) {
     std::vector<std::array<UniqueFd, 2>> sockets;
     ctl::Request r = history_request(ctl::Command::Attempts);
     r.limit = 300;
-    for (std::size_t i = 0; i < HistoryQueries::kMaxRunning; ++i) {
+    const auto start = [&](HistoryPeer who) {
         std::array<int, 2> fds{};
-        ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds.data()), 0);
-        sockets.push_back({UniqueFd(fds[0]), UniqueFd(fds[1])});
+        EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds.data()), 0);
         const int small = 4096;
         ::setsockopt(fds[1], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
-        ASSERT_TRUE(
-            queries.start(r, i == 0 ? std::optional<std::uint32_t>(kBob) : std::nullopt, fds[1])
-                .has_value());
-        sockets.back()[1].reset();  // the child holds its copy
-    }
+        auto started = queries.start(r, who, fds[1]);
+        ::close(fds[1]);  // the child holds its copy
+        if (started)
+            sockets.push_back({UniqueFd(fds[0]), UniqueFd()});
+        else
+            ::close(fds[0]);
+        return started;
+    };
+    const HistoryPeer bob_peer{.uid = kBob}, alice_peer{.uid = kAlice}, root{.admin = true};
+    ASSERT_TRUE(start(bob_peer).has_value());
+    ASSERT_TRUE(start(bob_peer).has_value());
+    const auto third = start(bob_peer);
+    ASSERT_FALSE(third.has_value());
+    EXPECT_EQ(third.error().message,
+              "busy: your 2 history queries are still running; read their answers first");
+    ASSERT_TRUE(start(alice_peer).has_value());
+    ASSERT_TRUE(start(alice_peer).has_value());
+    ASSERT_TRUE(start({.uid = kWww}).has_value());
+    ASSERT_TRUE(start({.uid = kWww}).has_value());
+    const auto seventh = start({.uid = 4242});
+    ASSERT_FALSE(seventh.has_value());
+    EXPECT_EQ(seventh.error().message,
+              "busy: 6 history queries of other users are running; try again");
+    ASSERT_TRUE(start(root).has_value());
+    ASSERT_TRUE(start({.uid = 1500, .admin = true}).has_value());
     EXPECT_EQ(queries.running(), HistoryQueries::kMaxRunning);
-    const auto busy = queries.start(r, std::nullopt, -1);
+    const auto busy = start(root);
     ASSERT_FALSE(busy.has_value());
     EXPECT_EQ(busy.error().message, "busy: 8 history queries are running; try again");
 
@@ -416,17 +627,20 @@ TEST_F(HistoryQueryTest, QueryChildrenAnswerAndAreLimited) {
         const json j = json::parse(line, nullptr, false);
         ASSERT_TRUE(j.is_object()) << line.substr(0, 200);
         EXPECT_EQ(j.value("ok", false), true) << line.substr(0, 200);
-        EXPECT_EQ(j["result"]["shown"], 300);
-        // The first child's scope was bob's: none of alice's records.
-        if (i == 0) {
+        // bob's, alice's, the web server's (none), the admins' (all of them).
+        EXPECT_EQ(j["result"]["shown"], i == 4 || i == 5 ? 0 : 300) << i;
+        if (i < 2) {
             for (const json& record : j["result"]["records"])
                 ASSERT_EQ(record.at("uid"), kBob);
         }
+        EXPECT_EQ(j["result"].contains("only_uid"), i < 6) << i;
     }
-    for (int i = 0; i < 100 && queries.running() > 0; ++i) {
-        (void)reap_children({[&](pid_t pid, int) { return queries.ended(pid); }});
-        ::usleep(20000);
-    }
+    testing::wait_until(
+        [&] {
+            (void)reap_children({[&](pid_t pid, int) { return queries.ended(pid); }});
+            return queries.running() == 0;
+        },
+        std::chrono::seconds(5));
     EXPECT_EQ(queries.running(), 0U);
 }
 
