@@ -54,19 +54,18 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "bench/bench_daemon.h"
+#include "bench/bench_main.h"
 #include "bench/report.h"
 #include "bench/sandbox.h"
 #include "common/sqlite.h"
@@ -88,11 +87,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using Seconds = std::chrono::duration<double>;
 using Json = nlohmann::json;
-namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
 constexpr const char* kTable = "sfbench";
-constexpr std::uint16_t kQueueNum = 2525;  // the config's default NFQUEUE_NUM
 constexpr std::size_t kProcesses = 4;
 constexpr uid_t kFirstFloodUid = 61001;
 // The goals.
@@ -120,104 +117,8 @@ struct Options {
 
 // ---- numbers and text ---------------------------------------------------------------
 
-std::string mib(std::uint64_t kib) {
-    return strf("%.1f MiB", static_cast<double>(kib) / 1024.0);
-}
-
 const char* verdict(bool met) {
     return met ? "goal met" : "goal NOT met";
-}
-
-std::string tail(const std::string& text, std::size_t max) {
-    return text.size() <= max ? text : "..." + text.substr(text.size() - max);
-}
-
-Result<void> write_text(const std::string& path, const std::string& text) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.close();
-    if (!out) {
-        return fail(errno, "write " + path);
-    }
-    return {};
-}
-
-// ---- /proc ---------------------------------------------------------------------------
-
-// utime + stime of a process (all its threads), in clock ticks.
-std::optional<std::uint64_t> cpu_ticks(pid_t pid) {
-    const std::string stat = testing::read_file("/proc/" + std::to_string(pid) + "/stat");
-    const std::size_t paren = stat.rfind(')');
-    if (paren == std::string::npos) {
-        return std::nullopt;
-    }
-    // After "pid (comm)": field 3 (state) first; utime and stime are fields 14 and 15.
-    std::istringstream in(stat.substr(paren + 1));
-    std::string field;
-    std::uint64_t utime = 0;
-    std::uint64_t stime = 0;
-    for (int i = 3; i <= 15 && in >> field; ++i) {
-        if (i == 14) {
-            utime = std::strtoull(field.c_str(), nullptr, 10);
-        } else if (i == 15) {
-            stime = std::strtoull(field.c_str(), nullptr, 10);
-            return utime + stime;
-        }
-    }
-    return std::nullopt;
-}
-
-// A "Name:   123 kB" line of /proc/PID/status, in kB.
-std::optional<std::uint64_t> status_kib(pid_t pid, const std::string& name) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-    for (std::string line; std::getline(in, line);) {
-        if (line.rfind(name + ":", 0) == 0) {
-            return std::strtoull(line.c_str() + name.size() + 1, nullptr, 10);
-        }
-    }
-    return std::nullopt;
-}
-
-// The child of parent running exe.
-std::optional<pid_t> child_running(pid_t parent, const std::string& exe) {
-    std::error_code ec;
-    const fs::path want = fs::canonical(exe, ec);
-    for (const auto& entry : fs::directory_iterator("/proc", ec)) {
-        const std::string name = entry.path().filename().string();
-        if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) {
-            continue;
-        }
-        const auto pid = static_cast<pid_t>(std::strtol(name.c_str(), nullptr, 10));
-        if (testing::parent_of(pid) != parent) {
-            continue;
-        }
-        std::error_code link_ec;
-        if (fs::read_symlink(entry.path() / "exe", link_ec) == want && !link_ec) {
-            return pid;
-        }
-    }
-    return std::nullopt;
-}
-
-bool is_worker(pid_t pid) {
-    std::error_code ec;
-    const fs::path want = fs::canonical(SMTPFENCE_WORKER_PATH, ec);
-    std::error_code link_ec;
-    const fs::path exe = fs::read_symlink("/proc/" + std::to_string(pid) + "/exe", link_ec);
-    return !ec && !link_ec && exe == want;
-}
-
-// Whether someone is bound to NFQUEUE num in the network namespace of pid.
-bool queue_bound(pid_t pid, std::uint16_t num) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/net/netfilter/nfnetlink_queue");
-    for (std::string line; std::getline(in, line);) {
-        std::istringstream fields(line);
-        unsigned q = 0;
-        if (fields >> q && q == num) {
-            return true;
-        }
-    }
-    return false;
 }
 
 // ---- smtpfenced in a namespace ---------------------------------------------------------
@@ -260,165 +161,18 @@ Result<Files> write_files(const std::string& dir) {
     return f;
 }
 
-// smtpfenced --foreground in a namespace, its output in a log file. Stopped with
-// SIGTERM (its orderly exit stops its worker too); the same signal reaches it when the
-// benchmark dies, whatever the way (PR_SET_PDEATHSIG).
-class Daemon {
-  public:
-    [[nodiscard]] static Result<Daemon> start(const Netns& ns, const Files& files,
-                                              const std::string& name, bool with_worker) {
-        const std::string dir = files.dir + "/" + name;
-        std::error_code ec;
-        fs::create_directories(dir + "/state", ec);
-        fs::create_directories(dir + "/virtual", ec);
-        if (ec) {
-            return fail(ec.value(), "create " + dir);
-        }
-        std::vector<std::string> argv{
-            SMTPFENCED_PATH,    "--foreground",        "--table",       kTable,
-            "--config",         files.config,          "--passwd",      files.passwd,
-            "--group",          files.group,           "--state-dir",   dir + "/state",
-            "--control-socket", dir + "/control.sock", "--virtual-dir", dir + "/virtual"};
-        if (with_worker) {
-            argv.insert(argv.end(), {"--worker", SMTPFENCE_WORKER_PATH});
-        } else {
-            argv.emplace_back("--no-worker");
-        }
-        const testing::Argv cargv(argv);
-        const std::string log_path = dir + "/smtpfenced.log";
-        UniqueFd log(
-            ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644));
-        UniqueFd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-        if (!log.valid() || !devnull.valid()) {
-            return fail(errno, "open " + log_path);
-        }
-        const pid_t parent = ::getpid();
-        auto child = testing::spawn_in(ns, [&]() -> int {
-            if (::dup2(devnull.get(), STDIN_FILENO) < 0 || ::dup2(log.get(), STDOUT_FILENO) < 0 ||
-                ::dup2(log.get(), STDERR_FILENO) < 0) {
-                return 126;
-            }
-            // Not SIGKILL as spawn_in sets: the daemon's orderly exit stops its worker,
-            // which SIGKILL would leave running (and holding the namespace).
-            if (!testing::die_with_parent(parent, SIGTERM)) {
-                return 126;
-            }
-            // Nothing of ours but stdin, stdout and stderr crosses the exec.
-            testing::close_other_fds({STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO});
-            ::execv(cargv.ptrs[0], cargv.ptrs.data());
-            return 127;
-        });
-        if (!child) {
-            return std::unexpected(child.error().wrap("start smtpfenced"));
-        }
-        Daemon d(std::move(*child), dir, log_path, with_worker);
-        if (auto r = d.wait_ready(ns); !r) {
-            return std::unexpected(r.error());
-        }
-        return d;
-    }
-
-    Daemon(Daemon&&) noexcept = default;
-    Daemon& operator=(Daemon&&) = delete;
-    Daemon(const Daemon&) = delete;
-    Daemon& operator=(const Daemon&) = delete;
-    // The normal path stops the daemon and checks the result itself; this is the
-    // cleanup of the error paths, which still says when the daemon had to be killed.
-    ~Daemon() {
-        if (auto r = stop(); !r) {
-            note("smtpfence-bench-worker: %s\n", r.error().message().c_str());
-        }
-    }
-
-    [[nodiscard]] pid_t pid() const { return child_.pid(); }
-    [[nodiscard]] pid_t worker() const { return worker_; }
-    [[nodiscard]] std::string state_dir() const { return dir_ + "/state"; }
-    [[nodiscard]] std::string log() const { return testing::read_file(log_path_); }
-
-    // The worker now (the daemon restarts one that died); 0 when there is none.
-    pid_t refresh_worker() {
-        worker_ = child_running(pid(), SMTPFENCE_WORKER_PATH).value_or(0);
-        return worker_;
-    }
-
-    // What the daemon said it enforces: "observation: xt queue 2525", say.
-    [[nodiscard]] std::string observation() const {
-        const std::string text = log();
-        const std::size_t at = text.find("observation: ");
-        if (at == std::string::npos) {
-            return "?";
-        }
-        const std::size_t end = text.find_first_of(";\n", at);
-        return text.substr(at + 13, end == std::string::npos ? end : end - at - 13);
-    }
-
-    // SIGTERM and a bounded wait for the exit; SIGKILL (and the worker too) after it.
-    Result<void> stop() {
-        if (!child_.valid()) {
-            return {};
-        }
-        const pid_t pid = child_.pid();
-        Result<void> result;
-        if (child_.running()) {
-            child_.signal(SIGTERM);
-            if (!child_.wait_for(5s)) {
-                child_.kill_and_reap();
-                result = fail(ETIMEDOUT, "smtpfenced did not exit within 5 s of SIGTERM (killed)");
-            }
-        }
-        if (worker_ > 0 && testing::parent_of(worker_) != pid && is_worker(worker_)) {
-            (void)::kill(worker_, SIGKILL);  // orphaned: the daemon did not stop it
-        }
-        worker_ = 0;
-        return result;
-    }
-
-  private:
-    Daemon(Child child, std::string dir, std::string log_path, bool with_worker)
-        : child_(std::move(child)),
-          dir_(std::move(dir)),
-          log_path_(std::move(log_path)),
-          with_worker_(with_worker) {}
-
-    // The table in the kernel, and (with a worker) the worker bound to the queue.
-    Result<void> wait_ready(const Netns& ns) {
-        auto e = NsEngine::open(ns);
-        if (!e) {
-            return std::unexpected(e.error());
-        }
-        const auto deadline = Clock::now() + 10s;
-        std::string last_error;
-        while (Clock::now() < deadline) {
-            if (!child_.running()) {
-                return fail(0, "smtpfenced exited at start", "log:\n" + tail(log(), 2000));
-            }
-            auto exists = (*e)->engine().table_exists(kTable);
-            if (!exists) {
-                last_error = exists.error().message();
-            }
-            const bool table = exists && *exists;
-            if (table && !with_worker_) {
-                return {};
-            }
-            if (table && refresh_worker() > 0 && queue_bound(pid(), kQueueNum)) {
-                return {};
-            }
-            std::this_thread::sleep_for(20ms);
-        }
-        return fail(
-            ETIMEDOUT,
-            std::string("smtpfenced did not ") +
-                (with_worker_ ? "have a worker bound to NFQUEUE 2525" : "create its table") +
-                " within 10 s " + last_error,
-            "log:\n" + tail(log(), 2000));
-    }
-
-    Child child_;
-    std::string dir_;
-    std::string log_path_;
-    bool with_worker_ = false;
-    pid_t worker_ = 0;
-};
+// smtpfenced of variant `name`, its files under files.dir/name.
+Result<Daemon> start_daemon(const Netns& ns, const Files& files, const std::string& name,
+                            bool with_worker) {
+    return Daemon::start(ns, DaemonSpec{.program = "smtpfence-bench-worker",
+                                        .daemon_path = SMTPFENCED_PATH,
+                                        .worker_path = with_worker ? SMTPFENCE_WORKER_PATH : "",
+                                        .table = kTable,
+                                        .config = files.config,
+                                        .passwd = files.passwd,
+                                        .group = files.group,
+                                        .dir = files.dir + "/" + name});
+}
 
 // ---- the attempt history, followed ---------------------------------------------------------
 
@@ -911,12 +665,12 @@ int run(const Options& opt) {
     Variant& vb = variants[1];
     Variant& vc = variants[2];
     {
-        auto a = Daemon::start(va.ns, *files, "a", true);
+        auto a = start_daemon(va.ns, *files, "a", true);
         if (!a) {
             return fail_setup(a.error().wrap("(a)"));
         }
         va.daemon.emplace(std::move(*a));
-        auto b = Daemon::start(vb.ns, *files, "b", false);
+        auto b = start_daemon(vb.ns, *files, "b", false);
         if (!b) {
             return fail_setup(b.error().wrap("(b)"));
         }
@@ -1100,7 +854,7 @@ int run(const Options& opt) {
     }
     Variant vm{"(m)", "fresh smtpfenced + worker", std::move(*mns), std::move(*meng)};
     {
-        auto m = Daemon::start(vm.ns, *files, "m", true);
+        auto m = start_daemon(vm.ns, *files, "m", true);
         if (!m) {
             return fail_setup(m.error().wrap("(m)"));
         }
@@ -1393,18 +1147,9 @@ int bench_main(int argc, char** argv) {
             opt.memory_floods = {2, 10};
         }
     }
-    // Nothing to clean up by hand but the temporary directory (removed by the next run
-    // when this one is interrupted): the namespaces are descriptors of this process and
-    // every child dies with it (PR_SET_PDEATHSIG; the daemons stop their workers).
-    struct sigaction sa {};
-    sa.sa_handler = [](int) {
-        static const char msg[] =
-            "\nsmtpfence-bench-worker: interrupted; its namespaces go with it\n";
-        (void)!::write(STDERR_FILENO, msg, sizeof msg - 1);
-        ::_exit(130);
-    };
-    (void)::sigaction(SIGINT, &sa, nullptr);
-    (void)::sigaction(SIGTERM, &sa, nullptr);
+    // The temporary directory is removed by the next run when this one is interrupted;
+    // the daemons stop their workers when they get SIGTERM from PR_SET_PDEATHSIG.
+    exit_on_interrupt("smtpfence-bench-worker");
     return run(opt);
 }
 
@@ -1412,12 +1157,6 @@ int bench_main(int argc, char** argv) {
 }  // namespace smtpfence::bench
 
 int main(int argc, char** argv) {
-    try {
-        return smtpfence::bench::bench_main(argc, argv);
-    } catch (const std::exception& e) {
-        (void)std::fprintf(stderr, "smtpfence-bench-worker: %s\n", e.what());
-    } catch (...) {
-        (void)std::fprintf(stderr, "smtpfence-bench-worker: unknown exception\n");
-    }
-    return 1;
+    return smtpfence::bench::guarded_main("smtpfence-bench-worker",
+                                          [&] { return smtpfence::bench::bench_main(argc, argv); });
 }

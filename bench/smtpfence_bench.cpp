@@ -44,6 +44,7 @@
 #include <utility>
 #include <vector>
 
+#include "bench/bench_main.h"
 #include "bench/change_bench.h"
 #include "bench/report.h"
 #include "bench/sandbox.h"
@@ -763,16 +764,7 @@ int bench_main(int argc, char** argv) {
             opt.change_reps = 30;
         }
     }
-    // Nothing to clean up by hand: the namespaces are descriptors of this process and
-    // every child dies with it (PR_SET_PDEATHSIG). Say so, and go.
-    struct sigaction sa {};
-    sa.sa_handler = [](int) {
-        static const char msg[] = "\nsmtpfence-bench: interrupted; its namespaces go with it\n";
-        (void)!::write(STDERR_FILENO, msg, sizeof msg - 1);
-        ::_exit(130);
-    };
-    (void)::sigaction(SIGINT, &sa, nullptr);
-    (void)::sigaction(SIGTERM, &sa, nullptr);
+    exit_on_interrupt("smtpfence-bench");
     return Bench(opt).run();
 }
 
@@ -780,14 +772,6 @@ int bench_main(int argc, char** argv) {
 }  // namespace smtpfence::bench
 
 int main(int argc, char** argv) {
-    // Errors are values throughout; only allocation failure (or a library's exception)
-    // can end up here.
-    try {
-        return smtpfence::bench::bench_main(argc, argv);
-    } catch (const std::exception& e) {
-        (void)std::fprintf(stderr, "smtpfence-bench: %s\n", e.what());
-    } catch (...) {
-        (void)std::fprintf(stderr, "smtpfence-bench: unknown exception\n");
-    }
-    return 1;
+    return smtpfence::bench::guarded_main("smtpfence-bench",
+                                          [&] { return smtpfence::bench::bench_main(argc, argv); });
 }
