@@ -167,9 +167,9 @@ void print_size(const StoreInfo& st, const LiveReport& live, const PruneReport& 
         grouped(live.heavy_done).c_str(), ms(live.heavy.median).c_str(),
         ms(live.heavy.max).c_str());
     if (live.heavy_failures > 0) {
-        std::printf(
-            "        %s of those %s heavy runs ended in an error (the query's time limit?)\n",
-            grouped(live.heavy_failures).c_str(), grouped(live.heavy_done).c_str());
+        std::printf("        %s of those %s heavy runs ended in an error; the first: %s\n",
+                    grouped(live.heavy_failures).c_str(), grouped(live.heavy_done).c_str(),
+                    live.heavy_failure.c_str());
     }
     std::uint64_t child = live.heavy_child_hwm_kib;
     for (const QueryRow& q : live.queries)

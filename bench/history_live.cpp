@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <optional>
 #include <set>
@@ -110,8 +111,9 @@ struct Session {
         const testing::RunResult r = testing::run(nullptr, argv, who, kQueryTimeout);
         const double s = since(t0);
         if (r.exit_code != 0 || r.out.empty()) {
+            report.last_failure = argv[3] + ": " + tail(r.describe(), 200);
             if (report.failures++ == 0)
-                report.first_failure = argv[3] + ": " + tail(r.describe(), 400);
+                report.first_failure = report.last_failure;
         }
         return s;
     }
@@ -190,6 +192,7 @@ struct HeavyResult {
     std::uint64_t done = 0;
     std::uint64_t failures = 0;
     double seconds[64] = {};  // the first 64
+    char first_failure[256] = {};
 };
 
 Result<void> status_under_load(Session& s, const Daemon& d) {
@@ -219,6 +222,10 @@ Result<void> status_under_load(Session& s, const Daemon& d) {
                 ++r.done;
             }
             r.failures = s.report.failures - failures;
+            if (r.failures > 0) {
+                (void)std::snprintf(r.first_failure, sizeof r.first_failure, "%s",
+                                    s.report.last_failure.c_str());
+            }
             return testing::write_all(results->write.get(), &r, sizeof r) ? 0 : 1;
         });
         if (!c)
@@ -246,6 +253,8 @@ Result<void> status_under_load(Session& s, const Daemon& d) {
             return fail(ETIMEDOUT, "the heavy queries did not stop");
         s.report.heavy_done += r.done;
         s.report.heavy_failures += r.failures;
+        if (r.failures > 0 && s.report.heavy_failure.empty())
+            s.report.heavy_failure = r.first_failure;
         heavy.insert(heavy.end(), r.seconds, r.seconds + std::min<std::uint64_t>(r.done, 64));
     }
     s.report.status_idle = spread(idle);

@@ -44,7 +44,8 @@ struct LiveReport {
     // Heavy runs that ended in an error (the child's time limit, say): reported, not
     // counted as broken.
     std::uint64_t heavy_failures = 0;
-    Spread heavy;  // the heavy queries' own times under that load
+    std::string heavy_failure;  // the first one's message
+    Spread heavy;               // the heavy queries' own times under that load
     std::uint64_t heavy_child_hwm_kib = 0;
     double heavy_alone = 0;         // one heavy query alone, smtpfencectl to its exit
     double heavy_socket = 0;        // the same over the socket from the benchmark: the child's part
@@ -53,7 +54,7 @@ struct LiveReport {
     std::uint64_t worker_hwm_start_kib = 0, worker_hwm_kib = 0, worker_rss_kib = 0;
     std::uint64_t probe_attempts = 0;  // the customer's connects during the worker's start
     std::uint64_t failures = 0;        // queries that did not exit 0
-    std::string first_failure;
+    std::string first_failure, last_failure;
 };
 
 [[nodiscard]] Result<LiveReport> measure_live(const LiveSpec& spec, const StoreInfo& store);
