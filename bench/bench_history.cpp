@@ -23,7 +23,7 @@
 //      from /proc every 2 ms while one runs), the worker's after its start on the store
 //      and after it wrote;
 //   6. HistoryStore::prune_step on the store (its oldest records, which no query
-//      above reads): how long one step (2,000 records) holds the worker.
+//      above reads): how long one step (HistoryStore::kPruneBatch records) holds the worker.
 #include <sqlite3.h>
 #include <sys/utsname.h>
 #include <unistd.h>

@@ -245,7 +245,8 @@ Result<void> build(StoreInfo& info) {
             store->checkpoint(cp);
             ++info.checkpoints;
         }
-        store->commit();
+        if (auto r = store->commit(); !r)
+            return std::unexpected(r.error());
         const double s = std::chrono::duration<double>(Clock::now() - t0).count();
         seconds += s;
         if (i > last_tenth)
