@@ -102,7 +102,13 @@ Result<void> attempts(int fd, nfq::HistoryReader& reader, const ctl::Request& r,
 
 Answer top(nfq::HistoryReader& reader, const ctl::Request& r,
            std::optional<std::uint32_t> only_uid) {
-    const std::int64_t since = r.since.value_or(local_midnight(std::time(nullptr)));
+    const std::time_t now = std::time(nullptr);
+    std::int64_t since = r.since.value_or(local_midnight(now));
+    // A ranking over more than a day counts whole local days: from the midnight that
+    // starts the first one, answered from the daily totals alone (docs/history.md,
+    // "top"); the answer's since says where it starts.
+    if (since < now - 86400)
+        since = local_midnight(static_cast<std::time_t>(since));
     auto accounts = reader.top({.since = since, .until = r.until, .only_uid = only_uid});
     if (!accounts)
         return refused(accounts.error());

@@ -25,31 +25,23 @@ struct TopRow {
     std::uint64_t explained = 0, counted = 0;
     std::set<std::string> users;
     std::int64_t last = 0;
+    // The last identified process: its time (or record id, within records) decides.
+    std::int64_t last_identified = -1;
+    std::int64_t last_proc = 0;  // within records: procs.id, looked up once at the end
     std::string last_cwd, last_exe;
 };
 using TopRows = std::map<std::string, TopRow>;
 
-// One part of top's range, from `records` (a partial day) or from `daily` (whole days):
-// totals per account and user, then per account the last identified process (SQLite
-// takes the bare columns from the row of the max()). ?1, ?2: the range; the table is t,
-// and " AND t.uid = ?3" goes before the GROUP BY when the scope is one uid.
-struct TopQueries {
-    const char* totals;
-    const char* last_identified;
-};
-constexpr TopQueries kRecordsPart{
-    "SELECT t.account, t.user, SUM(t.explained), "
-    "SUM(CASE WHEN t.explained = 0 THEN t.count ELSE 0 END), MAX(t.epoch) FROM records t "
-    "WHERE t.epoch >= ?1 AND t.epoch < ?2%s GROUP BY t.account, t.user",
-    // The last one written, as the log's order had it.
-    "SELECT t.account, MAX(t.id), p.exe, p.cwd FROM records t JOIN procs p ON p.id = t.proc "
-    "WHERE t.epoch >= ?1 AND t.epoch < ?2 AND t.identified = 1%s GROUP BY t.account"};
-constexpr TopQueries kDailyPart{
-    "SELECT t.account, t.user, SUM(t.explained), SUM(t.counted), MAX(t.last_epoch) FROM daily t "
-    "WHERE t.day >= ?1 AND t.day < ?2%s GROUP BY t.account, t.user",
-    "SELECT t.account, MAX(t.last_identified_epoch), t.last_exe, t.last_cwd FROM daily t "
-    "WHERE t.day >= ?1 AND t.day < ?2 AND t.last_identified_epoch IS NOT NULL%s "
-    "GROUP BY t.account"};
+// One pass over each part, added up here rather than by SQL's GROUP BY (which sorts
+// every row of a month of `daily` through a temporary B-tree first: measured 100-150 ms
+// for 120,000 rows, against 50 ms to read them). " AND t.uid = ?3" is inserted at %s
+// when the scope is one uid.
+constexpr const char* kDailyRows =
+    "SELECT t.account, t.user, t.explained, t.counted, t.last_epoch, t.last_identified_epoch, "
+    "t.last_exe, t.last_cwd FROM daily t WHERE t.day >= ?1 AND t.day < ?2%s";
+constexpr const char* kRecordRows =
+    "SELECT t.account, t.user, t.explained, t.count, t.epoch, t.proc, t.id FROM records t "
+    "WHERE t.epoch >= ?1 AND t.epoch < ?2%s";
 
 std::string with_scope(std::string_view sql, std::optional<std::uint32_t> only_uid) {
     const std::size_t at = sql.find("%s");
@@ -57,33 +49,78 @@ std::string with_scope(std::string_view sql, std::optional<std::uint32_t> only_u
            std::string(sql.substr(at + 2));
 }
 
-// Adds one part of top's range ([from, to): seconds or day numbers) to rows.
-Result<void> add_top_part(sql::Database& db, const TopQueries& part, std::int64_t from,
-                          std::int64_t to, std::optional<std::uint32_t> only_uid, TopRows& rows) {
-    for (const bool totals : {true, false}) {
-        auto stmt = db.prepare(with_scope(totals ? part.totals : part.last_identified, only_uid));
-        if (!stmt)
-            return std::unexpected(stmt.error());
-        stmt->bind(1, from).bind(2, to);
-        if (only_uid)
-            stmt->bind(3, static_cast<std::int64_t>(*only_uid));
-        while (true) {
-            auto row = stmt->step();
-            if (!row)
-                return std::unexpected(row.error());
-            if (!*row)
-                break;
-            TopRow& r = rows[stmt->text(0)];
-            if (totals) {
-                r.users.insert(stmt->text(1));
-                r.explained += static_cast<std::uint64_t>(stmt->int64(2));
-                r.counted += static_cast<std::uint64_t>(stmt->int64(3));
-                r.last = std::max(r.last, stmt->int64(4));
-            } else {  // the parts come in time order: a later one's last is the last
-                r.last_exe = stmt->text(2);
-                r.last_cwd = stmt->text(3);
-            }
+Result<sql::Statement> prepare_part(sql::Database& db, const char* sql, std::int64_t from,
+                                    std::int64_t to, std::optional<std::uint32_t> only_uid) {
+    auto stmt = db.prepare(with_scope(sql, only_uid));
+    if (!stmt)
+        return stmt;
+    stmt->bind(1, from).bind(2, to);
+    if (only_uid)
+        stmt->bind(3, static_cast<std::int64_t>(*only_uid));
+    return stmt;
+}
+
+// Whole days [from, to) (day numbers) from `daily`.
+Result<void> add_daily_part(sql::Database& db, std::int64_t from, std::int64_t to,
+                            std::optional<std::uint32_t> only_uid, TopRows& rows) {
+    auto stmt = prepare_part(db, kDailyRows, from, to, only_uid);
+    if (!stmt)
+        return std::unexpected(stmt.error());
+    return stmt->each([&](const sql::Statement& row) {
+        TopRow& r = rows[row.text(0)];
+        r.users.insert(row.text(1));
+        r.explained += static_cast<std::uint64_t>(row.int64(2));
+        r.counted += static_cast<std::uint64_t>(row.int64(3));
+        r.last = std::max(r.last, row.int64(4));
+        // Days come before the records of a later part: their times compare.
+        if (!row.is_null(5) && row.int64(5) > r.last_identified) {
+            r.last_identified = row.int64(5);
+            r.last_proc = 0;
+            r.last_exe = row.text(6);
+            r.last_cwd = row.text(7);
         }
+    });
+}
+
+// The seconds [from, to) of a partial day from `records`; the last identified process
+// of an account is its record written last (the log's order), named from `procs` once.
+Result<void> add_records_part(sql::Database& db, std::int64_t from, std::int64_t to,
+                              std::optional<std::uint32_t> only_uid, TopRows& rows) {
+    auto stmt = prepare_part(db, kRecordRows, from, to, only_uid);
+    if (!stmt)
+        return std::unexpected(stmt.error());
+    std::map<std::string, std::int64_t> last_id;  // account -> id of its last identified
+    auto r = stmt->each([&](const sql::Statement& row) {
+        const std::string account = row.text(0);
+        TopRow& t = rows[account];
+        t.users.insert(row.text(1));
+        if (row.int64(2) != 0)
+            ++t.explained;
+        else
+            t.counted += static_cast<std::uint64_t>(row.int64(3));
+        t.last = std::max(t.last, row.int64(4));
+        if (!row.is_null(5) && row.int64(6) > last_id[account]) {
+            last_id[account] = row.int64(6);
+            t.last_proc = row.int64(5);
+            t.last_identified = row.int64(4);
+        }
+    });
+    if (!r)
+        return r;
+    auto proc = db.prepare("SELECT exe, cwd FROM procs WHERE id = ?1");
+    if (!proc)
+        return std::unexpected(proc.error());
+    for (const auto& [account, id] : last_id) {
+        if (id == 0)
+            continue;
+        TopRow& t = rows[account];
+        proc->bind(1, t.last_proc);
+        if (auto found = proc->each([&](const sql::Statement& p) {
+                t.last_exe = p.text(0);
+                t.last_cwd = p.text(1);
+            });
+            !found)
+            return found;
     }
     return {};
 }
@@ -170,16 +207,16 @@ Result<json> HistoryReader::top(const TopQuery& q) {
         const std::int64_t last_day = q.until ? local_midnight(*q.until) : kForever;
         Result<void> ok;
         if (first_day >= last_day) {
-            ok = add_top_part(*db_, kRecordsPart, s, end, q.only_uid, rows);
+            ok = add_records_part(*db_, s, end, q.only_uid, rows);
         } else {
             if (s < first_day)
-                ok = add_top_part(*db_, kRecordsPart, s, first_day, q.only_uid, rows);
+                ok = add_records_part(*db_, s, first_day, q.only_uid, rows);
             if (ok) {
-                ok = add_top_part(*db_, kDailyPart, local_day(first_day),
-                                  q.until ? local_day(last_day) : kForever, q.only_uid, rows);
+                ok = add_daily_part(*db_, local_day(first_day),
+                                    q.until ? local_day(last_day) : kForever, q.only_uid, rows);
             }
             if (ok && last_day < end)
-                ok = add_top_part(*db_, kRecordsPart, last_day, end, q.only_uid, rows);
+                ok = add_records_part(*db_, last_day, end, q.only_uid, rows);
         }
         if (!ok)
             return std::unexpected(failed(ok.error()));

@@ -433,6 +433,18 @@ TEST_F(HistoryQueryTest, AnswersSayWhatWasShownAndTheScope) {
     const json today = answer_of(dir.path(), history_request(ctl::Command::Top), std::nullopt, in);
     EXPECT_EQ(today.at("since"), local_midnight(std::time(nullptr))) << today.dump();
     EXPECT_EQ(today.at("accounts"), json::array());  // all ten days ago
+    // Over more than a day, top counts whole days: since is that day's midnight, and
+    // the ten-day-old records are in the ranking from `daily`.
+    ctl::Request month = history_request(ctl::Command::Top);
+    const std::time_t now = std::time(nullptr);
+    month.since = now - 30 * 86400 + 3600;
+    const json m = answer_of(dir.path(), month, std::nullopt, in);
+    EXPECT_EQ(m.at("since"), local_midnight(static_cast<std::time_t>(*month.since))) << m.dump();
+    EXPECT_FALSE(m.at("accounts").empty()) << m.dump();
+    // Within the last day it is exact.
+    ctl::Request hours = history_request(ctl::Command::Top);
+    hours.since = now - 5 * 3600;
+    EXPECT_EQ(answer_of(dir.path(), hours, std::nullopt, in).at("since"), *hours.since);
 
     r.dst = "not-an-address";
     const json bad = answer_of(dir.path(), r, std::nullopt, in);
