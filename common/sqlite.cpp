@@ -128,6 +128,10 @@ std::int64_t Statement::int64(int column) const {
 }
 
 std::string Statement::text(int column) const {
+    return std::string(text_view(column));
+}
+
+std::string_view Statement::text_view(int column) const {
     const auto* p = sqlite3_column_text(stmt_.get(), column);
     if (p == nullptr)
         return {};

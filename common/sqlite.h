@@ -56,6 +56,8 @@ class Statement {
 
     [[nodiscard]] std::int64_t int64(int column) const;
     [[nodiscard]] std::string text(int column) const;
+    // The same without a copy: valid until the next step() or reset().
+    [[nodiscard]] std::string_view text_view(int column) const;
     [[nodiscard]] bool is_null(int column) const;
 
     [[nodiscard]] bool valid() const { return stmt_ != nullptr; }

@@ -7,6 +7,8 @@
 #include <limits>
 #include <map>
 #include <set>
+#include <string_view>
+#include <unordered_map>
 #include <utility>
 
 #include "common/local_time.h"
@@ -23,22 +25,41 @@ constexpr std::int64_t kForever = std::numeric_limits<std::int64_t>::max();
 // One account's line of `top`, added up over the parts of the time range.
 struct TopRow {
     std::uint64_t explained = 0, counted = 0;
-    std::set<std::string> users;
+    std::set<std::string, std::less<>> users;
     std::int64_t last = 0;
-    // The last identified process: its time (or record id, within records) decides.
+    // The last identified process: its time decides between parts; within records the
+    // record id (the log's order), within daily the day and uid of the winning row.
     std::int64_t last_identified = -1;
-    std::int64_t last_proc = 0;  // within records: procs.id, looked up once at the end
+    std::int64_t last_proc = 0;
+    std::int64_t last_day = 0, last_uid = 0;
     std::string last_cwd, last_exe;
 };
-using TopRows = std::map<std::string, TopRow>;
+
+// Accounts by name, looked up without a copy of the name per row.
+struct NameHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+using TopRows = std::unordered_map<std::string, TopRow, NameHash, std::equal_to<>>;
+
+TopRow& row_of(TopRows& rows, std::string_view account) {
+    const auto it = rows.find(account);
+    return it != rows.end() ? it->second : rows[std::string(account)];
+}
+
+void add_user(TopRow& r, std::string_view user) {
+    if (!r.users.contains(user))
+        r.users.emplace(user);
+}
 
 // One pass over each part, added up here rather than by SQL's GROUP BY (which sorts
 // every row of a month of `daily` through a temporary B-tree first: measured 100-150 ms
-// for 120,000 rows, against 50 ms to read them). " AND t.uid = ?3" is inserted at %s
-// when the scope is one uid.
+// for 120,000 rows, against 50 ms to read them); the winners' folders and executables
+// are read once per account afterwards. " AND t.uid = ?3" is inserted at %s when the
+// scope is one uid.
 constexpr const char* kDailyRows =
     "SELECT t.account, t.user, t.explained, t.counted, t.last_epoch, t.last_identified_epoch, "
-    "t.last_exe, t.last_cwd FROM daily t WHERE t.day >= ?1 AND t.day < ?2%s";
+    "t.day, t.uid FROM daily t WHERE t.day >= ?1 AND t.day < ?2%s";
 constexpr const char* kRecordRows =
     "SELECT t.account, t.user, t.explained, t.count, t.epoch, t.proc, t.id FROM records t "
     "WHERE t.epoch >= ?1 AND t.epoch < ?2%s";
@@ -66,20 +87,40 @@ Result<void> add_daily_part(sql::Database& db, std::int64_t from, std::int64_t t
     auto stmt = prepare_part(db, kDailyRows, from, to, only_uid);
     if (!stmt)
         return std::unexpected(stmt.error());
-    return stmt->each([&](const sql::Statement& row) {
-        TopRow& r = rows[row.text(0)];
-        r.users.insert(row.text(1));
-        r.explained += static_cast<std::uint64_t>(row.int64(2));
-        r.counted += static_cast<std::uint64_t>(row.int64(3));
-        r.last = std::max(r.last, row.int64(4));
-        // Days come before the records of a later part: their times compare.
-        if (!row.is_null(5) && row.int64(5) > r.last_identified) {
-            r.last_identified = row.int64(5);
-            r.last_proc = 0;
-            r.last_exe = row.text(6);
-            r.last_cwd = row.text(7);
+    std::set<std::string, std::less<>> won;  // accounts whose last process is a daily row's
+    auto r = stmt->each([&](const sql::Statement& row) {
+        const std::string_view account = row.text_view(0);
+        TopRow& t = row_of(rows, account);
+        add_user(t, row.text_view(1));
+        t.explained += static_cast<std::uint64_t>(row.int64(2));
+        t.counted += static_cast<std::uint64_t>(row.int64(3));
+        t.last = std::max(t.last, row.int64(4));
+        // Days come after the records of an earlier part: their times compare.
+        if (!row.is_null(5) && row.int64(5) > t.last_identified) {
+            t.last_identified = row.int64(5);
+            t.last_day = row.int64(6);
+            t.last_uid = row.int64(7);
+            if (!won.contains(account))
+                won.emplace(account);
         }
     });
+    if (!r)
+        return r;
+    auto named = db.prepare(
+        "SELECT last_exe, last_cwd FROM daily WHERE day = ?1 AND account = ?2 AND uid = ?3");
+    if (!named)
+        return std::unexpected(named.error());
+    for (const std::string& account : won) {
+        TopRow& t = rows.find(account)->second;
+        named->bind(1, t.last_day).bind(2, account).bind(3, t.last_uid);
+        if (auto found = named->each([&](const sql::Statement& p) {
+                t.last_exe = p.text(0);
+                t.last_cwd = p.text(1);
+            });
+            !found)
+            return found;
+    }
+    return {};
 }
 
 // The seconds [from, to) of a partial day from `records`; the last identified process
@@ -89,18 +130,21 @@ Result<void> add_records_part(sql::Database& db, std::int64_t from, std::int64_t
     auto stmt = prepare_part(db, kRecordRows, from, to, only_uid);
     if (!stmt)
         return std::unexpected(stmt.error());
-    std::map<std::string, std::int64_t> last_id;  // account -> id of its last identified
+    std::map<std::string, std::int64_t, std::less<>> last_id;  // account -> its last identified
     auto r = stmt->each([&](const sql::Statement& row) {
-        const std::string account = row.text(0);
-        TopRow& t = rows[account];
-        t.users.insert(row.text(1));
+        const std::string_view account = row.text_view(0);
+        TopRow& t = row_of(rows, account);
+        add_user(t, row.text_view(1));
         if (row.int64(2) != 0)
             ++t.explained;
         else
             t.counted += static_cast<std::uint64_t>(row.int64(3));
         t.last = std::max(t.last, row.int64(4));
-        if (!row.is_null(5) && row.int64(6) > last_id[account]) {
-            last_id[account] = row.int64(6);
+        auto at = last_id.find(account);
+        if (at == last_id.end())
+            at = last_id.emplace(std::string(account), 0).first;
+        if (!row.is_null(5) && row.int64(6) > at->second) {
+            at->second = row.int64(6);
             t.last_proc = row.int64(5);
             t.last_identified = row.int64(4);
         }
@@ -113,7 +157,7 @@ Result<void> add_records_part(sql::Database& db, std::int64_t from, std::int64_t
     for (const auto& [account, id] : last_id) {
         if (id == 0)
             continue;
-        TopRow& t = rows[account];
+        TopRow& t = rows.find(account)->second;
         proc->bind(1, t.last_proc);
         if (auto found = proc->each([&](const sql::Statement& p) {
                 t.last_exe = p.text(0);
@@ -127,8 +171,10 @@ Result<void> add_records_part(sql::Database& db, std::int64_t from, std::int64_t
 
 json top_json(const TopRows& rows) {
     std::vector<std::pair<std::string, TopRow>> sorted(rows.begin(), rows.end());
-    std::ranges::stable_sort(sorted, [](const auto& a, const auto& b) {
-        return a.second.explained + a.second.counted > b.second.explained + b.second.counted;
+    std::ranges::sort(sorted, [](const auto& a, const auto& b) {
+        const std::uint64_t x = a.second.explained + a.second.counted;
+        const std::uint64_t y = b.second.explained + b.second.counted;
+        return x != y ? x > y : a.first < b.first;
     });
     json out = json::array();
     for (const auto& [account, row] : sorted) {

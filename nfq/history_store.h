@@ -81,7 +81,7 @@ class HistoryStore final : public AttemptSink {
     [[nodiscard]] Result<std::uint64_t> bytes_used();
 
     // Records per retention step: a few milliseconds (docs/history.md, "Retention").
-    static constexpr int kPruneBatch = 256;
+    static constexpr int kPruneBatch = 64;
     static constexpr int kBusyMs = 100;
 
   private:

@@ -26,104 +26,13 @@
 #include "nfq/proc_queue.h"
 #include "nfq/process.h"
 #include "nfq/reconciler.h"
+#include "nfq/sinks.h"
 #include "nft/engine.h"
 #include "nft/netlink.h"
 #include "policy/policy.h"
 
 namespace smtpfence::nfq {
 namespace {
-
-// A log line must not carry a user's control characters into the journal or a
-// terminal: every byte outside printable ASCII is shown as \xNN. Not text::printable,
-// which writes a backslash as \\ and a tab as \t and cuts at 80 characters: the
-// journal's lines keep their form (a command line is shown up to 200 bytes).
-std::string printable(const std::string& s) {
-    static constexpr char kHex[] = "0123456789abcdef";
-    std::string out;
-    out.reserve(s.size());
-    for (const char c : s) {
-        const auto u = static_cast<unsigned char>(c);
-        if (u >= 0x20 && u < 0x7f && c != '\\') {
-            out.push_back(c);
-        } else {
-            out += "\\x";
-            out.push_back(kHex[u >> 4U]);
-            out.push_back(kHex[u & 0xfU]);
-        }
-    }
-    return out;
-}
-
-// One log line per attempt for the journal, at most kRate lines a second with a
-// burst of kBurst; what is held back is said in one line afterwards.
-class SyslogSink final : public AttemptSink {
-  public:
-    void explained(const Attempt& a) override {
-        std::string line = "direct SMTP attempt refused: uid " + std::to_string(a.uid) + " (" +
-                           printable(a.user.empty() ? "no account" : a.user) + ", account " +
-                           printable(a.account) + ") to " + printable(a.dst) + " port " +
-                           std::to_string(a.dport);
-        if (a.identified) {
-            line += " by pid " + std::to_string(a.pid) + " " + printable(a.exe) + " in " +
-                    printable(a.cwd) + ": " + printable(a.cmdline.substr(0, 200));
-        } else {
-            line += " (process already gone)";
-        }
-        emit(line);
-    }
-    void counted_only(const CountedOnly& c) override {
-        emit(std::to_string(c.count) + " more direct SMTP attempt(s) refused for uid " +
-             std::to_string(c.uid) + " (" + printable(c.user) + "), counted, not explained");
-    }
-    void checkpoint(const Checkpoint&) override {}
-
-  private:
-    static constexpr double kRate = 10.0;
-    static constexpr double kBurst = 20.0;
-    void emit(const std::string& line) {
-        const auto now = std::chrono::steady_clock::now();
-        tokens_ =
-            std::min(kBurst, tokens_ + kRate * std::chrono::duration<double>(now - last_).count());
-        last_ = now;
-        if (tokens_ < 1.0) {
-            ++suppressed_;
-            return;
-        }
-        tokens_ -= 1.0;
-        if (suppressed_ > 0) {
-            log::notice(std::to_string(suppressed_) +
-                        " attempt log line(s) suppressed (rate limit)");
-            suppressed_ = 0;
-        }
-        log::notice(line);
-    }
-    double tokens_ = kBurst;
-    std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
-    std::uint64_t suppressed_ = 0;
-};
-
-// Every record goes to each sink in turn: the history (the record, and the worker's
-// memory), the JSON-lines stream, the journal, and DirectAdmin's files when that
-// pipeline is on.
-class Sinks final : public AttemptSink {
-  public:
-    void add(AttemptSink& sink) { sinks_.push_back(&sink); }
-    void explained(const Attempt& a) override {
-        for (AttemptSink* sink : sinks_)
-            sink->explained(a);
-    }
-    void counted_only(const CountedOnly& c) override {
-        for (AttemptSink* sink : sinks_)
-            sink->counted_only(c);
-    }
-    void checkpoint(const Checkpoint& cp) override {
-        for (AttemptSink* sink : sinks_)
-            sink->checkpoint(cp);
-    }
-
-  private:
-    std::vector<AttemptSink*> sinks_;
-};
 
 // The reconciler's readings from the kernel: the blocked set of our table (nftables) and
 // the queue's id sequence (nfq/proc_queue.h).
