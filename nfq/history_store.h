@@ -93,7 +93,8 @@ class HistoryStore final : public AttemptSink {
                    const std::string& user, std::uint64_t explained, std::uint64_t counted,
                    const Attempt* identified);
     void write_failed(const Error& e);
-    [[nodiscard]] bool import_line(const std::string& line);
+    enum class OldLine { Record, Checkpoint, Foreign };
+    [[nodiscard]] OldLine import_line(const std::string& line);
     [[nodiscard]] Result<void> give_back_space();
 
     sql::Database db_;

@@ -183,27 +183,29 @@ Result<std::optional<OldLog>> open_old_log(int dir_fd, const std::string& dir,
 
 }  // namespace
 
-// One line of an old log into the open import: true for a record (attempt or counted).
-bool HistoryStore::import_line(const std::string& line) {
+// One line of an old log into the open import.
+HistoryStore::OldLine HistoryStore::import_line(const std::string& line) {
     const json j = json::parse(line, nullptr, false);
     if (j.is_discarded() || !j.is_object())
-        return false;
+        return OldLine::Foreign;
     const std::string type = text_of(j, "type").value_or("");
     if (type == "attempt") {
         const auto a = attempt_of(j);
         if (a)
             explained(*a);
-        return a.has_value();
+        return a ? OldLine::Record : OldLine::Foreign;
     }
     if (type == "counted") {
         const auto c = counted_of(j);
         if (c)
             counted_only(*c);
-        return c.has_value();
+        return c ? OldLine::Record : OldLine::Foreign;
     }
-    if (type == "checkpoint")
+    if (type == "checkpoint") {
         checkpoint(checkpoint_of(j));
-    return false;
+        return OldLine::Checkpoint;
+    }
+    return OldLine::Foreign;
 }
 
 Result<std::uint64_t> HistoryStore::import_jsonl() {
@@ -252,10 +254,9 @@ Result<std::uint64_t> HistoryStore::import_jsonl() {
         for (const OldLog& log : logs) {
             auto r = for_each_line(log.fd.get(), state_dir_ + "/" + log.name,
                                    [&](const std::string& line) {
-                                       if (import_line(line))
-                                           ++imported;
-                                       else
-                                           ++skipped;
+                                       const OldLine kind = import_line(line);
+                                       imported += kind == OldLine::Record ? 1 : 0;
+                                       skipped += kind == OldLine::Foreign ? 1 : 0;
                                    });
             if (!r) {
                 tx_.reset();  // rolls back: nothing half imported

@@ -189,8 +189,13 @@ class Worker {
         while (std::chrono::steady_clock::now() - start < kPruneBudget) {
             auto more = history_.prune_step(now);
             if (!more) {
-                log::warning("attempt history retention: " + more.error().message() +
-                             " (tried again in an hour)");
+                // Said once an hour: over HISTORY_MAX_MB it is tried again at every tick.
+                if (now >= next_prune_warning_) {
+                    log::warning("attempt history retention: " + more.error().message() +
+                                 " (tried again in an hour, or at every tick while the history "
+                                 "is over HISTORY_MAX_MB)");
+                    next_prune_warning_ = now + 3600;
+                }
                 next_prune_ = now + 3600;
                 return;
             }
@@ -262,6 +267,7 @@ class Worker {
     std::int64_t group_mtime_ = 0;
     std::map<pid_t, unsigned> told_per_pid_;
     std::time_t next_prune_ = 0;
+    std::time_t next_prune_warning_ = 0;
     WorkerStats stats_;
     Reconciler reconciler_;
 };
