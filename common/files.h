@@ -17,7 +17,7 @@ inline constexpr std::size_t kMaxConfigBytes = 16U << 20U;
 
 // Whether the last component of a path may be a symlink. Follow for the admin's files
 // in /etc (config management links them); Refuse for the files we write ourselves
-// (the attempt log): one planted there must not make us read something else.
+// (the worker's state): one planted there must not make us read something else.
 enum class Symlinks { Follow, Refuse };
 
 // The detail of every error for a symlink we refused to follow (O_NOFOLLOW's ELOOP).

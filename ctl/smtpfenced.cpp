@@ -43,7 +43,8 @@ static int run(int argc, char** argv) {
     app.add_option("--resolv-conf", options.resolv_conf_path,
                    "resolver configuration for the names of destination exceptions")
         ->capture_default_str();
-    app.add_option("--state-dir", options.state_dir, "state directory (attempt log)");
+    app.add_option("--state-dir", options.state_dir,
+                   "state directory (attempt history and stream)");
     app.add_option("--virtual-dir", options.virtual_dir, "DirectAdmin's /etc/virtual root");
     app.add_option("--passwd", options.passwd_path, "passwd(5) file to resolve user names");
     app.add_option("--group", options.group_path, "group(5) file to resolve group names");

@@ -51,7 +51,7 @@ struct DaSinkConfig {
     // every user's scripts there). Unset or nullopt: nothing is blocked.
     std::function<std::optional<std::string>(const std::string& account)> account_home;
     // The usage file stops growing here (an attempt flood must not fill /etc): the kernel
-    // and the attempt log keep the exact count. A limit above it raises it, up to
+    // and the attempt history keep the exact count. A limit above it raises it, up to
     // kMaxUsageCeiling, so that any enforced limit is still reached.
     std::uint64_t max_usage_bytes = 1U << 20U;
     // How long an ambiguous crossing waits for a concurrent Exim's own notification.

@@ -47,7 +47,7 @@ class Reconciler {
     // Explains every packet waiting in the queue (each through explained()).
     using ExplainWaiting = std::function<Result<void>()>;
 
-    // recovered: what the attempt log holds (AttemptLog::recover), so that a new
+    // recovered: what the history holds (HistoryStore::recover), so that a new
     // reconciler starts where the last one's records end.
     Reconciler(KernelReadings& kernel, AttemptSink& sink, Describe describe,
                const LogRecovery& recovered);
