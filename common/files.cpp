@@ -17,6 +17,18 @@ bool is_symlink_at(int dirfd, const std::string& name) {
     return ::fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode);
 }
 
+Result<void> check_own_file(const struct stat& st, const std::string& path,
+                            const std::string& refusing) {
+    if (!S_ISREG(st.st_mode))
+        return fail(EINVAL, path, "not a regular file: refusing to " + refusing);
+    if (st.st_nlink > 1) {
+        return fail(EMLINK, path,
+                    "has " + std::to_string(st.st_nlink) + " hard links: refusing to " + refusing +
+                        " (another file shares it)");
+    }
+    return {};
+}
+
 Result<UniqueFd> open_state_dir(const std::string& state_dir) {
     if (::mkdir(state_dir.c_str(), 0750) != 0 && errno != EEXIST)
         return fail(errno, "create state directory " + state_dir);

@@ -2,6 +2,8 @@
 // directory, a symlink loop, a FIFO or a 10 GB file by mistake; each is a clear error.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <cstddef>
 #include <string>
 #include <string_view>
@@ -32,6 +34,13 @@ inline constexpr const char* kSymlinkRefused = "a symlink: refusing to follow it
 // descriptor and never through a symlink: replaced by one, it would make the worker, as
 // root, create and write files in whatever directory it points at.
 [[nodiscard]] Result<UniqueFd> open_state_dir(const std::string& state_dir);
+
+// A file the worker writes as root must be its own: a regular file with one link. A
+// hard link planted at its name would make it write, as root, to whatever file shares
+// that inode. st: the file's (l)stat; refusing: what is refused, for the message
+// ("write to it").
+[[nodiscard]] Result<void> check_own_file(const struct stat& st, const std::string& path,
+                                          const std::string& refusing);
 
 // Reads a regular file of at most max_bytes. Errors name the path:
 // "/etc/smtpfence/smtpfence.conf: Is a directory".

@@ -33,22 +33,13 @@ std::string log_path(const std::string& dir) {
     return dir + "/" + kLogName;
 }
 
-// The log is ours alone: a regular file with one link. A hard link planted at its
-// name would make us append, as root, to whatever file it shares an inode with.
-// (Likewise nothing is opened through a symlink, and rotation renames over whatever
-// sits at attempts.jsonl.1.)
-Result<void> check_own_file(int fd, const std::string& path) {
+// The stream is ours alone (common/files.h, check_own_file). Likewise nothing is
+// opened through a symlink, and rotation renames over whatever sits at attempts.jsonl.1.
+Result<void> check_own_stream(int fd, const std::string& path) {
     struct stat st {};
     if (::fstat(fd, &st) != 0)
         return fail(errno, path);
-    if (!S_ISREG(st.st_mode))
-        return fail(EINVAL, path, "not a regular file: refusing to write to it");
-    if (st.st_nlink > 1) {
-        return fail(EMLINK, path,
-                    "has " + std::to_string(st.st_nlink) +
-                        " hard links: refusing to write to it (another file shares it)");
-    }
-    return {};
+    return smtpfence::check_own_file(st, path, "write to it");
 }
 
 }  // namespace
@@ -124,7 +115,7 @@ Result<AttemptLog> AttemptLog::open(const std::string& state_dir, std::uint64_t 
         const int err = errno;
         return fail(err, "open attempt log " + path, err == ELOOP ? kSymlinkRefused : "");
     }
-    if (auto ok = check_own_file(fd.get(), path); !ok)
+    if (auto ok = check_own_stream(fd.get(), path); !ok)
         return std::unexpected(std::move(ok.error()));
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0)

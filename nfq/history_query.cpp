@@ -81,6 +81,15 @@ Result<sql::Statement> prepare_part(sql::Database& db, const char* sql, std::int
     return stmt;
 }
 
+// The executable and folder of an account's last identified process, from a bound
+// statement that selects them (in `daily` or `procs`).
+Result<void> read_last_process(sql::Statement& st, TopRow& t) {
+    return st.each([&](const sql::Statement& row) {
+        t.last_exe = row.text(0);
+        t.last_cwd = row.text(1);
+    });
+}
+
 // Whole days [from, to) (day numbers) from `daily`.
 Result<void> add_daily_part(sql::Database& db, std::int64_t from, std::int64_t to,
                             std::optional<std::uint32_t> only_uid, TopRows& rows) {
@@ -113,11 +122,7 @@ Result<void> add_daily_part(sql::Database& db, std::int64_t from, std::int64_t t
     for (const std::string& account : won) {
         TopRow& t = rows.find(account)->second;
         named->bind(1, t.last_day).bind(2, account).bind(3, t.last_uid);
-        if (auto found = named->each([&](const sql::Statement& p) {
-                t.last_exe = p.text(0);
-                t.last_cwd = p.text(1);
-            });
-            !found)
+        if (auto found = read_last_process(*named, t); !found)
             return found;
     }
     return {};
@@ -159,11 +164,7 @@ Result<void> add_records_part(sql::Database& db, std::int64_t from, std::int64_t
             continue;
         TopRow& t = rows.find(account)->second;
         proc->bind(1, t.last_proc);
-        if (auto found = proc->each([&](const sql::Statement& p) {
-                t.last_exe = p.text(0);
-                t.last_cwd = p.text(1);
-            });
-            !found)
+        if (auto found = read_last_process(*proc, t); !found)
             return found;
     }
     return {};

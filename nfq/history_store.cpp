@@ -36,13 +36,8 @@ Result<void> check_own_files(int dir_fd, const std::string& dir) {
         }
         if (S_ISLNK(st.st_mode))
             return fail(ELOOP, dir + "/" + name, kSymlinkRefused);
-        if (!S_ISREG(st.st_mode))
-            return fail(EINVAL, dir + "/" + name, "not a regular file: refusing to use it");
-        if (st.st_nlink > 1) {
-            return fail(EMLINK, dir + "/" + name,
-                        "has " + std::to_string(st.st_nlink) +
-                            " hard links: refusing to write to it (another file shares it)");
-        }
+        if (auto own = check_own_file(st, dir + "/" + name, "write to it"); !own)
+            return own;
         // Other customers' command lines and folders: for root only (the query
         // children run as root; SQLite gives its -wal and -shm the same mode).
         if ((st.st_mode & 077) != 0 && name == base) {

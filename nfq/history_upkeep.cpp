@@ -168,14 +168,9 @@ Result<std::optional<OldLog>> open_old_log(int dir_fd, const std::string& dir,
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0)
         return fail(errno, dir + "/" + name);
-    if (!S_ISREG(st.st_mode))
-        return fail(EINVAL, dir + "/" + name, "not a regular file: refusing to import it");
     // The name is the stream's next: refused now rather than appended to later.
-    if (st.st_nlink > 1) {
-        return fail(EMLINK, dir + "/" + name,
-                    "has " + std::to_string(st.st_nlink) +
-                        " hard links: refusing to read or write it (another file shares it)");
-    }
+    if (auto own = check_own_file(st, dir + "/" + name, "read or write it"); !own)
+        return std::unexpected(own.error());
     return OldLog{name, std::move(fd),
                   name + " " + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino) + ":" +
                       std::to_string(st.st_size)};
