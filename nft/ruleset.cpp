@@ -53,10 +53,10 @@ ElementKey key_of(const void* data, std::size_t len) {
 }
 
 ChainPtr base_chain(const std::string& table, const char* name, int priority,
-                    const char* type = "filter") {
+                    const char* type = "filter", std::uint32_t hook = NF_INET_LOCAL_OUT) {
     ChainPtr c = build_chain(table, name);
     nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TYPE, type);
-    nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_HOOKNUM, NF_INET_LOCAL_OUT);
+    nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_HOOKNUM, hook);
     nftnl_chain_set_s32(c.get(), NFTNL_CHAIN_PRIO, priority);
     nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_POLICY, NF_ACCEPT);
     return c;
@@ -218,6 +218,10 @@ void add_chains(Ruleset& rs, const RulesetSpec& spec) {
                          "type filter hook output priority filter + 10; policy accept;",
                          base_chain(t, kChainEnforce, kEnforcePriority)});
     rs.chains.push_back({kChainJudge, "", build_chain(t, kChainJudge)});
+    rs.chains.push_back(
+        {kChainBackstop, "type filter hook postrouting priority filter + 10; policy accept;",
+         base_chain(t, kChainBackstop, kEnforcePriority, "filter", NF_INET_POST_ROUTING)});
+    rs.chains.push_back({kChainBackstopDrop, "", build_chain(t, kChainBackstopDrop)});
     // A chain added by a reload is listed after the kept ones; so the chains that come
     // and go with SMTP_REDIRECT are last, and the kernel's listing order is the same
     // whether the table was built whole or updated. (An upgrade from a table without
@@ -271,9 +275,9 @@ std::string count_blocked(RuleBuilder& r) {
     return "update @blocked { meta skuid }";
 }
 
-// The SYNs the judge would refuse go on to the sample chain.
-BuiltRule observe_rule(const RulesetSpec& spec) {
-    RuleBuilder r(spec.table, kChainObserve);
+// The SYNs the judge would refuse, before the relay exceptions: blocked_syn, and not to
+// the server itself where that passes.
+std::string refused_syn(RuleBuilder& r, const RulesetSpec& spec) {
     std::string text = blocked_syn(r);
     if (lo_passes(spec))
         text += not_to_lo(r);
@@ -281,6 +285,13 @@ BuiltRule observe_rule(const RulesetSpec& spec) {
         r.fib_daddr_type("fib daddr type").cmp(NFT_CMP_NEQ, &kRtnLocal, 4, "!= local");
         text += "fib daddr type != local ";
     }
+    return text;
+}
+
+// The SYNs the judge would refuse go on to the sample chain.
+BuiltRule observe_rule(const RulesetSpec& spec) {
+    RuleBuilder r(spec.table, kChainObserve);
+    const std::string text = refused_syn(r, spec);
     r.verdict(NFT_JUMP, "jump sample", kChainSample);
     return r.done(text + "jump sample");
 }
@@ -429,12 +440,33 @@ void add_to_mta_rules(Ruleset& rs, const RulesetSpec& spec) {
     }
 }
 
+// The judge's refusal again, after the output hook: the observe chain's predicate
+// (blocked uid and gid, not to lo where lo passes, not local in redirect mode, no
+// relay exception) with a drop. Only a SYN that left the output hook without meeting
+// the judge gets here unaccepted (docs/internals.md#the-backstop). Its exception
+// lookups are inverted, so they never count an exception's connection a second time;
+// a forwarded packet has no socket, so `meta skuid` ends the rule for it.
+void add_backstop_rules(Ruleset& rs, const RulesetSpec& spec) {
+    RuleBuilder r(spec.table, kChainBackstop);
+    std::string text = refused_syn(r, spec);
+    r.verdict(NFT_JUMP, "jump backstop_drop", kChainBackstopDrop);
+    rs.rules.push_back(r.done(text + "jump backstop_drop"));
+
+    for (const bool v6 : {false, true}) {
+        RuleBuilder d(spec.table, kChainBackstopDrop);
+        text = no_dest_exception(d, v6) + " ";
+        d.verdict(NF_DROP, "drop");
+        rs.rules.push_back(d.done(text + "drop"));
+    }
+}
+
 // In the chains' order (render_nft prints each chain's rules in this order).
 void add_rules(Ruleset& rs, const RulesetSpec& spec) {
     if (spec.queue != QueueMode::None)
         rs.rules.push_back(observe_rule(spec));
     rs.rules.push_back(enforce_rule(spec.table));
     add_judge_rules(rs, spec);
+    add_backstop_rules(rs, spec);
     if (spec.queue != QueueMode::None)
         add_sample_rules(rs, spec);
     if (spec.redirect)

@@ -72,6 +72,11 @@ inline constexpr const char* kSetObserveRate = "observe_rate";
 inline constexpr const char* kChainObserve = "observe";
 inline constexpr const char* kChainEnforce = "enforce";
 inline constexpr const char* kChainJudge = "judge";
+// A postrouting chain that drops what the judge would have refused, should a SYN ever
+// come out of the output hook without meeting it (docs/internals.md#the-backstop).
+inline constexpr const char* kChainBackstop = "backstop";
+// Its tail, one rule per address family (the relay exceptions), as sample is observe's.
+inline constexpr const char* kChainBackstopDrop = "backstop_drop";
 // The nat chain of SMTP_REDIRECT ("redirect" itself is an nft keyword, so a chain of
 // that name could not be written back by `nft -f`).
 inline constexpr const char* kChainToMta = "to_mta";
