@@ -275,9 +275,9 @@ std::string count_blocked(RuleBuilder& r) {
     return "update @blocked { meta skuid }";
 }
 
-// The SYNs the judge would refuse, before the relay exceptions: blocked_syn, and not to
-// the server itself where that passes.
-std::string refused_syn(RuleBuilder& r, const RulesetSpec& spec) {
+// The SYNs the judge would refuse go on to the sample chain.
+BuiltRule observe_rule(const RulesetSpec& spec) {
+    RuleBuilder r(spec.table, kChainObserve);
     std::string text = blocked_syn(r);
     if (lo_passes(spec))
         text += not_to_lo(r);
@@ -285,13 +285,6 @@ std::string refused_syn(RuleBuilder& r, const RulesetSpec& spec) {
         r.fib_daddr_type("fib daddr type").cmp(NFT_CMP_NEQ, &kRtnLocal, 4, "!= local");
         text += "fib daddr type != local ";
     }
-    return text;
-}
-
-// The SYNs the judge would refuse go on to the sample chain.
-BuiltRule observe_rule(const RulesetSpec& spec) {
-    RuleBuilder r(spec.table, kChainObserve);
-    const std::string text = refused_syn(r, spec);
     r.verdict(NFT_JUMP, "jump sample", kChainSample);
     return r.done(text + "jump sample");
 }
@@ -441,14 +434,19 @@ void add_to_mta_rules(Ruleset& rs, const RulesetSpec& spec) {
 }
 
 // The judge's refusal again, after the output hook: the observe chain's predicate
-// (blocked uid and gid, not to lo where lo passes, not local in redirect mode, no
-// relay exception) with a drop. Only a SYN that left the output hook without meeting
-// the judge gets here unaccepted (docs/internals.md#the-backstop). Its exception
-// lookups are inverted, so they never count an exception's connection a second time;
-// a forwarded packet has no socket, so `meta skuid` ends the rule for it.
+// (blocked uid and gid, not to lo where lo passes, no relay exception) with a drop. Only a SYN that
+// left the output hook without meeting the judge gets here unaccepted
+// (docs/internals.md#the-backstop). Its exception lookups are inverted, so they never count an
+// exception's connection a second time; a forwarded packet has no socket, so `meta skuid` ends the
+// rule for it.
 void add_backstop_rules(Ruleset& rs, const RulesetSpec& spec) {
     RuleBuilder r(spec.table, kChainBackstop);
-    std::string text = refused_syn(r, spec);
+    // No `fib daddr type` for redirect mode: here, after nat rerouted a redirected SYN,
+    // `oif` is lo already (and fib's address-type lookup is not allowed in postrouting
+    // by every kernel).
+    std::string text = blocked_syn(r);
+    if (lo_passes(spec))
+        text += not_to_lo(r);
     r.verdict(NFT_JUMP, "jump backstop_drop", kChainBackstopDrop);
     rs.rules.push_back(r.done(text + "jump backstop_drop"));
 
