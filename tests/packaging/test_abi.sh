@@ -59,7 +59,7 @@ for p in "${programs[@]}"; do
             }
         }')"
     summary=""
-    for prefix in GLIBC GLIBCXX CXXABI GCC LIBSYSTEMD; do
+    for prefix in GLIBC GLIBCXX CXXABI GCC LIBSYSTEMD LIBNFTNL LIBMNL; do
         highest="$(awk -v p="$prefix" '{ split($1, a, "_"); if (a[1] == p) print a[2] }' <<<"$versioned" |
             sort -Vu | tail -1)"
         [[ -z "$highest" ]] || summary+=" ${prefix}_$highest"
