@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <ctime>
 
+#include "common/close_fds.h"
 #include "common/files.h"
 #include "common/local_time.h"
 #include "common/log.h"
@@ -127,8 +128,8 @@ Answer top(nfq::HistoryReader& reader, const ctl::Request& r,
                                   std::optional<std::uint32_t> only_uid, int client_fd) {
     ::alarm(HistoryQueries::kAlarmSeconds);
     if (client_fd > STDERR_FILENO + 1)
-        ::close_range(STDERR_FILENO + 1, static_cast<unsigned>(client_fd) - 1, 0);
-    ::close_range(static_cast<unsigned>(client_fd) + 1, ~0U, 0);
+        close_fds(STDERR_FILENO + 1, static_cast<unsigned>(client_fd) - 1);
+    close_fds(static_cast<unsigned>(client_fd) + 1, ~0U);
     // Every capability, for good: as uid 0 without CAP_DAC_OVERRIDE the child still reads
     // root's history.db (owner bits), and nothing another uid owns.
     auto dropped = drop_to(CapabilitySet{}, kDaemonBoundingSet);

@@ -19,6 +19,7 @@
 #include <thread>
 #include <utility>
 
+#include "common/close_fds.h"
 #include "tests/support/netns.h"
 #include "tests/support/temp_dir.h"
 
@@ -190,10 +191,10 @@ void close_other_fds(std::initializer_list<int> keep) {
     for (std::size_t i = 0; i < n; ++i) {
         const auto fd = static_cast<unsigned>(sorted[i]);
         if (fd > from)
-            ::close_range(from, fd - 1, 0);
+            close_fds(from, fd - 1);
         from = std::max(from, fd + 1);
     }
-    ::close_range(from, ~0U, 0);
+    close_fds(from, ~0U);
 }
 
 Argv::Argv(const std::vector<std::string>& args) {

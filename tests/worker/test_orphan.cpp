@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <thread>
 
+#include "common/close_fds.h"
 #include "tests/worker/worker_test.h"
 
 namespace smtpfence::wtest {
@@ -97,7 +98,7 @@ Result<Child> OrphanWorkerTest::start_worker_by_hand() const {
         ::prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (::getppid() != parent || ::setns(ns_fd.get(), CLONE_NEWNET) != 0)
             ::_exit(126);
-        ::close_range(3, ~0U, 0);
+        close_fds(3, ~0U);
         ::execv(c_argv[0], c_argv.data());
         ::_exit(127);
     }
