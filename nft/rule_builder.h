@@ -51,6 +51,13 @@ class RuleBuilder {
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_DREG, dreg);
         return add(std::move(e), label);
     }
+    // `meta KEY set` from register 1.
+    RuleBuilder& meta_set(std::uint32_t key, const char* label) {
+        ExprPtr e = make_expr("meta");
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_KEY, key);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_SREG, NFT_REG_1);
+        return add(std::move(e), label);
+    }
     RuleBuilder& cmp(std::uint32_t op, const void* data, std::uint32_t len, const char* label) {
         ExprPtr e = make_expr("cmp");
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CMP_SREG, NFT_REG_1);
@@ -169,20 +176,22 @@ class RuleBuilder {
         return cmp(NFT_CMP_EQ, &tcp, 1, "l4proto tcp");
     }
 
-    // `tcp dport @ports tcp flags syn / syn,ack`: the SYN of a new connection only.
+    // `tcp flags syn / syn,ack tcp dport @ports`: the SYN of a new connection only.
     RuleBuilder& smtp_syn() {
         // The TCP flags byte: offset 13 of the TCP header.
         constexpr std::uint32_t kTcpFlagsOffset = 13;
         constexpr std::uint8_t kTcpSyn = 0x02;
         constexpr std::uint8_t kTcpAck = 0x10;
+        // The flags first: most packets are not SYNs, and a compare is cheaper than the
+        // ports' set lookup.
         tcp();
-        payload(NFT_PAYLOAD_TRANSPORT_HEADER, offsetof(tcphdr, dest), 2, "tcp dport");
-        lookup(kSetPorts, false, "dport @ports");
         payload(NFT_PAYLOAD_TRANSPORT_HEADER, kTcpFlagsOffset, 1, "tcp flags");
         const std::uint8_t mask = kTcpSyn | kTcpAck;
         const std::uint8_t zero = 0;
         bitwise(1, &mask, &zero, "flags & (syn|ack)");
         cmp(NFT_CMP_EQ, &kTcpSyn, 1, "== syn");
+        payload(NFT_PAYLOAD_TRANSPORT_HEADER, offsetof(tcphdr, dest), 2, "tcp dport");
+        lookup(kSetPorts, false, "dport @ports");
         return *this;
     }
 

@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -66,6 +67,9 @@ ChainPtr base_chain(const std::string& table, const char* name, int priority,
 // filter-priority chain, so a reject of ours is also the last word.
 constexpr int kObservePriority = -10;
 constexpr int kEnforcePriority = 10;
+// NF_IP_PRI_RAW: the first in postrouting, so the judged bit is off the packet before
+// anyone else's postrouting rules see its mark.
+constexpr int kBackstopPriority = -300;
 // NF_IP_PRI_NAT_DST: the nat output hook runs before both filter chains, so a SYN it
 // redirects reaches them already addressed to the local MTA (and routed through lo).
 constexpr int kToMtaPriority = -100;
@@ -219,13 +223,14 @@ void add_chains(Ruleset& rs, const RulesetSpec& spec) {
                          base_chain(t, kChainEnforce, kEnforcePriority)});
     rs.chains.push_back({kChainJudge, "", build_chain(t, kChainJudge)});
     rs.chains.push_back(
-        {kChainBackstop, "type filter hook postrouting priority filter + 10; policy accept;",
-         base_chain(t, kChainBackstop, kEnforcePriority, "filter", NF_INET_POST_ROUTING)});
-    rs.chains.push_back({kChainBackstopDrop, "", build_chain(t, kChainBackstopDrop)});
+        {kChainBackstop, "type filter hook postrouting priority raw; policy accept;",
+         base_chain(t, kChainBackstop, kBackstopPriority, "filter", NF_INET_POST_ROUTING)});
+    rs.chains.push_back({kChainBackstopCheck, "", build_chain(t, kChainBackstopCheck)});
     // A chain added by a reload is listed after the kept ones; so the chains that come
     // and go with SMTP_REDIRECT are last, and the kernel's listing order is the same
     // whether the table was built whole or updated. (An upgrade from a table without
-    // sample that has to_mta lists sample after to_mta until the next full replace.)
+    // sample that has to_mta lists sample after to_mta, and one from a table without
+    // the backstop lists it after sample and to_mta, until the next full replace.)
     if (spec.queue != QueueMode::None)
         rs.chains.push_back({kChainSample, "", build_chain(t, kChainSample)});
     if (spec.redirect) {
@@ -258,7 +263,7 @@ std::string blocked_syn(RuleBuilder& r) {
         .lookup(kSetAllowUid, true, "skuid != @allow_uid")
         .meta(NFT_META_SKGID, "meta skgid")
         .lookup(kSetAllowGid, true, "skgid != @allow_gid");
-    return "tcp dport @ports tcp flags syn / syn,ack meta skuid != @allow_uid meta skgid != "
+    return "tcp flags syn / syn,ack tcp dport @ports meta skuid != @allow_uid meta skgid != "
            "@allow_gid ";
 }
 
@@ -321,10 +326,23 @@ void add_sample_rules(Ruleset& rs, const RulesetSpec& spec) {
     }
 }
 
+std::string hex32(std::uint32_t v) {
+    char buf[16];
+    std::snprintf(buf, sizeof buf, "0x%08x", v);
+    return buf;
+}
+
+// Every SMTP SYN is marked as judged (for the backstop), then judged.
 BuiltRule enforce_rule(const std::string& t) {
     RuleBuilder r(t, kChainEnforce);
-    r.smtp_syn().verdict(NFT_JUMP, "jump judge", kChainJudge);
-    return r.done("tcp dport @ports tcp flags syn / syn,ack jump judge");
+    const std::uint32_t keep = ~kMetJudgeMark;
+    r.smtp_syn()
+        .meta(NFT_META_MARK, "meta mark")
+        .bitwise(4, &keep, &kMetJudgeMark, "| judged")
+        .meta_set(NFT_META_MARK, "meta mark set")
+        .verdict(NFT_JUMP, "jump judge", kChainJudge);
+    return r.done("tcp flags syn / syn,ack tcp dport @ports meta mark set meta mark | " +
+                  hex32(kMetJudgeMark) + " jump judge");
 }
 
 // `meta skuid @allow_uid accept`, or its gid twin.
@@ -433,26 +451,42 @@ void add_to_mta_rules(Ruleset& rs, const RulesetSpec& spec) {
     }
 }
 
-// The judge's refusal again, after the output hook: the observe chain's predicate
-// (blocked uid and gid, not to lo where lo passes, no relay exception) with a drop. Only a SYN that
-// left the output hook without meeting the judge gets here unaccepted
-// (docs/internals.md#the-backstop). Its exception lookups are inverted, so they never count an
-// exception's connection a second time; a forwarded packet has no socket, so `meta skuid` ends the
-// rule for it.
+// After the output hook: an SMTP SYN the judge saw carries kMetJudgeMark, which is
+// taken off again; one without it skipped the judge (docs/internals.md#the-backstop)
+// and is dropped when the judge would have refused it: the observe chain's predicate
+// (blocked uid and gid, not to lo where lo passes, no relay exception). The exception
+// lookups are inverted, so they never count an exception's connection a second time.
+// A forwarded packet has no socket, so `meta skuid` ends the rule for it; `oif` here is
+// the device after any nat, which only matters for a SYN that skipped the judge.
 void add_backstop_rules(Ruleset& rs, const RulesetSpec& spec) {
-    RuleBuilder r(spec.table, kChainBackstop);
-    // No `fib daddr type` for redirect mode: here, after nat rerouted a redirected SYN,
-    // `oif` is lo already (and fib's address-type lookup is not allowed in postrouting
-    // by every kernel).
-    std::string text = blocked_syn(r);
-    if (lo_passes(spec))
-        text += not_to_lo(r);
-    r.verdict(NFT_JUMP, "jump backstop_drop", kChainBackstopDrop);
-    rs.rules.push_back(r.done(text + "jump backstop_drop"));
+    RuleBuilder b(spec.table, kChainBackstop);
+    b.smtp_syn().verdict(NFT_JUMP, "jump backstop_check", kChainBackstopCheck);
+    rs.rules.push_back(b.done("tcp flags syn / syn,ack tcp dport @ports jump backstop_check"));
+
+    const std::uint32_t zero = 0;
+    const std::uint32_t keep = ~kMetJudgeMark;
+    RuleBuilder judged(spec.table, kChainBackstopCheck);
+    judged.meta(NFT_META_MARK, "meta mark")
+        .bitwise(4, &kMetJudgeMark, &zero, "& judged")
+        .cmp(NFT_CMP_EQ, &kMetJudgeMark, 4, "== judged")
+        .meta(NFT_META_MARK, "meta mark")
+        .bitwise(4, &keep, &zero, "& ~judged")
+        .meta_set(NFT_META_MARK, "meta mark set")
+        .verdict(NFT_RETURN, "return");
+    rs.rules.push_back(judged.done("meta mark & " + hex32(kMetJudgeMark) +
+                                   " == " + hex32(kMetJudgeMark) + " meta mark set meta mark & " +
+                                   hex32(keep) + " return"));
 
     for (const bool v6 : {false, true}) {
-        RuleBuilder d(spec.table, kChainBackstopDrop);
-        text = no_dest_exception(d, v6) + " ";
+        RuleBuilder d(spec.table, kChainBackstopCheck);
+        d.meta(NFT_META_SKUID, "meta skuid")
+            .lookup(kSetAllowUid, true, "skuid != @allow_uid")
+            .meta(NFT_META_SKGID, "meta skgid")
+            .lookup(kSetAllowGid, true, "skgid != @allow_gid");
+        std::string text = "meta skuid != @allow_uid meta skgid != @allow_gid ";
+        if (lo_passes(spec))
+            text += not_to_lo(d);
+        text += no_dest_exception(d, v6) + " ";
         d.verdict(NF_DROP, "drop");
         rs.rules.push_back(d.done(text + "drop"));
     }

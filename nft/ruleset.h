@@ -72,11 +72,15 @@ inline constexpr const char* kSetObserveRate = "observe_rate";
 inline constexpr const char* kChainObserve = "observe";
 inline constexpr const char* kChainEnforce = "enforce";
 inline constexpr const char* kChainJudge = "judge";
-// A postrouting chain that drops what the judge would have refused, should a SYN ever
-// come out of the output hook without meeting it (docs/internals.md#the-backstop).
+// A postrouting chain for the SYNs that came out of the output hook without meeting
+// the judge, and its tail (docs/internals.md#the-backstop).
 inline constexpr const char* kChainBackstop = "backstop";
-// Its tail, one rule per address family (the relay exceptions), as sample is observe's.
-inline constexpr const char* kChainBackstopDrop = "backstop_drop";
+inline constexpr const char* kChainBackstopCheck = "backstop_check";
+// The packet-mark bit `enforce` sets on every SMTP SYN it judges and `backstop` clears:
+// "this SYN met the judge". A bit no common firewall, VPN or container runtime on a
+// hosting server uses (kube-proxy 0x4000/0x8000, Tailscale 0xff0000, Cilium 0xf00,
+// WireGuard 0xca6c); it lives on the packet only between the two hooks.
+inline constexpr std::uint32_t kMetJudgeMark = 0x20000000;
 // The nat chain of SMTP_REDIRECT ("redirect" itself is an nft keyword, so a chain of
 // that name could not be written back by `nft -f`).
 inline constexpr const char* kChainToMta = "to_mta";

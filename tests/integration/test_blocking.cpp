@@ -116,6 +116,31 @@ TEST_F(BlockingTest, AllowLocalKeepsSmtpToTheServersOwnAddressesOpen) {
     expect_refused(kBob, Topology::kRemote6, 25);
 }
 
+// A mail server in a container, its port published on the server's own address: Docker
+// sends the host's own connections there with a DNAT in the nat output hook, so the SYN
+// the judge let through as local (its first route was lo) leaves by another device. The
+// backstop, after that nat, must not take it for one that skipped the judge.
+TEST_F(BlockingTest, AllowLocalHoldsForAPortTheHostsNatForwardsElsewhere) {
+    ASSERT_NO_FATAL_FAILURE(start_daemon(config("SMTP_ALLOWLOCAL = \"1\"\n")));
+    for (const std::vector<std::string>& cmd : std::vector<std::vector<std::string>>{
+             {"nft", "add", "table", "ip", "published"},
+             {"nft", "add", "chain", "ip", "published", "output",
+              "{ type nat hook output priority -100; policy accept; }"},
+             {"nft", "add", "rule", "ip", "published", "output", "ip", "daddr",
+              Topology::kServerExtra4, "tcp", "dport", "25", "dnat", "to", Topology::kRemote4},
+             // The reply must come back: the SYN still has the local source address.
+             {"nft", "add", "chain", "ip", "published", "postrouting",
+              "{ type nat hook postrouting priority srcnat; policy accept; }"},
+             {"nft", "add", "rule", "ip", "published", "postrouting", "ip", "daddr",
+              Topology::kRemote4, "masquerade"}}) {
+        const RunResult r = run(topo_->server, cmd);
+        ASSERT_EQ(r.exit_code, 0) << r.output();
+    }
+    expect_connected(kBob, Topology::kServerExtra4, 25);
+    EXPECT_EQ(remote_smtp_->accepted(), 1U);
+    expect_refused(kBob, Topology::kRemote4, 25);
+}
+
 TEST_F(BlockingTest, WithoutAllowLocalSmtpToTheServersOwnAddressesIsRefused) {
     auto local = SmtpListener::start(topo_->server, kSmtpPorts, kServerHost);
     ASSERT_TRUE(local) << local.error().message();

@@ -203,7 +203,8 @@ TEST_F(EngineTest, TheBackstopDropsASynThatMissedTheJudge) {
 
     // The control: without the backstop's drop, the same SYN connects.
     ASSERT_EQ(
-        run(*ns_, {"nft", "flush", "chain", "inet", table_, nft::kChainBackstopDrop}).exit_code, 0);
+        run(*ns_, {"nft", "flush", "chain", "inet", table_, nft::kChainBackstopCheck}).exit_code,
+        0);
     EXPECT_EQ(connect_as(*ns_, kBob, "127.0.0.1", 25).outcome, Outcome::Connected);
 }
 

@@ -337,12 +337,12 @@ TEST(Ruleset, NatChainsOnlyWithRedirectAndLaterChainsListedLast) {
             names.push_back(c.name);
         if (redirect) {
             EXPECT_EQ(names, (std::vector<std::string>{kChainObserve, kChainEnforce, kChainJudge,
-                                                       kChainBackstop, kChainBackstopDrop,
+                                                       kChainBackstop, kChainBackstopCheck,
                                                        kChainSample, kChainToMta, kChainDivert}));
         } else {
-            EXPECT_EQ(names,
-                      (std::vector<std::string>{kChainObserve, kChainEnforce, kChainJudge,
-                                                kChainBackstop, kChainBackstopDrop, kChainSample}));
+            EXPECT_EQ(names, (std::vector<std::string>{kChainObserve, kChainEnforce, kChainJudge,
+                                                       kChainBackstop, kChainBackstopCheck,
+                                                       kChainSample}));
         }
         const std::string text = render_nft(rs);
         EXPECT_EQ(text.find("redirect") != std::string::npos, redirect);
