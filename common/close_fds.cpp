@@ -2,22 +2,22 @@
 
 #include <dirent.h>
 #include <sys/resource.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <vector>
+
+#include "common/syscalls.h"
 
 namespace smtpfence {
 
 void close_fds(unsigned first, unsigned last) {
     if (first > last)
         return;
-#ifdef SYS_close_range
     if (::syscall(SYS_close_range, first, last, 0U) == 0)
         return;
-#endif
     close_fds_one_by_one(first, last);
 }
 
@@ -42,10 +42,13 @@ void close_fds_one_by_one(unsigned first, unsigned last) {
             ::close(fd);
         return;
     }
+    // Without /proc: every number up to the soft limit, which a container may set to
+    // 2^30; a million close() calls (a fraction of a second) is as far as this goes.
+    constexpr rlim_t kMaxTried = rlim_t{1} << 20U;
     rlimit lim{};
     rlim_t top = 1024;
-    if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY)
-        top = lim.rlim_cur;
+    if (::getrlimit(RLIMIT_NOFILE, &lim) == 0)
+        top = lim.rlim_cur == RLIM_INFINITY ? kMaxTried : std::min(lim.rlim_cur, kMaxTried);
     for (rlim_t fd = first; fd <= last && fd < top; ++fd)
         ::close(static_cast<int>(fd));
 }

@@ -1,7 +1,7 @@
 // Closing every file descriptor of a range in a child about to run something else:
 // close_range(2) where the kernel has it (Linux 5.9), else each open one /proc/self/fd
 // lists (EL8's 4.18 kernel; its glibc 2.28 does not even declare close_range, so the
-// system call is made by number).
+// system call is made by number: common/syscalls.h).
 #pragma once
 
 namespace smtpfence {

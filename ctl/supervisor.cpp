@@ -4,7 +4,6 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,6 +17,7 @@
 #include "common/fd.h"
 #include "common/files.h"
 #include "common/log.h"
+#include "common/syscalls.h"
 #include "common/text.h"
 #include "nfq/queue.h"
 #include "nfq/worker.h"

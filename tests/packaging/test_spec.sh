@@ -59,7 +59,7 @@ has el8 '^Source1: .*/c-ares-[0-9.]+\.tar\.gz$' || fail "el8: c-ares is not bund
 has el8 '^Source2: .*/sqlite-autoconf-[0-9]+\.tar\.gz$' || fail "el8: SQLite is not bundled"
 has el8 'pkgconfig\((libcares|sqlite3)\)' && fail "el8: requires EL8's c-ares or SQLite (too old)"
 has el9 '^Source[12]:' && fail "el9: bundles a library"
-has el9 '^BuildRequires: +pkgconfig\(libcares\) >= 1\.15$' || fail "el9: not built with EL9's c-ares"
+has el9 '^BuildRequires: +pkgconfig\(libcares\) >= 1\.16$' || fail "el9: not built with EL9's c-ares"
 has el9 '^BuildRequires: +pkgconfig\(sqlite3\) >= 3\.31$' || fail "el9: not built with EL9's SQLite"
 
 echo "== Version"
@@ -143,7 +143,7 @@ if [[ -f "$srpm" ]]; then
     diff -u "$tmp/want-srpm-files" "$tmp/srpm-files" || fail "the source rpm's files"
     # Its BuildRequires are EL9's.
     rpm -qp --requires "$srpm" 2>/dev/null >"$tmp/buildrequires"
-    for req in 'gcc-toolset-13-gcc-c++' 'pkgconfig(libcares) >= 1.15' 'pkgconfig(libnftnl)'; do
+    for req in 'gcc-toolset-13-gcc-c++' 'pkgconfig(libcares) >= 1.16' 'pkgconfig(libnftnl)'; do
         grep -qxF "$req" "$tmp/buildrequires" || fail "the source rpm lacks BuildRequires: $req"
     done
 else

@@ -7,7 +7,6 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 
 #include <algorithm>
@@ -20,6 +19,7 @@
 #include <utility>
 
 #include "common/close_fds.h"
+#include "common/syscalls.h"
 #include "tests/support/netns.h"
 #include "tests/support/temp_dir.h"
 
