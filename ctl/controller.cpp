@@ -79,7 +79,8 @@ Controller::Controller(const DaemonOptions& options, nft::Engine& engine,
       dest_(options, engine, state_),
       handlers_(options, engine, state_, worker_, guard_, allowlist_, dest_, server,
                 [this] { return reload(); }),
-      history_(options.state_dir) {}
+      history_(options.state_dir),
+      metrics_(options, engine, state_, worker_) {}
 
 Result<Desired> Controller::read_inputs() {
     accounts_watch_.rearm();
@@ -148,6 +149,7 @@ int Controller::run(int signal_fd) {
             watch_files();
             dest_.watch();
         }
+        metrics_.tick();
     }
 }
 
@@ -211,7 +213,7 @@ Result<void> Controller::reload() {
     if (desired) {
         worker_.hold_queue_before_apply(*desired);
         dest_.prepare(*desired);
-        if (auto r = apply_desired(engine_, options_, *desired); !r)
+        if (auto r = apply_timed(engine_, options_, *desired, state_); !r)
             desired = std::unexpected(r.error());
         else
             dest_.apply_succeeded();

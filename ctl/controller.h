@@ -19,6 +19,7 @@
 #include "ctl/first_apply.h"
 #include "ctl/handlers.h"
 #include "ctl/history_child.h"
+#include "ctl/metrics_export.h"
 #include "ctl/table_guard.h"
 #include "ctl/worker_host.h"
 #include "nft/engine.h"
@@ -73,6 +74,7 @@ class Controller {
     DestSync dest_;
     Handlers handlers_;
     HistoryQueries history_;
+    MetricsExporter metrics_;
     std::vector<pid_t> test_children_;  // `test`, until reaped
 };
 

@@ -33,6 +33,8 @@ struct DaemonOptions {
     // --csf-conf: the policy comes from CSF's csf.conf (csf-compat/csf_policy.h) instead
     // of the config file; "" = not in CSF mode.
     std::string csf_conf_path;
+    // The metrics textfile when the config sets no METRICS_TEXTFILE (tests move it).
+    std::string metrics_textfile = kDefaultMetricsTextfile;
 };
 
 // The files the policy is read from (and watched): --config, and before it in CSF mode

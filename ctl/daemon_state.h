@@ -54,6 +54,21 @@ struct HealStats {
     std::string last_error;
 };
 
+// The last apply that succeeded (first apply, retry or reload), for the metrics.
+struct LastApply {
+    std::uint64_t count = 0;  // applies so far: a new one is written out at once
+    std::time_t at = 0;
+    std::chrono::microseconds took{0};
+};
+
+// The metrics textfile (ctl/metrics_export.h), for status.
+struct MetricsStatus {
+    std::string path;  // "" when off
+    std::time_t last_written = 0;
+    std::string last_error;      // "" after a write that succeeded
+    std::uint64_t failures = 0;  // writes that failed (each logged once: see the exporter)
+};
+
 struct DaemonState {
     std::optional<Desired> current;
     bool removed = false;  // by `smtpfencectl remove`, until a reload
@@ -62,6 +77,8 @@ struct DaemonState {
     std::optional<InputError> input_error;
     std::optional<ApplyRetry> retry;
     HealStats heal;
+    LastApply last_apply;
+    MetricsStatus metrics;
 
     [[nodiscard]] bool enforcing() const {
         return current && current->loaded.policy.enabled && !removed;

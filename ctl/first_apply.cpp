@@ -1,5 +1,6 @@
 #include "ctl/first_apply.h"
 
+#include <chrono>
 #include <ctime>
 #include <string>
 
@@ -8,8 +9,21 @@
 
 namespace smtpfence {
 
+Result<void> apply_timed(nft::Engine& engine, const DaemonOptions& options, const Desired& desired,
+                         DaemonState& state) {
+    const auto start = std::chrono::steady_clock::now();
+    auto r = apply_desired(engine, options, desired);
+    if (r) {
+        const auto took = std::chrono::steady_clock::now() - start;
+        state.last_apply = {.count = state.last_apply.count + 1,
+                            .at = std::time(nullptr),
+                            .took = std::chrono::duration_cast<std::chrono::microseconds>(took)};
+    }
+    return r;
+}
+
 Result<void> FirstApply::apply(const Desired& desired, ApplyRetry::Clock::time_point now) {
-    auto r = apply_desired(engine_, options_, desired);
+    auto r = apply_timed(engine_, options_, desired, state_);
     if (r || !previous_table_in_force())
         return r;
     log::error(r.error().message());
@@ -24,7 +38,7 @@ void FirstApply::retry_if_due(ApplyRetry::Clock::time_point now) {
     std::optional<ApplyRetry>& retry = state_.retry;
     if (!retry || state_.removed || !state_.current || !retry->due(now))
         return;
-    if (auto r = apply_desired(engine_, options_, *state_.current); !r) {
+    if (auto r = apply_timed(engine_, options_, *state_.current, state_); !r) {
         retry->failed_again(r.error().message(), now);
         log::error(retry->error + "; the table a previous run left stays in force; " +
                    "applying again in " + std::to_string(retry->delay.count()) + " s");

@@ -14,6 +14,10 @@
 
 namespace smtpfence {
 
+// apply_desired, timed into state.last_apply when it succeeds.
+[[nodiscard]] Result<void> apply_timed(nft::Engine& engine, const DaemonOptions& options,
+                                       const Desired& desired, DaemonState& state);
+
 class FirstApply {
   public:
     FirstApply(const DaemonOptions& options, nft::Engine& engine, DaemonState& state,

@@ -139,6 +139,10 @@ Answer Handlers::status() {
             j["counters"] = {{"uids_blocked", blocked->size()}, {"attempts", total}};
         }
     }
+    j["metrics"] = {{"path", state_.metrics.path},
+                    {"last_written", state_.metrics.last_written},
+                    {"last_error", state_.metrics.last_error},
+                    {"failures", state_.metrics.failures}};
     j["control"] = {{"socket", server_.path()},
                     {"requests", server_.requests()},
                     {"rejected", server_.rejected()}};

@@ -45,6 +45,9 @@ static int run(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--state-dir", options.state_dir,
                    "state directory (attempt history and stream)");
+    app.add_option("--metrics-textfile", options.metrics_textfile,
+                   "the metrics textfile when the configuration sets no METRICS_TEXTFILE")
+        ->capture_default_str();
     app.add_option("--virtual-dir", options.virtual_dir, "DirectAdmin's /etc/virtual root");
     app.add_option("--passwd", options.passwd_path, "passwd(5) file to resolve user names");
     app.add_option("--group", options.group_path, "group(5) file to resolve group names");

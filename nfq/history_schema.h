@@ -87,4 +87,22 @@ CREATE TABLE IF NOT EXISTS meta (
 ) WITHOUT ROWID;
 )sql";
 
+// Totals that only grow while the file lives (retention leaves them alone), added to in
+// the transaction of each record, for smtpfence_attempts_explained_total
+// (docs/metrics.md). Created in any file that lacks it (no new schema version: readers
+// that do not know it ignore it), seeded from what daily still holds.
+inline constexpr const char* kCreateTotals = R"sql(
+CREATE TABLE IF NOT EXISTS totals (
+  key   TEXT PRIMARY KEY,
+  value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO totals (key, value)
+  SELECT 'explained', coalesce(sum(explained), 0) FROM daily;
+INSERT OR IGNORE INTO totals (key, value)
+  SELECT 'counted', coalesce(sum(counted), 0) FROM daily;
+)sql";
+
+inline constexpr const char* kReadExplainedTotal =
+    "SELECT value FROM totals WHERE key = 'explained'";
+
 }  // namespace smtpfence::nfq::history

@@ -77,18 +77,19 @@ Result<void> prepare_schema(sql::Database& db) {
     }
     if (auto r = db.exec(history::kWriterPragmas); !r)
         return r;
+    auto tx = sql::Transaction::begin(db);
+    if (!tx)
+        return std::unexpected(tx.error());
     if (v == 0) {
-        auto tx = sql::Transaction::begin(db);
-        if (!tx)
-            return std::unexpected(tx.error());
         if (auto r = db.exec(history::kCreateTables); !r)
             return r;
         if (auto r = db.exec("PRAGMA user_version = " + std::to_string(history::kSchemaVersion));
             !r)
             return r;
-        return tx->commit();
     }
-    return {};
+    if (auto r = db.exec(history::kCreateTotals); !r)
+        return r;
+    return tx->commit();
 }
 
 std::int64_t family_number(const std::string& family) {
@@ -102,6 +103,7 @@ struct HistoryStore::Statements {
     sql::Statement insert_record;
     sql::Statement intern_proc;
     sql::Statement add_daily;
+    sql::Statement add_totals;
     sql::Statement set_checkpoint;
 };
 
@@ -163,6 +165,9 @@ Result<HistoryStore> HistoryStore::open(const std::string& state_dir, HistoryLim
                   "last_cwd = iif(excluded.last_identified_epoch >= "
                   "  coalesce(daily.last_identified_epoch, excluded.last_identified_epoch), "
                   "  excluded.last_cwd, daily.last_cwd)"},
+             Prep{&s.add_totals,
+                  "UPDATE totals SET value = value + iif(key = 'explained', ?1, ?2) "
+                  "WHERE key IN ('explained', 'counted')"},
              Prep{&s.set_checkpoint,
                   "INSERT OR REPLACE INTO checkpoint (id, epoch, set_handle, after_record, "
                   "kernel) VALUES (1, ?1, ?2, (SELECT coalesce(max(id), 0) FROM records), ?3)"},
@@ -233,7 +238,14 @@ void HistoryStore::add_daily(std::time_t epoch, const std::string& account, std:
     } else {
         st.bind_null(8).bind_null(9).bind_null(10);
     }
-    if (auto r = st.run(); !r)
+    if (auto r = st.run(); !r) {
+        write_failed(r.error());
+        return;
+    }
+    sql::Statement& totals = stmt_->add_totals;
+    totals.bind(1, static_cast<std::int64_t>(explained))
+        .bind(2, static_cast<std::int64_t>(counted));
+    if (auto r = totals.run(); !r)
         write_failed(r.error());
 }
 

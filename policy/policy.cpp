@@ -205,7 +205,7 @@ Result<void> assign(Result<T> parsed, U& target) {
     return {};
 }
 
-const std::array<KeyHandler, 25> kHandlers = {{
+const std::array<KeyHandler, 26> kHandlers = {{
     {"SMTP_BLOCK",
      [](const Setting& s, Policy& p, std::vector<std::string>&) {
          return assign(parse_bool(s), p.enabled);
@@ -362,6 +362,16 @@ const std::array<KeyHandler, 25> kHandlers = {{
     {"DEST_GRACE",
      [](const Setting& s, Policy& p, std::vector<std::string>&) {
          return assign(parse_seconds(s, 0), p.dest_grace);
+     }},
+    {"METRICS_TEXTFILE",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) -> Result<void> {
+         const std::string& v = s.entry.value;
+         // The textfile collector reads only *.prom files (docs/metrics.md).
+         if (!v.empty() && (v.front() != '/' || v.size() <= 6 || !v.ends_with(".prom") ||
+                            v.find('\0') != std::string::npos || v.ends_with("/.prom")))
+             return s.bad("an absolute path ending in .prom, or \"\" for none");
+         p.metrics_textfile = v;
+         return {};
      }},
 }};
 

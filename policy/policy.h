@@ -38,6 +38,10 @@ enum class TableOwner {
 
 inline constexpr const char* kDefaultConfigPath = "/etc/smtpfence/smtpfence.conf";
 
+// Where Debian's prometheus-node-exporter reads textfiles (docs/metrics.md).
+inline constexpr const char* kDefaultMetricsTextfile =
+    "/var/lib/prometheus/node-exporter/smtpfence.prom";
+
 // MTA accounts allowed by default when they exist (MTA_USERS = "auto").
 inline const std::vector<std::string> kAutoMtaUsers = {"mail", "Debian-exim", "mailnull", "exim",
                                                        "postfix"};
@@ -84,6 +88,9 @@ struct Policy {
     std::chrono::seconds dest_ttl_min{30};    // DEST_TTL_MIN, 1-86400
     std::chrono::seconds dest_ttl_max{3600};  // DEST_TTL_MAX, DEST_TTL_MIN-86400
     std::chrono::seconds dest_grace{900};     // DEST_GRACE, 0-86400
+    // node_exporter's textfile collector reads this (docs/metrics.md); "" writes none,
+    // nullopt: not set, the daemon's default (kDefaultMetricsTextfile).
+    std::optional<std::string> metrics_textfile;  // METRICS_TEXTFILE
 };
 
 struct LoadedPolicy {

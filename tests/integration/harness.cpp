@@ -460,10 +460,11 @@ Result<Daemon> Daemon::start(const Netns& ns, DaemonArgs args, Millis ready_time
     std::filesystem::create_directories(w + "/state");
     std::filesystem::create_directories(w + "/virtual");
     const std::string log_path = w + "/smtpfenced.log";
-    std::vector<std::string> argv = {smtpfenced_path(),  "--foreground",      "--table",
-                                     args.table,         "--config",          args.config,
-                                     "--control-socket", w + "/control.sock", "--state-dir",
-                                     w + "/state",       "--virtual-dir",     w + "/virtual"};
+    std::vector<std::string> argv = {smtpfenced_path(),    "--foreground",       "--table",
+                                     args.table,           "--config",           args.config,
+                                     "--control-socket",   w + "/control.sock",  "--state-dir",
+                                     w + "/state",         "--virtual-dir",      w + "/virtual",
+                                     "--metrics-textfile", w + "/smtpfence.prom"};
     if (!args.passwd.empty())
         argv.insert(argv.end(), {"--passwd", args.passwd});
     if (!args.group.empty())

@@ -534,6 +534,17 @@ TEST(Policy, DestTimes) {
               "smtpfence.conf:1: DEST_GRACE: bad value \"15m\": expected a number from 0 to 86400");
 }
 
+TEST(Policy, MetricsTextfile) {
+    EXPECT_FALSE(Policy{}.metrics_textfile);
+    EXPECT_EQ(map_ok("METRICS_TEXTFILE = \"/srv/m/a.prom\"\n").metrics_textfile, "/srv/m/a.prom");
+    EXPECT_EQ(map_ok("METRICS_TEXTFILE = \"\"\n").metrics_textfile, "");
+    for (const char* v : {"smtpfence.prom", "/var/lib/x/smtpfence.txt", "/var/lib/x/.prom", "/"}) {
+        EXPECT_EQ(bad("METRICS_TEXTFILE", v),
+                  std::string("smtpfence.conf:1: METRICS_TEXTFILE: bad value \"") + v +
+                      "\": expected an absolute path ending in .prom, or \"\" for none");
+    }
+}
+
 TEST(Policy, DestTtlMaxBelowMinBlamesTheLaterLine) {
     EXPECT_EQ(map_error("DEST_TTL_MIN = \"600\"\nDEST_TTL_MAX = \"300\"\n"),
               "smtpfence.conf:2: DEST_TTL_MAX: 300 is below DEST_TTL_MIN (600)");

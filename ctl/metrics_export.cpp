@@ -1,0 +1,139 @@
+#include "ctl/metrics_export.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <ctime>
+#include <filesystem>
+
+#include "common/log.h"
+#include "common/sqlite.h"
+#include "ctl/dest_sync.h"
+#include "ctl/metrics_textfile.h"
+#include "nfq/history_schema.h"
+#include "nfq/proc_queue.h"
+
+#ifndef SMTPFENCE_VERSION
+#define SMTPFENCE_VERSION "unknown"
+#endif
+
+namespace smtpfence {
+
+Result<std::optional<std::uint64_t>> read_explained_total(const std::string& state_dir) {
+    const std::string path = state_dir + "/" + nfq::history::kFileName;
+    std::error_code ec;
+    if (!std::filesystem::exists(path, ec))
+        return std::nullopt;
+    // A short wait: the worker's transactions are small, and the next tick tries again.
+    constexpr int kBusyMs = 100;
+    auto db = sql::Database::open(path, sql::Database::Mode::ReadOnly, kBusyMs);
+    if (!db)
+        return std::unexpected(db.error());
+    if (auto r = db->exec(nfq::history::kReaderPragmas); !r)
+        return std::unexpected(r.error());
+    auto has = db->query_int("SELECT count(*) FROM sqlite_schema WHERE name = 'totals'");
+    if (!has)
+        return std::unexpected(has.error());
+    if (has->value_or(0) == 0)
+        return std::nullopt;
+    auto total = db->query_int(nfq::history::kReadExplainedTotal);
+    if (!total)
+        return std::unexpected(total.error());
+    if (!*total)
+        return std::nullopt;
+    return static_cast<std::uint64_t>(**total);
+}
+
+std::string MetricsExporter::path() const {
+    if (state_.current && state_.current->loaded.policy.metrics_textfile)
+        return *state_.current->loaded.policy.metrics_textfile;
+    return options_.metrics_textfile;
+}
+
+void MetricsExporter::tick(Clock::time_point now) {
+    if (next_ && now < *next_ && state_.last_apply.count == applies_written_)
+        return;
+    next_ = now + kInterval;
+    applies_written_ = state_.last_apply.count;
+    write();
+}
+
+MetricsSnapshot MetricsExporter::snapshot() {
+    MetricsSnapshot m;
+    m.version = SMTPFENCE_VERSION;
+    m.enforcing = state_.enforcing();
+    m.config_error = state_.input_error || state_.retry;
+    auto present = engine_.table_exists(options_.table);
+    m.table_present = present && *present;
+    m.self_heals = state_.heal.count;
+    m.self_heal_failures = state_.heal.failures;
+    m.worker_up = worker_.pid() > 0 && worker_.ready();
+    m.worker_restarts = worker_.restarts();
+    if (m.table_present) {
+        auto blocked = engine_.read_blocked(options_.table);
+        if (blocked)
+            totals_.update(*blocked);
+        else
+            log::debug("metrics: " + blocked.error().message());
+    }
+    const Desired* current = state_.current ? &*state_.current : nullptr;
+    for (const auto& [uid, count] : totals_.by_uid()) {
+        const Account* a = current != nullptr ? current->accounts.user_by_uid(uid) : nullptr;
+        m.attempts.push_back({a != nullptr ? a->name : std::to_string(uid), uid, count});
+    }
+    if (current != nullptr) {
+        m.table_owned = current->spec.owned;
+        m.allowed_uids = current->allow.uids.size();
+        m.allowed_gids = current->allow.gids.size();
+        m.destination_exceptions = exceptions_of(*current).size();
+        if (const auto q = nfq::read_queue_proc_stats(current->loaded.policy.queue_num))
+            m.queue = MetricsSnapshot::Queue{q->waiting, q->queue_dropped, q->user_dropped};
+    }
+    if (auto explained = read_explained_total(options_.state_dir))
+        m.explained = *explained;
+    else
+        log::debug("metrics: attempt history: " + explained.error().message());
+    if (state_.last_apply.count > 0) {
+        m.last_apply_seconds = std::chrono::duration<double>(state_.last_apply.took).count();
+        m.last_apply_at = state_.last_apply.at;
+    }
+    return m;
+}
+
+void MetricsExporter::write() {
+    const std::string target = path();
+    if (target != written_path_ && !written_path_.empty()) {
+        // A stale file left behind would be served as if it were current.
+        (void)::unlink(written_path_.c_str());
+        written_path_.clear();
+    }
+    state_.metrics.path = target;
+    if (target.empty()) {
+        state_.metrics.last_error.clear();
+        return;
+    }
+    auto written = write_textfile(target, render_metrics(snapshot()));
+    if (!written) {
+        state_.metrics.last_error = written.error().message();
+        ++state_.metrics.failures;
+        report("metrics textfile not written: " + state_.metrics.last_error +
+               " (docs/metrics.md; METRICS_TEXTFILE = \"\" turns it off)");
+        return;
+    }
+    written_path_ = target;
+    state_.metrics.last_written = std::time(nullptr);
+    state_.metrics.last_error.clear();
+    report("");
+}
+
+void MetricsExporter::report(const std::string& message) {
+    if (message == logged_)
+        return;
+    if (message.empty())
+        log::notice("metrics textfile written again: " + path());
+    else
+        log::warning(message);
+    logged_ = message;
+}
+
+}  // namespace smtpfence
