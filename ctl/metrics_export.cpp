@@ -89,10 +89,13 @@ MetricsSnapshot MetricsExporter::snapshot() {
         if (const auto q = nfq::read_queue_proc_stats(current->loaded.policy.queue_num))
             m.queue = MetricsSnapshot::Queue{q->waiting, q->queue_dropped, q->user_dropped};
     }
+    // Busy or unreadable for a moment: the last value read stays (a series that
+    // disappears would go stale in Prometheus).
     if (auto explained = read_explained_total(options_.state_dir))
-        m.explained = *explained;
+        explained_ = *explained;
     else
         log::debug("metrics: attempt history: " + explained.error().message());
+    m.explained = explained_;
     if (state_.last_apply.count > 0) {
         m.last_apply_seconds = std::chrono::duration<double>(state_.last_apply.took).count();
         m.last_apply_at = state_.last_apply.at;

@@ -43,6 +43,7 @@ class MetricsExporter {
     DaemonState& state_;
     const WorkerHost& worker_;
     AttemptTotals totals_;
+    std::optional<std::uint64_t> explained_;
     std::optional<Clock::time_point> next_;
     std::uint64_t applies_written_ = 0;
     std::string logged_;

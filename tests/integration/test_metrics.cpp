@@ -45,9 +45,12 @@ Child start_in(const Netns& ns, const std::vector<std::string>& args, const std:
     return child ? std::move(*child) : Child();
 }
 
-// An fd of path for a program's stdin.
-UniqueFd open_input(const std::string& path) {
-    return UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+// `promtool check metrics` on the textfile at path (it reads stdin).
+RunResult promtool_check(const std::string& path) {
+    const UniqueFd input(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    testing::RunOptions options;
+    options.input = input.get();
+    return run(nullptr, {"promtool", "check", "metrics"}, options);
 }
 
 class MetricsTest : public FenceTest {
@@ -114,9 +117,7 @@ TEST_F(MetricsTest, PrometheusReadsBobsAttemptsAsTheKernelCountedThem) {
         << read_file(prom) << diagnostics();
     EXPECT_NE(read_file(prom).find("\nsmtpfence_enforcing 1\n"), std::string::npos);
 
-    UniqueFd input = open_input(prom);
-    const RunResult check =
-        run(nullptr, {"promtool", "check", "metrics"}, testing::RunOptions{.input = input.get()});
+    const RunResult check = promtool_check(prom);
     EXPECT_EQ(check.exit_code, 0) << check.describe() << read_file(prom);
     EXPECT_EQ(check.output(), "");
 
@@ -200,9 +201,7 @@ TEST(MetricsPromtool, AHostileLabelValueStaysEscaped) {
     m.attempts = {{"ev\"il\\\n} 9\nsmtpfence_enforcing 0", 1002, 3}};
     const TempDir dir;
     const std::string path = dir.write("hostile.prom", render_metrics(m));
-    UniqueFd input = open_input(path);
-    const RunResult check =
-        run(nullptr, {"promtool", "check", "metrics"}, testing::RunOptions{.input = input.get()});
+    const RunResult check = promtool_check(path);
     EXPECT_EQ(check.exit_code, 0) << check.describe() << read_file(path);
     EXPECT_EQ(check.output(), "");
     // As many lines as with a plain name, and no sample the name tried to smuggle in.

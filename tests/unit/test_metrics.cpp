@@ -3,13 +3,17 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <ctime>
 #include <filesystem>
 #include <string>
 
 #include "common/files.h"
+#include "common/sqlite.h"
 #include "ctl/attempt_totals.h"
 #include "ctl/metrics.h"
+#include "ctl/metrics_export.h"
 #include "ctl/metrics_textfile.h"
+#include "nfq/history_store.h"
 #include "tests/support/temp_dir.h"
 
 namespace smtpfence {
@@ -161,6 +165,66 @@ TEST(MetricsTextfile, RefusesSymlinksAndNamesAMissingDirectory) {
     r = write_textfile(dir.path() + "/missing/smtpfence.prom", "a 1\n");
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().message(), dir.path() + "/missing: No such file or directory");
+}
+
+nfq::Attempt explained_at(std::time_t t) {
+    nfq::Attempt a;
+    a.time = t;
+    a.uid = a.gid = 1002;
+    a.user = a.account = "bob";
+    a.identified = true;
+    a.exe = "/usr/bin/php";
+    a.cwd = "/home/bob";
+    a.family = "ipv4";
+    return a;
+}
+
+// attempts_explained_total: the history's totals grow with each committed record,
+// survive retention, and are seeded in a file made before they existed.
+TEST(MetricsExplained, TheHistorysTotalOnlyGrows) {
+    const testing::TempDir dir;
+    EXPECT_EQ(read_explained_total(dir.path()).value(), std::nullopt) << "no history yet";
+    const std::time_t now = std::time(nullptr);
+    {
+        auto s = nfq::HistoryStore::open(dir.path(), {30, std::uint64_t{1024} << 20U});
+        ASSERT_TRUE(s) << s.error().message();
+        s->explained(explained_at(now - 40 * 86400));
+        s->explained(explained_at(now));
+        nfq::CountedOnly c;
+        c.time = now;
+        c.uid = 1002;
+        c.user = c.account = "bob";
+        c.count = 495;
+        s->counted_only(c);
+        nfq::Checkpoint cp;
+        cp.time = now;
+        cp.set_handle = 1;
+        cp.kernel = {{1002, 497}};
+        s->checkpoint(cp);
+        ASSERT_TRUE(s->commit());
+        EXPECT_EQ(read_explained_total(dir.path()).value(), 2U);
+        auto more = s->prune_step(now);
+        while (more && *more)
+            more = s->prune_step(now);
+        ASSERT_TRUE(more) << more.error().message();
+        EXPECT_EQ(s->counters().pruned, 1U);
+        EXPECT_EQ(read_explained_total(dir.path()).value(), 2U) << "retention leaves it";
+        s->explained(explained_at(now));  // never committed
+    }
+    EXPECT_EQ(read_explained_total(dir.path()).value(), 2U);
+    {
+        // A file from before the totals: seeded from what daily holds (the day left).
+        auto db = sql::Database::open(dir.path() + "/history.db", sql::Database::Mode::Create);
+        ASSERT_TRUE(db);
+        ASSERT_TRUE(db->exec("DROP TABLE totals"));
+    }
+    EXPECT_EQ(read_explained_total(dir.path()).value(), std::nullopt);
+    auto s = nfq::HistoryStore::open(dir.path(), {});
+    ASSERT_TRUE(s) << s.error().message();
+    EXPECT_EQ(read_explained_total(dir.path()).value(), 1U);
+    s->explained(explained_at(now));
+    ASSERT_TRUE(s->commit());
+    EXPECT_EQ(read_explained_total(dir.path()).value(), 2U);
 }
 
 }  // namespace
