@@ -217,6 +217,17 @@ void print_status(const json& r) {
                       << terminal_safe(error.get<std::string>()) << "\n";
         }
     }
+    if (r.contains("metrics")) {
+        const json& m = r["metrics"];
+        std::cout << "  metrics textfile: ";
+        if (m.value("path", "").empty())
+            std::cout << "off (METRICS_TEXTFILE = \"\")\n";
+        else if (!m.value("last_error", "").empty())
+            std::cout << "NOT WRITTEN: " << field(m, "last_error") << "\n";
+        else
+            std::cout << field(m, "path") << ", written "
+                      << when(m.value("last_written", std::int64_t{0})) << "\n";
+    }
     if (r.contains("directadmin")) {
         const json& da = r["directadmin"];
         std::cout << "  DirectAdmin pipeline: " << (da.value("enabled", false) ? "on" : "off")

@@ -103,6 +103,9 @@ TEST_F(MetricsTest, PrometheusReadsBobsAttemptsAsTheKernelCountedThem) {
     std::filesystem::create_directories(textdir);
     const std::string prom = textdir + "/smtpfence.prom";
     ASSERT_NO_FATAL_FAILURE(start_daemon("METRICS_TEXTFILE = \"" + prom + "\"\n"));
+    // Attempts before the worker is ready are counted, not explained (docs/attempts.md).
+    ASSERT_TRUE(wait_until([&] { return status()["worker"].value("ready", false); }, 20s))
+        << diagnostics();
     bob_is_refused(3);
     std::uint64_t kernel = kernel_count(kBob);
     ASSERT_GE(kernel, 3U) << diagnostics();
@@ -157,6 +160,12 @@ TEST_F(MetricsTest, PrometheusReadsBobsAttemptsAsTheKernelCountedThem) {
     EXPECT_TRUE(wait_until([&] { return promql(query) == std::to_string(kernel); }, 60s, 250ms))
         << "prometheus says \"" << promql(query) << "\", the kernel " << kernel;
     EXPECT_EQ(promql("smtpfence_enforcing"), "1");
+    // The ready worker saw each of these few SYNs (under OBSERVE_BURST) and recorded it.
+    EXPECT_TRUE(wait_until(
+        [&] { return promql("smtpfence_attempts_explained_total") == std::to_string(kernel); }, 60s,
+        250ms))
+        << "prometheus says \"" << promql("smtpfence_attempts_explained_total") << "\"\n"
+        << read_file(prom);
 
     const json s = status();
     EXPECT_EQ(s["metrics"]["path"], prom) << s.dump();
