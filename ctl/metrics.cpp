@@ -56,12 +56,57 @@ std::string seconds(double v) {
     return buf;
 }
 
+// The length of the valid UTF-8 sequence at value[i], 0 when there is none (overlong
+// forms and surrogates are invalid too, as for Prometheus' parser, Go's utf8.Valid).
+std::size_t utf8_length(std::string_view value, std::size_t i) {
+    const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(value[k]); };
+    const unsigned first = byte(i);
+    if (first < 0x80)
+        return 1;
+    std::size_t n = 0;
+    unsigned lo = 0x80;
+    unsigned hi = 0xBF;
+    if (first >= 0xC2 && first <= 0xDF) {
+        n = 2;
+    } else if (first >= 0xE0 && first <= 0xEF) {
+        n = 3;
+        lo = first == 0xE0 ? 0xA0 : lo;
+        hi = first == 0xED ? 0x9F : hi;
+    } else if (first >= 0xF0 && first <= 0xF4) {
+        n = 4;
+        lo = first == 0xF0 ? 0x90 : lo;
+        hi = first == 0xF4 ? 0x8F : hi;
+    } else {
+        return 0;
+    }
+    if (i + n > value.size() || byte(i + 1) < lo || byte(i + 1) > hi)
+        return 0;
+    for (std::size_t k = 2; k < n; ++k) {
+        if (byte(i + k) < 0x80 || byte(i + k) > 0xBF)
+            return 0;
+    }
+    return n;
+}
+
 }  // namespace
 
 std::string escape_label_value(std::string_view value) {
     std::string out;
     out.reserve(value.size());
-    for (const char c : value) {
+    for (std::size_t i = 0; i < value.size();) {
+        const std::size_t n = utf8_length(value, i);
+        if (n == 0) {
+            // One byte that is not UTF-8 would make the whole scrape fail.
+            out += "\xEF\xBF\xBD";  // U+FFFD REPLACEMENT CHARACTER
+            ++i;
+            continue;
+        }
+        if (n > 1) {
+            out.append(value.substr(i, n));
+            i += n;
+            continue;
+        }
+        const char c = value[i++];
         if (c == '\\') {
             out += "\\\\";
         } else if (c == '"') {

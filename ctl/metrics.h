@@ -42,7 +42,8 @@ struct MetricsSnapshot {
 };
 
 // A label value as the text format wants it: backslash, double quote and newline
-// escaped (\\, \", \n); other bytes as they are (the format is UTF-8 text).
+// escaped (\\, \", \n), each byte that is not part of valid UTF-8 replaced by U+FFFD
+// (the format is UTF-8 text), everything else as it is.
 [[nodiscard]] std::string escape_label_value(std::string_view value);
 
 // The whole textfile: HELP and TYPE before each metric, one sample a line.

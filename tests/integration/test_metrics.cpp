@@ -201,13 +201,35 @@ TEST_F(MetricsTest, AMissingDirectoryIsShownInStatusAndLoggedOnce) {
     EXPECT_EQ(count("metrics textfile written again: " + prom), 1U) << log;
 }
 
+// A config that cannot be used: the daemon enforces the built-in defaults and says so
+// in the metrics too, at the path its command line gives when the config sets none
+// (the harness's --metrics-textfile).
+TEST_F(MetricsTest, ABrokenConfigIsAConfigErrorWhileTheDefaultsAreEnforced) {
+    ASSERT_NO_FATAL_FAILURE(start_daemon("SMTP_BLOCK = \"maybe\"\n"));
+    const std::string prom = dir_->path() + "/smtpfence.prom";
+    ASSERT_TRUE(wait_until(
+        [&] {
+            const std::string text = read_file(prom);
+            return text.find("\nsmtpfence_config_error 1\n") != std::string::npos &&
+                   text.find("\nsmtpfence_enforcing 1\n") != std::string::npos;
+        },
+        20s))
+        << read_file(prom) << diagnostics();
+    write_config("SMTP_BLOCK = \"1\"\n");
+    ASSERT_EQ(ctl({"reload"}).exit_code, 0);
+    EXPECT_TRUE(wait_until(
+        [&] { return read_file(prom).find("\nsmtpfence_config_error 0\n") != std::string::npos; },
+        20s))
+        << read_file(prom);
+}
+
 // What a hostile account name (quotes, backslash, newline) becomes in the textfile is
 // still one valid sample for promtool, with the name intact once unescaped.
 TEST(MetricsPromtool, AHostileLabelValueStaysEscaped) {
     MetricsSnapshot m;
     m.version = "0.1.0";
     m.enforcing = true;
-    m.attempts = {{"ev\"il\\\n} 9\nsmtpfence_enforcing 0", 1002, 3}};
+    m.attempts = {{"ev\"il\\\n} 9\nsmtpfence_enforcing 0", 1002, 3}, {"bad\xFF", 1003, 1}};
     const TempDir dir;
     const std::string path = dir.write("hostile.prom", render_metrics(m));
     const RunResult check = promtool_check(path);

@@ -49,6 +49,15 @@ TEST(Metrics, EscapesLabelValues) {
     EXPECT_EQ(escape_label_value("bob"), "bob");
     EXPECT_EQ(escape_label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     EXPECT_EQ(escape_label_value("\\n"), "\\\\n");
+    // UTF-8 stays; bytes that are not UTF-8 (a lone byte, an overlong form, a
+    // surrogate, a cut sequence) become U+FFFD each.
+    EXPECT_EQ(escape_label_value("j\xC3\xBCrgen \xF0\x9F\x93\xA7"),
+              "j\xC3\xBCrgen \xF0\x9F\x93\xA7");
+    const std::string bad = "\xEF\xBF\xBD";
+    EXPECT_EQ(escape_label_value("a\xFF"), "a" + bad);
+    EXPECT_EQ(escape_label_value("\xC0\xAF"), bad + bad);
+    EXPECT_EQ(escape_label_value("\xED\xA0\x80"), bad + bad + bad);
+    EXPECT_EQ(escape_label_value("x\xE2\x82"), "x" + bad + bad);
 }
 
 MetricsSnapshot sample() {
