@@ -50,11 +50,17 @@ std::string MetricsExporter::path() const {
     return options_.metrics_textfile;
 }
 
+MetricsExporter::Events MetricsExporter::events() const {
+    return {state_.last_apply.count, state_.input_error.has_value(), state_.retry.has_value(),
+            state_.removed, state_.heal.count + state_.heal.failures};
+}
+
 void MetricsExporter::tick(Clock::time_point now) {
-    if (next_ && now < *next_ && state_.last_apply.count == applies_written_)
+    const Events seen = events();
+    if (next_ && now < *next_ && seen == written_events_)
         return;
     next_ = now + kInterval;
-    applies_written_ = state_.last_apply.count;
+    written_events_ = seen;
     write();
 }
 

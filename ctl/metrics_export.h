@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "ctl/attempt_totals.h"
 #include "ctl/daemon.h"
@@ -27,10 +28,14 @@ class MetricsExporter {
                     const WorkerHost& worker)
         : options_(options), engine_(engine), state_(state), worker_(worker) {}
 
-    // Each pass of the main loop: writes when kInterval has passed or an apply happened.
+    // Each pass of the main loop: writes when kInterval has passed, or at once after
+    // an apply, a reload that failed, a `remove` or a self-heal.
     void tick(Clock::time_point now = Clock::now());
 
   private:
+    // What changes the state at once (compared on each pass: a few integers).
+    using Events = std::tuple<std::uint64_t, bool, bool, bool, std::uint64_t>;
+    [[nodiscard]] Events events() const;
     [[nodiscard]] MetricsSnapshot snapshot();
     [[nodiscard]] std::string path() const;
     void write();
@@ -45,7 +50,7 @@ class MetricsExporter {
     AttemptTotals totals_;
     std::optional<std::uint64_t> explained_;
     std::optional<Clock::time_point> next_;
-    std::uint64_t applies_written_ = 0;
+    Events written_events_;
     std::string logged_;
     std::string written_path_;  // the last path written, removed when the path changes
 };

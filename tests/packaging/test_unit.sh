@@ -121,6 +121,8 @@ expect StateDirectory smtpfence
 expect ProtectSystem strict
 expect_word ReadWritePaths /etc/smtpfence
 expect_word ReadWritePaths -/etc/virtual
+# METRICS_TEXTFILE's default folder (docs/metrics.md)
+expect_word ReadWritePaths -/var/lib/prometheus/node-exporter
 [[ -n "$(setting WatchdogSec)" ]] || fail "WatchdogSec= missing"
 for key in ProtectKernelTunables ProtectControlGroups RestrictNamespaces LockPersonality \
     MemoryDenyWriteExecute RestrictRealtime PrivateTmp ProtectClock ProtectHostname \
