@@ -1,6 +1,7 @@
 #include "ctl/metrics.h"
 
-#include <cstdio>
+#include <charconv>
+#include <system_error>
 
 namespace smtpfence {
 namespace {
@@ -51,9 +52,9 @@ std::string flag(bool v) {
 
 // Seconds with microseconds: the apply is timed with steady_clock in microseconds.
 std::string seconds(double v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.6f", v);
-    return buf;
+    char buf[64];
+    const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed, 6);
+    return ec == std::errc{} ? std::string(buf, end) : std::string("NaN");
 }
 
 // The length of the valid UTF-8 sequence at value[i], 0 when there is none (overlong

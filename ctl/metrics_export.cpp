@@ -39,9 +39,10 @@ Result<std::optional<std::uint64_t>> read_explained_total(const std::string& sta
     auto total = db->query_int(nfq::history::kReadExplainedTotal);
     if (!total)
         return std::unexpected(total.error());
-    if (!*total)
+    const std::optional<std::int64_t> value = *total;
+    if (!value)
         return std::nullopt;
-    return static_cast<std::uint64_t>(**total);
+    return static_cast<std::uint64_t>(*value);
 }
 
 std::string MetricsExporter::path() const {

@@ -187,7 +187,8 @@ TEST_F(MetricsTest, AMissingDirectoryIsShownInStatusAndLoggedOnce) {
 
     std::filesystem::create_directories(textdir);
     ASSERT_EQ(ctl({"reload"}).exit_code, 0);
-    ASSERT_TRUE(wait_until([&] { return status()["metrics"]["last_error"] == ""; }, 20s))
+    ASSERT_TRUE(
+        wait_until([&] { return status()["metrics"].value("last_error", "?").empty(); }, 20s))
         << status().dump();
     EXPECT_NE(read_file(prom).find("# TYPE smtpfence_attempts_total counter\n"), std::string::npos);
     const std::string log = daemon_->log();

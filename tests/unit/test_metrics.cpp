@@ -197,7 +197,7 @@ TEST(MetricsExplained, TheHistorysTotalOnlyGrows) {
     {
         auto s = nfq::HistoryStore::open(dir.path(), {30, std::uint64_t{1024} << 20U});
         ASSERT_TRUE(s) << s.error().message();
-        s->explained(explained_at(now - 40 * 86400));
+        s->explained(explained_at(now - std::time_t{40} * 86400));
         s->explained(explained_at(now));
         nfq::CountedOnly c;
         c.time = now;
