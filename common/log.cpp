@@ -1,5 +1,6 @@
 #include "common/log.h"
 
+#include <sys/stat.h>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -15,17 +16,6 @@ std::string g_program = "smtpfence";
 bool g_verbose = false;
 bool g_syslog = false;
 std::mutex g_mutex;
-
-// systemd sets JOURNAL_STREAM when stderr is connected to the journal; then a
-// "<N>" prefix carries the priority instead of a word.
-bool stderr_is_journal() {
-    static const bool is_journal = [] {
-        const char* env =
-            std::getenv("JOURNAL_STREAM");  // NOLINT(concurrency-mt-unsafe): read once
-        return env != nullptr && *env != '\0';
-    }();
-    return is_journal;
-}
 
 const char* level_word(Level level) {
     switch (level) {
@@ -43,6 +33,28 @@ const char* level_word(Level level) {
 }
 
 }  // namespace
+
+// systemd sets JOURNAL_STREAM to "DEVICE:INODE" of the stream it connects stderr to;
+// a stderr redirected since (a test's log file, a child's pipe) no longer matches, and
+// then a "<N>" prefix would be noise and a journal entry would go to a journal the
+// output does not.
+bool stderr_is_journal() {
+    static const bool is_journal = [] {
+        const char* env =
+            std::getenv("JOURNAL_STREAM");  // NOLINT(concurrency-mt-unsafe): read once
+        unsigned long long dev = 0;
+        unsigned long long ino = 0;
+        if (env == nullptr || std::sscanf(env, "%llu:%llu", &dev, &ino) != 2)
+            return false;
+        struct stat st {};
+        return ::fstat(STDERR_FILENO, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+    }();
+    return is_journal;
+}
+
+const std::string& program() {
+    return g_program;
+}
 
 void set_program(std::string_view name) {
     g_program = name;

@@ -3,6 +3,7 @@
 // stderr is the journal, plain "smtpfenced: warning: ..." otherwise.
 #pragma once
 
+#include <string>
 #include <string_view>
 
 namespace smtpfence::log {
@@ -10,6 +11,11 @@ namespace smtpfence::log {
 enum class Level { Error = 3, Warning = 4, Notice = 5, Info = 6, Debug = 7 };
 
 void set_program(std::string_view name);
+// The name set_program gave ("smtpfence" before), the journal's SYSLOG_IDENTIFIER.
+[[nodiscard]] const std::string& program();
+// Whether stderr is connected to the journal: JOURNAL_STREAM (set by systemd) names
+// stderr's device and inode (systemd.exec(5)); decided once.
+[[nodiscard]] bool stderr_is_journal();
 void set_verbose(bool verbose);
 // From now on, write to syslog (LOG_DAEMON) instead of stderr (a detached daemon).
 void use_syslog();

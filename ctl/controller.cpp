@@ -90,6 +90,7 @@ Result<Desired> Controller::read_inputs() {
 
 Result<Desired> Controller::fallback_inputs(const Error& why) {
     state_.input_error = InputError{why.message(), std::time(nullptr), true};
+    journal_config_error(state_, why.message(), "start", why.message());
     return compute_fallback(options_, kernel_);
 }
 
@@ -192,9 +193,7 @@ std::optional<int> Controller::on_signal(int signal_fd) {
     }
     if (info.ssi_signo == SIGHUP) {
         log::notice("SIGHUP: reloading " + policy_files(options_).front());
-        if (auto r = reload(); !r)
-            log::error("reload failed: " + r.error().message() +
-                       "; the rules in force are unchanged");
+        (void)reload();  // a failure is journalled (config_error) by reload
         return std::nullopt;
     }
     // SIGTERM / SIGINT: the table stays; stopping the daemon never opens SMTP.
@@ -222,6 +221,9 @@ Result<void> Controller::reload() {
         // Still the defaults when a start fell back on them; else the last good load.
         const bool fallback = state_.input_error && state_.input_error->fallback;
         state_.input_error = InputError{desired.error().message(), std::time(nullptr), fallback};
+        journal_config_error(
+            state_, desired.error().message(), "reload",
+            "reload failed: " + desired.error().message() + "; the rules in force are unchanged");
         service::ready(state_.status_line());
         return std::unexpected(desired.error());
     }
@@ -238,10 +240,7 @@ Result<void> Controller::reload() {
 void Controller::watch_files() {
     if (config_watch_.changed()) {
         log::notice(policy_files(options_).front() + " changed: reloading");
-        if (auto r = reload(); !r) {
-            log::error("reload failed: " + r.error().message() +
-                       "; the rules in force are unchanged");
-        }
+        (void)reload();  // a failure is journalled (config_error) by reload
         return;
     }
     if (accounts_watch_.changed())
@@ -322,8 +321,7 @@ int run_daemon(const DaemonOptions& options) {
     if (!inputs) {
         // Fail closed: a broken file at boot must not leave SMTP open until it is fixed.
         const Error why = inputs.error();
-        log::error(why.message());
-        inputs = controller.fallback_inputs(why);
+        inputs = controller.fallback_inputs(why);  // journals the error (config_error)
         if (!inputs) {
             log::error(inputs.error().message());
             log::error(

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "common/journal.h"
 #include "common/log.h"
 #include "common/text.h"
 
@@ -44,6 +45,16 @@ std::string DaemonState::status_line() const {
     if (heal.count > 0)
         line += "; restored after foreign changes " + std::to_string(heal.count) + " time(s)";
     return line;
+}
+
+void journal_config_error(const DaemonState& state, const std::string& error, std::string_view when,
+                          std::string line) {
+    journal::Entry e{journal::Kind::ConfigError, log::Level::Error, std::move(line), {}};
+    e.add_text("ERROR", error).add("WHEN", std::string(when));
+    e.add("IN_FORCE", state.retry                                        ? "previous_table"
+                      : state.input_error && state.input_error->fallback ? "defaults"
+                                                                         : "unchanged");
+    journal::write(e);
 }
 
 ctl::AccessPolicy control_access(const Desired& desired) {

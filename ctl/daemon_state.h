@@ -7,6 +7,7 @@
 #include <ctime>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "ctl/control_server.h"
 #include "ctl/daemon.h"
@@ -88,6 +89,12 @@ struct DaemonState {
     // One line for systemd's STATUS= (`systemctl status smtpfenced`).
     [[nodiscard]] std::string status_line() const;
 };
+
+// A configuration error just recorded in state (input_error or retry) as a journal
+// entry of kind config_error (docs/journal.md): error, when ("start", "reload") and
+// what is in force; `line` is its message (and the log line without a journal).
+void journal_config_error(const DaemonState& state, const std::string& error, std::string_view when,
+                          std::string line);
 
 // Puts desired in force in state (applied now) and gives the control socket the access
 // its policy sets (CONTROL_ADMIN_GROUP, CONTROL_READ).

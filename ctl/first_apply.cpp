@@ -26,11 +26,11 @@ Result<void> FirstApply::apply(const Desired& desired, ApplyRetry::Clock::time_p
     auto r = apply_timed(engine_, options_, desired, state_);
     if (r || !previous_table_in_force())
         return r;
-    log::error(r.error().message());
+    state_.retry = ApplyRetry::after(r.error().message(), now);
+    journal_config_error(state_, r.error().message(), "start", r.error().message());
     log::warning("table inet " + options_.table +
                  " left by a previous run stays in force; applying again in 1 s "
                  "(then less often) and on each reload");
-    state_.retry = ApplyRetry::after(r.error().message(), now);
     return {};
 }
 

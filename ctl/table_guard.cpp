@@ -3,6 +3,7 @@
 #include <chrono>
 #include <ctime>
 
+#include "common/journal.h"
 #include "common/log.h"
 #include "common/text.h"
 #include "ctl/service_notify.h"
@@ -86,21 +87,27 @@ void TableGuard::restore(const std::string& who, const std::string& what) {
     heal.last_what = what;
     heal.last_restore_us = us;
     heal.last_ok = applied.has_value();
+    // Kind self_heal (docs/journal.md): who changed what, restored or not, how long.
+    journal::Entry e{journal::Kind::SelfHeal, log::Level::Warning, {}, {}};
+    e.add("TABLE", table_).add("CHANGED_BY", who).add("CHANGE", what);
+    e.add("RESTORED", applied ? "yes" : "no").add("DURATION_US", static_cast<std::uint64_t>(us));
+    e.message = "table inet " + table_ + " changed by " + who + ": " + what;
     if (!applied) {
         ++heal.failures;
         heal.last_error = applied.error().message();
-        log::error("table inet " + table_ + " changed by " + who + ": " + what +
-                   "; restoring it failed: " + applied.error().message() +
-                   " (tried again each second)");
+        e.priority = log::Level::Error;
+        e.message += "; restoring it failed: " + heal.last_error + " (tried again each second)";
+        journal::write(e.add_text("ERROR", heal.last_error));
         return;
     }
     ++heal.count;
     heal.last_error.clear();
     service::status(state_.status_line());
-    log::warning("table inet " + table_ + " changed by " + who + ": " + what + "; restored in " +
-                 std::to_string(us / 1000) + "." + std::to_string((us % 1000) / 100) + " ms" +
+    e.message += "; restored in " + std::to_string(us / 1000) + "." +
+                 std::to_string((us % 1000) / 100) + " ms" +
                  (applied->table_existed && !applied->counters_kept ? " (" + applied->note + ")"
-                                                                    : std::string()));
+                                                                    : std::string());
+    journal::write(e);
 }
 
 }  // namespace smtpfence

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "common/journal.h"
 #include "common/log.h"
 
 namespace smtpfence::nfq {
@@ -23,40 +24,53 @@ std::string printable(const std::string& s) {
     return out;
 }
 
-void SyslogSink::explained(const Attempt& a) {
-    std::string line = "direct SMTP attempt refused: uid " + std::to_string(a.uid) + " (" +
-                       printable(a.user.empty() ? "no account" : a.user) + ", account " +
-                       printable(a.account) + ") to " + printable(a.dst) + " port " +
-                       std::to_string(a.dport);
+void JournalSink::explained(const Attempt& a) {
+    if (!admit())
+        return;
+    journal::Entry e{journal::Kind::Attempt, log::Level::Notice, {}, {}};
+    e.message = "direct SMTP attempt refused: uid " + std::to_string(a.uid) + " (" +
+                printable(a.user.empty() ? "no account" : a.user) + ", account " +
+                printable(a.account) + ") to " + printable(a.dst) + " port " +
+                std::to_string(a.dport);
+    e.add("ACCOUNT", a.account).add("USER", a.user).add("UID", a.uid);
+    e.add("DESTINATION", a.dst).add("PORT", a.dport);
     if (a.identified) {
-        line += " by pid " + std::to_string(a.pid) + " " + printable(a.exe) + " in " +
-                printable(a.cwd) + ": " + printable(a.cmdline.substr(0, 200));
+        e.message += " by pid " + std::to_string(a.pid) + " " + printable(a.exe) + " in " +
+                     printable(a.cwd) + ": " + printable(a.cmdline.substr(0, 200));
+        e.add("PID", static_cast<std::uint64_t>(a.pid));
+        e.add("EXE", a.exe).add("CWD", a.cwd).add("CMDLINE", a.cmdline);
     } else {
-        line += " (process already gone)";
+        e.message += " (process already gone)";
     }
-    emit(line);
+    journal::write(e);
 }
 
-void SyslogSink::counted_only(const CountedOnly& c) {
-    emit(std::to_string(c.count) + " more direct SMTP attempt(s) refused for uid " +
-         std::to_string(c.uid) + " (" + printable(c.user) + "), counted, not explained");
+void JournalSink::counted_only(const CountedOnly& c) {
+    if (!admit())
+        return;
+    journal::Entry e{journal::Kind::Counted, log::Level::Notice, {}, {}};
+    e.message = std::to_string(c.count) + " more direct SMTP attempt(s) refused for uid " +
+                std::to_string(c.uid) + " (" + printable(c.user) + "), counted, not explained";
+    e.add("ACCOUNT", c.account).add("USER", c.user).add("UID", c.uid).add("COUNT", c.count);
+    journal::write(e);
 }
 
-void SyslogSink::emit(const std::string& line) {
+bool JournalSink::admit() {
     const auto now = std::chrono::steady_clock::now();
     tokens_ =
         std::min(kBurst, tokens_ + kRate * std::chrono::duration<double>(now - last_).count());
     last_ = now;
     if (tokens_ < 1.0) {
         ++suppressed_;
-        return;
+        return false;
     }
     tokens_ -= 1.0;
     if (suppressed_ > 0) {
-        log::notice(std::to_string(suppressed_) + " attempt log line(s) suppressed (rate limit)");
+        log::notice(std::to_string(suppressed_) +
+                    " attempt journal entries suppressed (rate limit; the history has them all)");
         suppressed_ = 0;
     }
-    log::notice(line);
+    return true;
 }
 
 }  // namespace smtpfence::nfq

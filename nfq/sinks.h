@@ -1,5 +1,5 @@
 // The worker's sinks besides the history, the stream and DirectAdmin's files: the
-// journal's rate-limited lines, and the fan-out that hands every record to each sink.
+// journal's rate-limited entries, and the fan-out that hands every record to each sink.
 #pragma once
 
 #include <chrono>
@@ -17,9 +17,12 @@ namespace smtpfence::nfq {
 // journal's lines keep their form (a command line is shown up to 200 bytes).
 [[nodiscard]] std::string printable(const std::string& s);
 
-// One log line per attempt for the journal, at most kRate lines a second with a
-// burst of kBurst; what is held back is said in one line afterwards.
-class SyslogSink final : public AttemptSink {
+// One journal entry per attempt and per counted batch (common/journal.h: kinds
+// attempt and counted, their fields in docs/journal.md; a log line without a journal),
+// at most kRate a second with a burst of kBurst; what is held back is said in one
+// line afterwards. journald drops a flood itself, unsaid, and the history keeps every
+// record anyway.
+class JournalSink final : public AttemptSink {
   public:
     void explained(const Attempt& a) override;
     void counted_only(const CountedOnly& c) override;
@@ -28,7 +31,8 @@ class SyslogSink final : public AttemptSink {
   private:
     static constexpr double kRate = 10.0;
     static constexpr double kBurst = 20.0;
-    void emit(const std::string& line);
+    // Whether the rate allows one more entry now (and says what was held back).
+    [[nodiscard]] bool admit();
 
     double tokens_ = kBurst;
     std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();

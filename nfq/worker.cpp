@@ -95,7 +95,7 @@ class Worker {
               readings_, sinks_, [this](CountedOnly& c) { describe(c); }, recovered) {
         sinks_.add(history_);
         sinks_.add(log_);
-        sinks_.add(syslog_);
+        sinks_.add(journal_);
         reload_accounts();
         if (options_.da_enabled)
             open_da_sink();
@@ -259,7 +259,7 @@ class Worker {
     NftReadings readings_;
     HistoryStore history_;
     AttemptLog log_;
-    SyslogSink syslog_;
+    JournalSink journal_;
     std::unique_ptr<DaSink> da_sink_;
     Sinks sinks_;
     AccountDb accounts_;

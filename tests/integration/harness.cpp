@@ -15,6 +15,9 @@
 #include <cstring>
 #include <filesystem>
 #include <sstream>
+#include <string_view>
+
+#include "tests/support/journald.h"
 
 #ifndef SMTPFENCED_PATH
 #error "SMTPFENCED_PATH must be defined by CMake"
@@ -472,8 +475,15 @@ Result<Daemon> Daemon::start(const Netns& ns, DaemonArgs args, Millis ready_time
     argv.insert(argv.end(), args.extra.begin(), args.extra.end());
     const Argv c_argv(argv);
     std::vector<std::string> env;
-    for (char** e = environ; *e != nullptr; ++e)
-        env.emplace_back(*e);
+    for (char** e = environ; *e != nullptr; ++e) {
+        // getenv finds the first: a name args.env sets is left out here.
+        const std::string_view name = std::string_view(*e).substr(0, std::strcspn(*e, "="));
+        if (std::none_of(args.env.begin(), args.env.end(), [&](const std::string& set) {
+                return set.starts_with(name) && set.size() > name.size() && set[name.size()] == '=';
+            })) {
+            env.emplace_back(*e);
+        }
+    }
     env.insert(env.end(), args.env.begin(), args.env.end());
     const Argv c_env(env);
 
@@ -487,10 +497,10 @@ Result<Daemon> Daemon::start(const Netns& ns, DaemonArgs args, Millis ready_time
     auto child = spawn([&]() -> int {
         ::setpgid(0, 0);
         ::dup2(log_fd.get(), STDOUT_FILENO);
-        ::dup2(log_fd.get(), STDERR_FILENO);
+        ::dup2(args.stderr_fd >= 0 ? args.stderr_fd : log_fd.get(), STDERR_FILENO);
         if (devnull.valid())
             ::dup2(devnull.get(), STDIN_FILENO);
-        if (!enter_netns(ns.fd())) {
+        if (!enter_netns(ns.fd()) || !testing::enter_mountns(args.mount_ns)) {
             write_text(STDERR_FILENO, "harness: setns failed\n");
             return 126;
         }

@@ -127,7 +127,11 @@ struct DaemonArgs {
     std::string group;     // --group (omitted when empty)
     std::string work_dir;  // control socket, state and virtual dirs and the log go here
     std::vector<std::string> extra;
-    std::vector<std::string> env;  // NAME=VALUE added to the daemon's environment
+    std::vector<std::string> env;  // NAME=VALUE set in the daemon's environment
+    // A mount namespace to run in (tests/support/journald.h), and a stderr instead of
+    // the log file (a journal stream); -1: none.
+    int mount_ns = -1;
+    int stderr_fd = -1;
     // When set, the daemon is ready once its log holds this text instead of once its
     // table exists (a policy that enforces nothing creates no table).
     std::string ready_log_text;

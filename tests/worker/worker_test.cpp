@@ -347,7 +347,7 @@ void WorkerTest::write_config(const std::string& text) {
     (void)dir_->write("smtpfence.conf", text);
 }
 
-void WorkerTest::start_daemon(std::vector<std::string> extra) {
+itest::DaemonArgs WorkerTest::daemon_args(std::vector<std::string> extra) const {
     itest::DaemonArgs args;
     args.table = table_;
     args.config = config_path_;
@@ -355,7 +355,11 @@ void WorkerTest::start_daemon(std::vector<std::string> extra) {
     args.group = group_path_;
     args.work_dir = dir_->path();
     args.extra = std::move(extra);
-    auto daemon = itest::Daemon::start(topo_->server, std::move(args));
+    return args;
+}
+
+void WorkerTest::start_daemon(std::vector<std::string> extra) {
+    auto daemon = itest::Daemon::start(topo_->server, daemon_args(std::move(extra)));
     ASSERT_TRUE(daemon) << daemon.error().message();
     daemon_.emplace(std::move(*daemon));
 }

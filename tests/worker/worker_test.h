@@ -124,6 +124,8 @@ class WorkerTest : public ::testing::Test {
     // Starts smtpfenced (config given or the default one) with the test accounts;
     // fatal on failure (call through ASSERT_NO_FATAL_FAILURE).
     void start_daemon(std::vector<std::string> extra = {});
+    // What start_daemon starts it with: the test's table, config, accounts and folder.
+    [[nodiscard]] itest::DaemonArgs daemon_args(std::vector<std::string> extra = {}) const;
     void write_config(const std::string& text);
     // Waits until a worker (a child of the daemon) is bound to the queue; its pid.
     void wait_for_worker(pid_t* pid, pid_t not_this = 0, Millis timeout = 10s);
