@@ -21,6 +21,9 @@ inline constexpr std::string_view kAttemptId = "471bede478e94de288a5c5e8985cd89f
 inline constexpr std::string_view kCountedId = "932b397ac20b46c49cc3a316230f105c";
 inline constexpr std::string_view kSelfHealId = "9574282f776945d6878800d0acb5bfc7";
 inline constexpr std::string_view kConfigErrorId = "5a3fbee16b134419a42b000675133717";
+// alert: the local threshold (ALERT_ATTEMPTS per ALERT_INTERVAL) fired for an account;
+// fields ACCOUNT, UID, COUNT, INTERVAL, THRESHOLD and the last process's PID, EXE, CWD,
+// CMDLINE, DESTINATION, PORT.
 inline constexpr std::string_view kAlertId = "4baaf281a0044905abf068dc48546bce";
 [[nodiscard]] std::string_view message_id(Kind kind);
 
