@@ -46,13 +46,18 @@ Entry& Entry::add(std::string_view name, std::uint64_t value) {
 namespace {
 
 // Text of ours is printable already; a control byte that slipped in is escaped all the
-// same, so that the entry stays one line in `journalctl`.
+// same, so that the entry stays one line in `journalctl`, and a long one is cut as
+// text::printable cuts.
 std::string ours_printable(const std::string& text) {
     const bool plain = std::all_of(text.begin(), text.end(), [](char c) {
         const auto u = static_cast<unsigned char>(c);
         return u >= 0x20 && u < 0x7f;
     });
-    return plain ? text : text::printable(text, kValueMaxChars);
+    if (!plain)
+        return text::printable(text, kValueMaxChars);
+    if (text.size() <= kValueMaxChars)
+        return text;
+    return text.substr(0, kValueMaxChars) + "... (" + std::to_string(text.size()) + " bytes)";
 }
 
 }  // namespace

@@ -40,6 +40,15 @@ TEST(JournalFields, OurTextKeepsItsFormUnlessAControlByteSlippedIn) {
     EXPECT_EQ(f[5], "SMTPFENCE_WHEN=re\\x7fload");
 }
 
+TEST(JournalFields, LongValuesAreCutWithTheirSize) {
+    Entry e{Kind::ConfigError, log::Level::Error, std::string(5000, 'm'), {}};
+    e.add_text("ERROR", std::string(5000, 'e')).add("CWD", std::string(5000, 'c'));
+    const std::vector<std::string> f = fields_of(e);
+    EXPECT_EQ(f[0], "MESSAGE=" + std::string(kValueMaxChars, 'm') + "... (5000 bytes)");
+    EXPECT_EQ(f[4], "SMTPFENCE_ERROR=" + std::string(kValueMaxChars, 'e') + "... (5000 bytes)");
+    EXPECT_EQ(f[5], "SMTPFENCE_CWD=" + std::string(kValueMaxChars, 'c') + "... (5000 bytes)");
+}
+
 TEST(JournalFields, EveryKindHasItsOwnId) {
     std::set<std::string_view> ids;
     for (Kind k : {Kind::Attempt, Kind::Counted, Kind::SelfHeal, Kind::ConfigError, Kind::Alert}) {

@@ -282,5 +282,19 @@ TEST_F(JournalTest, SelfHealAndConfigErrorOfTheDaemonAreEntries) {
     EXPECT_NE(field(e, "MESSAGE").find("reload failed: "), std::string::npos);
 }
 
+TEST_F(JournalTest, BrokenConfigAtStartIsAConfigErrorWithTheDefaultsInForce) {
+    write_config("SMTP_BLOCK = \"1\"\nSMTP_PORTS = \"25,x\"\n");
+    ASSERT_NO_FATAL_FAILURE(start_daemon_with_journal());
+    auto errors = wait_for_entries({id_match(journal::Kind::ConfigError), "SMTPFENCE_WHEN=start"},
+                                   [](const auto& e) { return !e.empty(); });
+    ASSERT_EQ(errors.size(), 1U) << journal_text();
+    const Json& e = errors.front();
+    SCOPED_TRACE(e.dump());
+    EXPECT_EQ(field(e, "SYSLOG_IDENTIFIER"), "smtpfenced");
+    EXPECT_EQ(field(e, "SMTPFENCE_IN_FORCE"), "defaults");
+    EXPECT_NE(field(e, "SMTPFENCE_ERROR").find(config_path_ + ":2"), std::string::npos);
+    EXPECT_EQ(field(e, "MESSAGE"), field(e, "SMTPFENCE_ERROR"));
+}
+
 }  // namespace
 }  // namespace smtpfence::wtest
