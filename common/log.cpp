@@ -4,10 +4,16 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <string_view>
+
+#include "common/text.h"
 
 namespace smtpfence::log {
 namespace {
@@ -42,12 +48,19 @@ bool stderr_is_journal() {
     static const bool is_journal = [] {
         const char* env =
             std::getenv("JOURNAL_STREAM");  // NOLINT(concurrency-mt-unsafe): read once
-        unsigned long long dev = 0;
-        unsigned long long ino = 0;
-        if (env == nullptr || std::sscanf(env, "%llu:%llu", &dev, &ino) != 2)
+        if (env == nullptr)
+            return false;
+        const std::string_view value(env);
+        const std::size_t colon = value.find(':');
+        const auto max = std::numeric_limits<std::uint64_t>::max();
+        const auto dev = text::parse_unsigned(value.substr(0, colon), max);
+        const auto ino = colon == std::string_view::npos
+                             ? std::nullopt
+                             : text::parse_unsigned(value.substr(colon + 1), max);
+        if (!dev || !ino)
             return false;
         struct stat st {};
-        return ::fstat(STDERR_FILENO, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+        return ::fstat(STDERR_FILENO, &st) == 0 && st.st_dev == *dev && st.st_ino == *ino;
     }();
     return is_journal;
 }
