@@ -80,7 +80,8 @@ Controller::Controller(const DaemonOptions& options, nft::Engine& engine,
       handlers_(options, engine, state_, worker_, guard_, allowlist_, dest_, server,
                 [this] { return reload(); }),
       history_(options.state_dir),
-      metrics_(options, engine, state_, worker_) {}
+      metrics_(options, engine, state_, worker_),
+      alerts_(options.state_dir, options.passwd_path, options.group_path) {}
 
 Result<Desired> Controller::read_inputs() {
     accounts_watch_.rearm();
@@ -149,6 +150,9 @@ int Controller::run(int signal_fd) {
             guard_.check();
             watch_files();
             dest_.watch();
+            if (state_.current)  // the settings in force (unchanged ones are a no-op)
+                alerts_.configure(state_.current->loaded.policy.alert);
+            alerts_.tick(engine_, options_.table, std::chrono::steady_clock::now());
         }
         metrics_.tick();
     }
@@ -188,6 +192,7 @@ std::optional<int> Controller::on_signal(int signal_fd) {
         (void)reap_children(
             {[this](pid_t pid, int status) { return worker_.ended(pid, status); },
              [this](pid_t pid, int) { return history_.ended(pid); },
+             [this](pid_t pid, int) { return alerts_.ended(pid); },
              [this](pid_t pid, int) { return std::erase(test_children_, pid) > 0; }});
         return std::nullopt;
     }

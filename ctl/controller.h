@@ -20,6 +20,7 @@
 #include "ctl/handlers.h"
 #include "ctl/history_child.h"
 #include "ctl/metrics_export.h"
+#include "ctl/local_alerts.h"
 #include "ctl/table_guard.h"
 #include "ctl/worker_host.h"
 #include "nft/engine.h"
@@ -75,6 +76,7 @@ class Controller {
     Handlers handlers_;
     HistoryQueries history_;
     MetricsExporter metrics_;
+    LocalAlerts alerts_;
     std::vector<pid_t> test_children_;  // `test`, until reaped
 };
 

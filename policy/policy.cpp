@@ -1,5 +1,8 @@
 #include "policy/policy.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <cerrno>
@@ -169,6 +172,48 @@ Result<std::chrono::seconds> parse_seconds(const Setting& s, std::uint32_t min) 
     return std::chrono::seconds(*n);
 }
 
+// ALERT_COMMAND: run without a shell (execve), so one absolute path of an executable
+// regular file and no arguments; "" = none.
+Result<std::string> parse_alert_command(const Setting& s) {
+    const std::string& v = s.entry.value;
+    if (v.empty())
+        return v;
+    const auto control =
+        std::ranges::any_of(v, [](unsigned char c) { return c < 0x20 || c == 0x7f; });
+    if (!v.starts_with('/') || control)
+        return s.bad("the absolute path of a program (run without a shell, no arguments)");
+    struct stat st {};
+    if (::stat(v.c_str(), &st) != 0)
+        return s.bad("an existing program: " + errno_text(errno));
+    if (!S_ISREG(st.st_mode) || ::access(v.c_str(), X_OK) != 0)
+        return s.bad("an executable file");
+    return v;
+}
+
+// ALERT_EMAIL: one address, LOCAL or LOCAL@DOMAIN, in the plain characters an SMTP
+// command and a header take without quoting; "" = none.
+Result<std::string> parse_alert_email(const Setting& s) {
+    const std::string& v = s.entry.value;
+    const auto at = v.find('@');
+    const std::string_view local = std::string_view(v).substr(0, at);
+    const std::string_view domain =
+        at == std::string::npos ? std::string_view() : std::string_view(v).substr(at + 1);
+    const auto alnum = [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+    };
+    const auto local_ok = [&](char c) {
+        return alnum(c) || std::string_view("._+-").find(c) != std::string_view::npos;
+    };
+    const auto domain_ok = [&](char c) { return alnum(c) || c == '.' || c == '-'; };
+    const bool ok =
+        v.size() <= 254 && !local.empty() && std::ranges::all_of(local, local_ok) &&
+        (at == std::string::npos || (!domain.empty() && std::ranges::all_of(domain, domain_ok) &&
+                                     !domain.starts_with('.') && !domain.ends_with('.')));
+    if (!v.empty() && !ok)
+        return s.bad("one mail address such as root or root@localhost (letters, digits, . _ + -)");
+    return v;
+}
+
 // Levenshtein distance, for "did you mean" hints. Only called for strings whose
 // lengths differ by at most 2 and a known key (≤ 15 chars), so it stays tiny even
 // when the unknown name is a 10 MB line.
@@ -205,7 +250,7 @@ Result<void> assign(Result<T> parsed, U& target) {
     return {};
 }
 
-const std::array<KeyHandler, 26> kHandlers = {{
+const std::array<KeyHandler, 30> kHandlers = {{
     {"SMTP_BLOCK",
      [](const Setting& s, Policy& p, std::vector<std::string>&) {
          return assign(parse_bool(s), p.enabled);
@@ -372,6 +417,25 @@ const std::array<KeyHandler, 26> kHandlers = {{
              return s.bad("an absolute path ending in .prom, or \"\" for none");
          p.metrics_textfile = v;
          return {};
+    {"ALERT_ATTEMPTS",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         const auto n = text::parse_unsigned(s.entry.value, 1000000);
+         if (!n)
+             return Result<void>(s.bad("0 (off) or a number from 1 to 1000000"));
+         p.alert.attempts = static_cast<std::uint32_t>(*n);
+         return Result<void>{};
+     }},
+    {"ALERT_INTERVAL",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         return assign(parse_seconds(s, 60), p.alert.interval);
+     }},
+    {"ALERT_COMMAND",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         return assign(parse_alert_command(s), p.alert.command);
+     }},
+    {"ALERT_EMAIL",
+     [](const Setting& s, Policy& p, std::vector<std::string>&) {
+         return assign(parse_alert_email(s), p.alert.email);
      }},
 }};
 

@@ -46,6 +46,17 @@ inline constexpr const char* kDefaultMetricsTextfile =
 inline const std::vector<std::string> kAutoMtaUsers = {"mail", "Debian-exim", "mailnull", "exim",
                                                        "postfix"};
 
+// The local threshold alert (ctl/local_alerts.h, docs/alerts.md): an account with at
+// least `attempts` attempts within `interval` runs `command` and/or mails `email`, once
+// per account and interval.
+struct AlertPolicy {
+    std::chrono::seconds interval{600};  // ALERT_INTERVAL, 60-86400
+    std::string command;                 // ALERT_COMMAND: absolute path, "" = none
+    std::string email;                   // ALERT_EMAIL: an address, "" = none
+    std::uint32_t attempts = 0;          // ALERT_ATTEMPTS, 0 (off) or 1-1000000
+    bool operator==(const AlertPolicy&) const = default;
+};
+
 struct Policy {
     bool enabled = true;                                       // SMTP_BLOCK
     std::vector<std::uint16_t> ports{25, 465, 587};            // SMTP_PORTS, sorted, unique
@@ -91,6 +102,7 @@ struct Policy {
     // node_exporter's textfile collector reads this (docs/metrics.md); "" writes none,
     // nullopt: not set, the daemon's default (kDefaultMetricsTextfile).
     std::optional<std::string> metrics_textfile;  // METRICS_TEXTFILE
+    AlertPolicy alert;                        // ALERT_*
 };
 
 struct LoadedPolicy {

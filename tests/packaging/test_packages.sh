@@ -147,6 +147,9 @@ if [[ "$format" == deb ]]; then
 -rw-r--r-- root/root /usr/share/man/man5/smtpfence.conf.5
 -rw-r--r-- root/root /usr/share/man/man8/smtpfencectl.8
 -rw-r--r-- root/root /usr/share/man/man8/smtpfenced.8
+-rw-r--r-- root/root /usr/share/smtpfence/grafana/smtpfence-dashboard.json
+-rw-r--r-- root/root /usr/share/smtpfence/prometheus/smtpfence-alerts.test.yml
+-rw-r--r-- root/root /usr/share/smtpfence/prometheus/smtpfence-alerts.yml
 EOF
     cat "$tmp/got"
     compare "files (mode owner path)" "$tmp/want" "$tmp/got"
@@ -205,6 +208,12 @@ drwxr-xr-x root/root /etc/smtpfence
 -rw-r--r-- root/root /usr/share/man/man5/smtpfence.conf.5
 -rw-r--r-- root/root /usr/share/man/man8/smtpfencectl.8
 -rw-r--r-- root/root /usr/share/man/man8/smtpfenced.8
+drwxr-xr-x root/root /usr/share/smtpfence
+drwxr-xr-x root/root /usr/share/smtpfence/grafana
+drwxr-xr-x root/root /usr/share/smtpfence/prometheus
+-rw-r--r-- root/root /usr/share/smtpfence/grafana/smtpfence-dashboard.json
+-rw-r--r-- root/root /usr/share/smtpfence/prometheus/smtpfence-alerts.test.yml
+-rw-r--r-- root/root /usr/share/smtpfence/prometheus/smtpfence-alerts.yml
 EOF
     cat "$tmp/got"
     compare "files (mode owner path)" "$tmp/want" "$tmp/got"
@@ -250,6 +259,9 @@ same "the packaged configuration" "$src/packaging/smtpfence.conf" "$conf"
 same "the packaged completion" "$src/completions/smtpfencectl" "$root/usr/share/bash-completion/completions/smtpfencectl"
 for page in man5/smtpfence.conf.5 man8/smtpfenced.8 man8/smtpfencectl.8; do
     same "the packaged $page" "$src/man/$(basename "$page")" "$root/usr/share/man/$page"
+done
+for f in prometheus/smtpfence-alerts.yml prometheus/smtpfence-alerts.test.yml grafana/smtpfence-dashboard.json; do
+    same "the packaged $f" "$src/packaging/$f" "$root/usr/share/smtpfence/$f"
 done
 for p in "${programs[@]}"; do
     # Stripped (CPACK_STRIP_FILES), and still the program that was built.

@@ -70,6 +70,7 @@ void expect_same_policy(const Policy& got, const Policy& want) {
     EXPECT_EQ(got.dest_ttl_min, want.dest_ttl_min) << "dest_ttl_min";
     EXPECT_EQ(got.dest_ttl_max, want.dest_ttl_max) << "dest_ttl_max";
     EXPECT_EQ(got.dest_grace, want.dest_grace) << "dest_grace";
+    EXPECT_EQ(got.alert, want.alert) << "alert";
 }
 
 // (Hand-written matching rather than std::regex: g++ 12 at -O2 with the sanitizers

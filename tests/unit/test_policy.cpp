@@ -542,6 +542,43 @@ TEST(Policy, MetricsTextfile) {
         EXPECT_EQ(bad("METRICS_TEXTFILE", v),
                   std::string("smtpfence.conf:1: METRICS_TEXTFILE: bad value \"") + v +
                       "\": expected an absolute path ending in .prom, or \"\" for none");
+TEST(Policy, LocalAlertSettings) {
+    const Policy d = map_ok("");
+    EXPECT_EQ(d.alert.attempts, 0U);
+    EXPECT_EQ(d.alert.interval, std::chrono::seconds(600));
+    EXPECT_EQ(d.alert.command, "");
+    EXPECT_EQ(d.alert.email, "");
+    const Policy p = map_ok(
+        "ALERT_ATTEMPTS = \"1000000\"\nALERT_INTERVAL = \"60\"\nALERT_COMMAND = \"/bin/true\"\n"
+        "ALERT_EMAIL = \"root@localhost\"\n");
+    EXPECT_EQ(p.alert.attempts, 1000000U);
+    EXPECT_EQ(p.alert.interval, std::chrono::seconds(60));
+    EXPECT_EQ(p.alert.command, "/bin/true");
+    EXPECT_EQ(p.alert.email, "root@localhost");
+    EXPECT_EQ(map_ok("ALERT_EMAIL = \"root\"").alert.email, "root");
+    EXPECT_EQ(map_ok("ALERT_ATTEMPTS = \"0\"").alert.attempts, 0U);
+    EXPECT_EQ(map_ok("ALERT_INTERVAL = \"86400\"").alert.interval, std::chrono::seconds(86400));
+    EXPECT_EQ(bad("ALERT_ATTEMPTS", "1000001"),
+              "smtpfence.conf:1: ALERT_ATTEMPTS: bad value \"1000001\": expected 0 (off) or a "
+              "number from 1 to 1000000");
+    EXPECT_EQ(bad("ALERT_INTERVAL", "59"),
+              "smtpfence.conf:1: ALERT_INTERVAL: bad value \"59\": expected a number from 60 to "
+              "86400");
+    EXPECT_EQ(bad("ALERT_COMMAND", "notify.sh"),
+              "smtpfence.conf:1: ALERT_COMMAND: bad value \"notify.sh\": expected the absolute "
+              "path of a program (run without a shell, no arguments)");
+    EXPECT_EQ(bad("ALERT_COMMAND", "/bin/true --now"),
+              "smtpfence.conf:1: ALERT_COMMAND: bad value \"/bin/true --now\": expected an "
+              "existing program: No such file or directory");
+    EXPECT_EQ(bad("ALERT_COMMAND", "/etc/passwd"),
+              "smtpfence.conf:1: ALERT_COMMAND: bad value \"/etc/passwd\": expected an executable "
+              "file");
+    EXPECT_EQ(bad("ALERT_COMMAND", "/bin"),
+              "smtpfence.conf:1: ALERT_COMMAND: bad value \"/bin\": expected an executable file");
+    for (const char* address : {"root@", "@localhost", "a b", "root,admin", "<root>",
+                                "root@local..", "root@.x", "r\"oot"}) {
+        EXPECT_NE(bad("ALERT_EMAIL", address).find("expected one mail address"), std::string::npos)
+            << address;
     }
 }
 
