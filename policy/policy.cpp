@@ -417,6 +417,7 @@ const std::array<KeyHandler, 30> kHandlers = {{
              return s.bad("an absolute path ending in .prom, or \"\" for none");
          p.metrics_textfile = v;
          return {};
+     }},
     {"ALERT_ATTEMPTS",
      [](const Setting& s, Policy& p, std::vector<std::string>&) {
          const auto n = text::parse_unsigned(s.entry.value, 1000000);

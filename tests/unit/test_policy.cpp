@@ -542,6 +542,9 @@ TEST(Policy, MetricsTextfile) {
         EXPECT_EQ(bad("METRICS_TEXTFILE", v),
                   std::string("smtpfence.conf:1: METRICS_TEXTFILE: bad value \"") + v +
                       "\": expected an absolute path ending in .prom, or \"\" for none");
+    }
+}
+
 TEST(Policy, LocalAlertSettings) {
     const Policy d = map_ok("");
     EXPECT_EQ(d.alert.attempts, 0U);
