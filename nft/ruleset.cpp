@@ -67,12 +67,12 @@ ChainPtr base_chain(const std::string& table, const char* name, int priority,
 // filter-priority chain, so a reject of ours is also the last word.
 constexpr int kObservePriority = -10;
 constexpr int kEnforcePriority = 10;
-// NF_IP_PRI_RAW: the first in postrouting, so the judged bit is off the packet before
-// anyone else's postrouting rules see its mark.
+// NF_IP_PRI_RAW: the first in postrouting, so that nothing of ours runs before it there.
 constexpr int kBackstopPriority = -300;
 // NF_IP_PRI_NAT_DST: the nat output hook runs before both filter chains, so a SYN it
 // redirects reaches them already addressed to the local MTA (and routed through lo).
 constexpr int kToMtaPriority = -100;
+constexpr std::uint32_t kNotQueued = ~kQueuedMark;
 
 }  // namespace
 
@@ -225,7 +225,6 @@ void add_chains(Ruleset& rs, const RulesetSpec& spec) {
     rs.chains.push_back(
         {kChainBackstop, "type filter hook postrouting priority raw; policy accept;",
          base_chain(t, kChainBackstop, kBackstopPriority, "filter", NF_INET_POST_ROUTING)});
-    rs.chains.push_back({kChainBackstopCheck, "", build_chain(t, kChainBackstopCheck)});
     // A chain added by a reload is listed after the kept ones; so the chains that come
     // and go with SMTP_REDIRECT are last, and the kernel's listing order is the same
     // whether the table was built whole or updated. (An upgrade from a table without
@@ -294,8 +293,15 @@ BuiltRule observe_rule(const RulesetSpec& spec) {
     return r.done(text + "jump sample");
 }
 
-// `update @blocked { meta skuid } add @observe_rate { ... } queue ...`: the observe
-// chain's count, per-uid limit and queue.
+std::string hex32(std::uint32_t v) {
+    char buf[16];
+    std::snprintf(buf, sizeof buf, "0x%08x", v);
+    return buf;
+}
+
+// `update @blocked { meta skuid } add @observe_rate { ... } meta mark set meta mark |
+// queued queue ...`: the observe chain's count, per-uid limit, the backstop's bit and
+// the queue.
 std::string count_and_queue(RuleBuilder& r, const RulesetSpec& spec) {
     std::string text = count_blocked(r) + " ";
     r.meta(NFT_META_SKUID, "meta skuid")
@@ -303,6 +309,10 @@ std::string count_and_queue(RuleBuilder& r, const RulesetSpec& spec) {
                 make_limit(spec.observe_rate, 1, spec.observe_burst), "per-uid limit");
     text += "add @observe_rate { meta skuid limit rate " + std::to_string(spec.observe_rate) +
             "/second burst " + std::to_string(spec.observe_burst) + " packets } ";
+    r.meta(NFT_META_MARK, "meta mark")
+        .bitwise(4, &kNotQueued, &kQueuedMark, "| queued")
+        .meta_set(NFT_META_MARK, "meta mark set");
+    text += "meta mark set meta mark | " + hex32(kQueuedMark) + " ";
     if (spec.queue == QueueMode::Native) {
         r.native_queue(spec.queue_num, "queue");
         return text + "queue flags bypass to " + std::to_string(spec.queue_num);
@@ -326,23 +336,18 @@ void add_sample_rules(Ruleset& rs, const RulesetSpec& spec) {
     }
 }
 
-std::string hex32(std::uint32_t v) {
-    char buf[16];
-    std::snprintf(buf, sizeof buf, "0x%08x", v);
-    return buf;
-}
-
-// Every SMTP SYN is marked as judged (for the backstop), then judged.
+// Every SMTP SYN is judged, the queued bit taken off first (for the backstop).
 BuiltRule enforce_rule(const std::string& t) {
     RuleBuilder r(t, kChainEnforce);
-    const std::uint32_t keep = ~kMetJudgeMark;
+    const std::uint32_t keep = ~kQueuedMark;
+    const std::uint32_t zero = 0;
     r.smtp_syn()
         .meta(NFT_META_MARK, "meta mark")
-        .bitwise(4, &keep, &kMetJudgeMark, "| judged")
+        .bitwise(4, &keep, &zero, "& ~queued")
         .meta_set(NFT_META_MARK, "meta mark set")
         .verdict(NFT_JUMP, "jump judge", kChainJudge);
-    return r.done("tcp flags syn / syn,ack tcp dport @ports meta mark set meta mark | " +
-                  hex32(kMetJudgeMark) + " jump judge");
+    return r.done("tcp flags syn / syn,ack tcp dport @ports meta mark set meta mark & " +
+                  hex32(keep) + " jump judge");
 }
 
 // `meta skuid @allow_uid accept`, or its gid twin.
@@ -451,45 +456,25 @@ void add_to_mta_rules(Ruleset& rs, const RulesetSpec& spec) {
     }
 }
 
-// After the output hook: an SMTP SYN the judge saw carries kMetJudgeMark, which is
-// taken off again; one without it skipped the judge (docs/internals.md#the-backstop)
-// and is dropped when the judge would have refused it: the observe chain's predicate
-// (blocked uid and gid, not to lo where lo passes, no relay exception). The exception
-// lookups are inverted, so they never count an exception's connection a second time.
-// A forwarded packet has no socket, so `meta skuid` ends the rule for it; `oif` here is
-// the device after any nat, which only matters for a SYN that skipped the judge.
-void add_backstop_rules(Ruleset& rs, const RulesetSpec& spec) {
-    RuleBuilder b(spec.table, kChainBackstop);
-    b.smtp_syn().verdict(NFT_JUMP, "jump backstop_check", kChainBackstopCheck);
-    rs.rules.push_back(b.done("tcp flags syn / syn,ack tcp dport @ports jump backstop_check"));
-
+// After the output hook: a SYN that still carries kQueuedMark was shown to the worker
+// and resumed past `enforce` (docs/internals.md#the-backstop): dropped, unless its uid
+// or gid is allowed by now. Every other packet passes: a SYN the judge saw, one of a
+// forwarded connection, one sent before our table existed.
+void add_backstop_rule(Ruleset& rs, const RulesetSpec& spec) {
+    RuleBuilder r(spec.table, kChainBackstop);
     const std::uint32_t zero = 0;
-    const std::uint32_t keep = ~kMetJudgeMark;
-    RuleBuilder judged(spec.table, kChainBackstopCheck);
-    judged.meta(NFT_META_MARK, "meta mark")
-        .bitwise(4, &kMetJudgeMark, &zero, "& judged")
-        .cmp(NFT_CMP_EQ, &kMetJudgeMark, 4, "== judged")
+    r.smtp_syn()
         .meta(NFT_META_MARK, "meta mark")
-        .bitwise(4, &keep, &zero, "& ~judged")
-        .meta_set(NFT_META_MARK, "meta mark set")
-        .verdict(NFT_RETURN, "return");
-    rs.rules.push_back(judged.done("meta mark & " + hex32(kMetJudgeMark) +
-                                   " == " + hex32(kMetJudgeMark) + " meta mark set meta mark & " +
-                                   hex32(keep) + " return"));
-
-    for (const bool v6 : {false, true}) {
-        RuleBuilder d(spec.table, kChainBackstopCheck);
-        d.meta(NFT_META_SKUID, "meta skuid")
-            .lookup(kSetAllowUid, true, "skuid != @allow_uid")
-            .meta(NFT_META_SKGID, "meta skgid")
-            .lookup(kSetAllowGid, true, "skgid != @allow_gid");
-        std::string text = "meta skuid != @allow_uid meta skgid != @allow_gid ";
-        if (lo_passes(spec))
-            text += not_to_lo(d);
-        text += no_dest_exception(d, v6) + " ";
-        d.verdict(NF_DROP, "drop");
-        rs.rules.push_back(d.done(text + "drop"));
-    }
+        .bitwise(4, &kQueuedMark, &zero, "& queued")
+        .cmp(NFT_CMP_EQ, &kQueuedMark, 4, "== queued")
+        .meta(NFT_META_SKUID, "meta skuid")
+        .lookup(kSetAllowUid, true, "skuid != @allow_uid")
+        .meta(NFT_META_SKGID, "meta skgid")
+        .lookup(kSetAllowGid, true, "skgid != @allow_gid")
+        .verdict(NF_DROP, "drop");
+    rs.rules.push_back(r.done("tcp flags syn / syn,ack tcp dport @ports meta mark & " +
+                              hex32(kQueuedMark) + " == " + hex32(kQueuedMark) +
+                              " meta skuid != @allow_uid meta skgid != @allow_gid drop"));
 }
 
 // In the chains' order (render_nft prints each chain's rules in this order).
@@ -498,7 +483,7 @@ void add_rules(Ruleset& rs, const RulesetSpec& spec) {
         rs.rules.push_back(observe_rule(spec));
     rs.rules.push_back(enforce_rule(spec.table));
     add_judge_rules(rs, spec);
-    add_backstop_rules(rs, spec);
+    add_backstop_rule(rs, spec);
     if (spec.queue != QueueMode::None)
         add_sample_rules(rs, spec);
     if (spec.redirect)

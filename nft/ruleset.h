@@ -72,15 +72,14 @@ inline constexpr const char* kSetObserveRate = "observe_rate";
 inline constexpr const char* kChainObserve = "observe";
 inline constexpr const char* kChainEnforce = "enforce";
 inline constexpr const char* kChainJudge = "judge";
-// A postrouting chain for the SYNs that came out of the output hook without meeting
-// the judge, and its tail (docs/internals.md#the-backstop).
+// A postrouting chain that drops a SYN shown to the worker that came out of the output
+// hook without meeting the judge (docs/internals.md#the-backstop).
 inline constexpr const char* kChainBackstop = "backstop";
-inline constexpr const char* kChainBackstopCheck = "backstop_check";
-// The packet-mark bit `enforce` sets on every SMTP SYN it judges and `backstop` clears:
-// "this SYN met the judge". A bit no common firewall, VPN or container runtime on a
-// hosting server uses (kube-proxy 0x4000/0x8000, Tailscale 0xff0000, Cilium 0xf00,
-// WireGuard 0xca6c); it lives on the packet only between the two hooks.
-inline constexpr std::uint32_t kMetJudgeMark = 0x20000000;
+// The packet-mark bit `sample` sets on a SYN it queues to the worker and `enforce`
+// clears before judging it: "queued, not judged yet". A bit no common firewall, VPN or
+// container runtime on a hosting server uses (kube-proxy 0x4000/0x8000, Tailscale
+// 0xff0000, Cilium 0xf00, WireGuard 0xca6c); on a packet only between the two chains.
+inline constexpr std::uint32_t kQueuedMark = 0x20000000;
 // The nat chain of SMTP_REDIRECT ("redirect" itself is an nft keyword, so a chain of
 // that name could not be written back by `nft -f`).
 inline constexpr const char* kChainToMta = "to_mta";

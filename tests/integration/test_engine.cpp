@@ -181,14 +181,18 @@ TEST_F(EngineTest, AnOwnedTableResistsOthersSurvivesItsOwnerAndIsAdopted) {
     EXPECT_EQ(run(*ns_, {"nft", "delete", "table", "inet", table_}).exit_code, 0);
 }
 
-// A SYN that leaves the output hook without meeting the judge (as one resumed from the
-// queue after a hook before it was removed does: docs/internals.md#the-backstop) is
-// dropped in postrouting. Emptying enforce by hand stands in for the skip.
-TEST_F(EngineTest, TheBackstopDropsASynThatMissedTheJudge) {
+// A SYN shown to the worker that leaves the output hook without meeting the judge (as
+// one resumed from the queue after a hook before it was removed does:
+// docs/internals.md#the-backstop) is dropped in postrouting. With no worker bound, the
+// queue's bypass lets the SYN on at once; emptying enforce by hand stands in for the
+// skip.
+TEST_F(EngineTest, TheBackstopDropsAQueuedSynThatMissedTheJudge) {
     ASSERT_EQ(run(nullptr, {"ip", "-n", ns_->name(), "link", "set", "lo", "up"}).exit_code, 0);
     auto listener = SmtpListener::start(*ns_, {25}, "local.test");
     ASSERT_TRUE(listener) << listener.error().message();
-    RulesetSpec s = spec({0});
+    auto mode = engine().probe_queue_mode(table_ + "_probe");
+    ASSERT_TRUE(mode) << mode.error().message();
+    RulesetSpec s = spec({0}, *mode);
     s.allow_local = false;  // the listener is on lo, standing in for a remote server
     ASSERT_TRUE(engine().apply(nft::build_ruleset(s)));
     EXPECT_EQ(connect_as(*ns_, kBob, "127.0.0.1", 25).outcome, Outcome::Refused);
@@ -201,10 +205,23 @@ TEST_F(EngineTest, TheBackstopDropsASynThatMissedTheJudge) {
     EXPECT_EQ(connect_as(*ns_, kRoot, "127.0.0.1", 25).outcome, Outcome::Connected);
     EXPECT_EQ(connect_as(*ns_, kRoot, "::1", 25).outcome, Outcome::Connected);
 
-    // The control: without the backstop's drop, the same SYN connects.
-    ASSERT_EQ(
-        run(*ns_, {"nft", "flush", "chain", "inet", table_, nft::kChainBackstopCheck}).exit_code,
-        0);
+    // The control: without the backstop, the same SYN connects.
+    ASSERT_EQ(run(*ns_, {"nft", "flush", "chain", "inet", table_, nft::kChainBackstop}).exit_code,
+              0);
+    EXPECT_EQ(connect_as(*ns_, kBob, "127.0.0.1", 25).outcome, Outcome::Connected);
+}
+
+// A SYN sent before the table existed (it met no `enforce` and no `sample`) passes the
+// backstop as it always passed: the backstop is only for SYNs the worker was shown.
+TEST_F(EngineTest, TheBackstopLeavesSynsItsQueueNeverSaw) {
+    ASSERT_EQ(run(nullptr, {"ip", "-n", ns_->name(), "link", "set", "lo", "up"}).exit_code, 0);
+    auto listener = SmtpListener::start(*ns_, {25}, "local.test");
+    ASSERT_TRUE(listener) << listener.error().message();
+    RulesetSpec s = spec({0});  // no queue
+    s.allow_local = false;
+    ASSERT_TRUE(engine().apply(nft::build_ruleset(s)));
+    ASSERT_EQ(run(*ns_, {"nft", "flush", "chain", "inet", table_, nft::kChainEnforce}).exit_code,
+              0);
     EXPECT_EQ(connect_as(*ns_, kBob, "127.0.0.1", 25).outcome, Outcome::Connected);
 }
 

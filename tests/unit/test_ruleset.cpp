@@ -337,12 +337,11 @@ TEST(Ruleset, NatChainsOnlyWithRedirectAndLaterChainsListedLast) {
             names.push_back(c.name);
         if (redirect) {
             EXPECT_EQ(names, (std::vector<std::string>{kChainObserve, kChainEnforce, kChainJudge,
-                                                       kChainBackstop, kChainBackstopCheck,
-                                                       kChainSample, kChainToMta, kChainDivert}));
+                                                       kChainBackstop, kChainSample, kChainToMta,
+                                                       kChainDivert}));
         } else {
             EXPECT_EQ(names, (std::vector<std::string>{kChainObserve, kChainEnforce, kChainJudge,
-                                                       kChainBackstop, kChainBackstopCheck,
-                                                       kChainSample}));
+                                                       kChainBackstop, kChainSample}));
         }
         const std::string text = render_nft(rs);
         EXPECT_EQ(text.find("redirect") != std::string::npos, redirect);
