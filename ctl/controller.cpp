@@ -315,8 +315,7 @@ int run_daemon(const DaemonOptions& options) {
         return kExitFailure;
     }
     nft::Engine engine(session->socket);
-    log::info(std::string("queue support: ") + nft::to_string(session->features.queue) +
-              "; owned tables: " + (session->features.ownership ? "yes" : "no"));
+    log::info(describe_kernel(session->features));
 
     // The inputs first. A config, csf.conf or managed list that cannot be used puts the
     // built-in defaults in force instead; only accounts that cannot be read (the MTA's

@@ -103,7 +103,23 @@ Result<KernelFeatures> probe_kernel(nft::Engine& engine, const std::string& tabl
     if (!owned)
         return std::unexpected(owned.error().wrap("probe the kernel's table ownership"));
     f.ownership = *owned;
+    auto exprs = engine.probe_set_expressions(probe_table_for(table));
+    if (!exprs)
+        return std::unexpected(exprs.error().wrap("probe the kernel's set expressions"));
+    f.set_expressions = *exprs;
     return f;
+}
+
+std::string describe_kernel(const KernelFeatures& kernel) {
+    std::string out =
+        std::string("queue support: ") + nft::to_string(kernel.queue) + "; owned tables: " +
+        (kernel.ownership ? "yes"
+                          : "no (Linux 6.9: the table is restored after "
+                            "foreign changes instead)") +
+        "; set expressions: " +
+        (kernel.set_expressions ? "yes"
+                                : "no (Linux 5.11: the rules count blocked SYNs per uid instead)");
+    return out;
 }
 
 Result<KernelSession> open_kernel_session(const std::string& table) {
@@ -137,6 +153,7 @@ nft::RulesetSpec make_spec(const Policy& policy, const Allowlist& allow, const s
     spec.log_blocked = policy.log_blocked;
     spec.log_uid = policy.log_uid;
     spec.owned = kernel.ownership && policy.table_owner != TableOwner::Off;
+    spec.set_expressions = kernel.set_expressions;
     return spec;
 }
 
@@ -214,6 +231,10 @@ std::string describe(const Desired& d) {
             : std::string(nft::to_string(d.spec.queue)) + " queue " + std::to_string(p.queue_num);
     out += "; table inet " + d.spec.table;
     out += d.spec.owned ? " (owned: no other tool can change it)" : "";
+    if (!d.spec.set_expressions)
+        out +=
+            "; kernel without set expressions (Linux 5.11): blocked SYNs counted per uid by "
+            "the rules";
     out += "; config " + p.source;
     return out;
 }

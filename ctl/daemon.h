@@ -54,10 +54,15 @@ struct Desired {
 // What the running kernel offers, probed once when the daemon starts.
 struct KernelFeatures {
     nft::QueueMode queue = nft::QueueMode::None;
-    bool ownership = false;  // persistent owned tables (Linux 6.9)
+    bool ownership = false;       // persistent owned tables (Linux 6.9)
+    bool set_expressions = true;  // a set's counter copied into its elements (Linux 5.11)
 };
 
-// Probes both in throwaway tables (probe_table_for(table)); nothing is left behind.
+// One line for the log at start: what the kernel offers, and for what it lacks, the
+// feature, the Linux version that has it and what the daemon does instead.
+[[nodiscard]] std::string describe_kernel(const KernelFeatures& kernel);
+
+// Probes each in a throwaway table (probe_table_for(table)); nothing is left behind.
 [[nodiscard]] Result<KernelFeatures> probe_kernel(nft::Engine& engine, const std::string& table);
 
 // Opens a netfilter netlink socket and probes the kernel: what every command that

@@ -40,6 +40,10 @@ Result<void> try_expression(Transport& transport, const std::string& probe_table
 
 }  // namespace
 
+bool kernel_lacks_feature(int code) {
+    return code == EOPNOTSUPP || code == EINVAL;
+}
+
 Result<bool> Engine::probe_ownership(const std::string& probe_table) {
     TablePtr table = build_table(probe_table);
     nftnl_table_set_u32(table.get(), NFTNL_TABLE_FLAGS, kTableFlagsOwned);
@@ -51,7 +55,30 @@ Result<bool> Engine::probe_ownership(const std::string& probe_table) {
         return true;
     // Kernels before 6.9 refuse the unknown PERSIST flag (EOPNOTSUPP); before 5.12
     // OWNER too.
-    if (r.error().code == EOPNOTSUPP || r.error().code == EINVAL)
+    if (kernel_lacks_feature(r.error().code))
+        return false;
+    return std::unexpected(r.error());
+}
+
+Result<bool> Engine::probe_set_expressions(const std::string& probe_table) {
+    TablePtr table = build_table(probe_table);
+    SetPtr set = make_set();
+    nftnl_set_set_u32(set.get(), NFTNL_SET_FAMILY, NFPROTO_INET);
+    nftnl_set_set_str(set.get(), NFTNL_SET_TABLE, probe_table.c_str());
+    nftnl_set_set_str(set.get(), NFTNL_SET_NAME, "probe");
+    nftnl_set_set_u32(set.get(), NFTNL_SET_ID, 1);
+    nftnl_set_set_u32(set.get(), NFTNL_SET_KEY_LEN, 4);
+    nftnl_set_set_u32(set.get(), NFTNL_SET_FLAGS, NFT_SET_EVAL | NFT_SET_EXPR);
+    nftnl_set_add_expr(set.get(), make_expr("counter").release());  // the set owns it
+    Batch batch(NFPROTO_INET);
+    batch.table(*table, Op::Create, "probe table inet " + probe_table);
+    batch.set(*set, Op::Create, "probe set with a counter (flags dynamic, expr)");
+    batch.table(*table, Op::Delete, "delete probe table inet " + probe_table);
+    auto r = batch.commit(transport_);
+    if (r)
+        return true;
+    // Linux 5.10 refuses the unknown flag (EOPNOTSUPP).
+    if (kernel_lacks_feature(r.error().code))
         return false;
     return std::unexpected(r.error());
 }

@@ -52,6 +52,11 @@ struct TableInventory {
     [[nodiscard]] const SetInfo* set(const std::string& name) const;
 };
 
+// Whether a probe's refusal (errno) means the kernel lacks what was probed: it refuses
+// an unknown flag or attribute value with EOPNOTSUPP or EINVAL. Any other error is
+// the probe's own failure (no permission, no nf_tables), not an answer.
+[[nodiscard]] bool kernel_lacks_feature(int code);
+
 class Engine {
   public:
     explicit Engine(Transport& transport) : transport_(transport) {}
@@ -65,6 +70,12 @@ class Engine {
     // Whether this kernel has owned, persistent tables (NFT_TABLE_F_OWNER and
     // NFT_TABLE_F_PERSIST, Linux 6.9): probed like the queue mode, in a throwaway table.
     [[nodiscard]] Result<bool> probe_ownership(const std::string& probe_table);
+
+    // Whether this kernel has set expressions (NFT_SET_EXPR, Linux 5.11): a set with
+    // a counter and that flag, in a throwaway table. Linux 5.10 takes the counter
+    // without the flag but gives the elements a rule adds no copy of it
+    // (RulesetSpec::set_expressions).
+    [[nodiscard]] Result<bool> probe_set_expressions(const std::string& probe_table);
 
     // Replaces our table's content with ruleset in one transaction: either the old or
     // the new rules are in force at every instant; on error the old ones stay.

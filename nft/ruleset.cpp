@@ -140,17 +140,20 @@ namespace {
 
 // --- sets ---------------------------------------------------------------------------
 
-// Exact per-uid SYN counts, kept by the kernel whatever userspace does.
-BuiltSet blocked_set(const std::string& t) {
-    BuiltSet blocked{
-        kSetBlocked,
-        {"type uid", "size " + std::to_string(kDynamicSetSize), "flags dynamic", "counter"},
-        {},
-        {},
-        base_set(t, kSetBlocked, kTypeUid, 4, 4)};
+// Exact per-uid SYN counts, kept by the kernel whatever userspace does: the set's
+// counter, or without set expressions the rules' (count_blocked).
+BuiltSet blocked_set(const std::string& t, bool set_expressions) {
+    BuiltSet blocked{kSetBlocked,
+                     {"type uid", "size " + std::to_string(kDynamicSetSize), "flags dynamic"},
+                     {},
+                     {},
+                     base_set(t, kSetBlocked, kTypeUid, 4, 4)};
     nftnl_set_set_u32(blocked.set.get(), NFTNL_SET_FLAGS, NFT_SET_EVAL);
     nftnl_set_set_u32(blocked.set.get(), NFTNL_SET_DESC_SIZE, kDynamicSetSize);
-    nftnl_set_add_expr(blocked.set.get(), make_expr("counter").release());  // set owns it
+    if (set_expressions) {
+        blocked.header.emplace_back("counter");
+        nftnl_set_add_expr(blocked.set.get(), make_expr("counter").release());  // set owns it
+    }
     return blocked;
 }
 
@@ -196,7 +199,7 @@ void add_sets(Ruleset& rs, const RulesetSpec& spec) {
     const std::string& t = spec.table;
     // `blocked` comes first: it is the one set a reload keeps, so it stays the first
     // in the kernel's listing order too, and our text matches `nft list` either way.
-    rs.sets.push_back(blocked_set(t));
+    rs.sets.push_back(blocked_set(t, spec.set_expressions));
     rs.sets.push_back(ports_set(t, spec.ports));
     rs.sets.push_back(allow_set(t, kSetAllowUid, kTypeUid, "type uid", spec.allow_uids, 2));
     rs.sets.push_back(allow_set(t, kSetAllowGid, kTypeGid, "type gid", spec.allow_gids, 3));
@@ -272,11 +275,15 @@ std::string not_to_lo(RuleBuilder& r) {
 }
 
 // The set's counter (cloned into each element by the kernel) counts every blocked SYN
-// per uid.
-std::string count_blocked(RuleBuilder& r) {
-    r.meta(NFT_META_SKUID, "meta skuid")
-        .dynset(NFT_DYNSET_OP_UPDATE, kSetBlocked, nullptr, "update @blocked");
-    return "update @blocked { meta skuid }";
+// per uid; without set expressions the rule gives each new element its counter.
+std::string count_blocked(RuleBuilder& r, const RulesetSpec& spec) {
+    r.meta(NFT_META_SKUID, "meta skuid");
+    if (spec.set_expressions) {
+        r.dynset(NFT_DYNSET_OP_UPDATE, kSetBlocked, nullptr, "update @blocked");
+        return "update @blocked { meta skuid }";
+    }
+    r.dynset(NFT_DYNSET_OP_UPDATE, kSetBlocked, make_expr("counter"), "update @blocked counter");
+    return "update @blocked { meta skuid counter }";
 }
 
 // The SYNs the judge would refuse go on to the sample chain.
@@ -303,7 +310,7 @@ std::string hex32(std::uint32_t v) {
 // queued queue ...`: the observe chain's count, per-uid limit, the backstop's bit and
 // the queue.
 std::string count_and_queue(RuleBuilder& r, const RulesetSpec& spec) {
-    std::string text = count_blocked(r) + " ";
+    std::string text = count_blocked(r, spec) + " ";
     r.meta(NFT_META_SKUID, "meta skuid")
         .dynset(NFT_DYNSET_OP_ADD, kSetObserveRate,
                 make_limit(spec.observe_rate, 1, spec.observe_burst), "per-uid limit");
@@ -425,7 +432,7 @@ void add_judge_rules(Ruleset& rs, const RulesetSpec& spec) {
         // Without an observe chain, judge counts (see observe_rule for why it counts
         // there otherwise).
         RuleBuilder r(t, kChainJudge);
-        const std::string text = count_blocked(r);
+        const std::string text = count_blocked(r, spec);
         rs.rules.push_back(r.done(text));
     }
     if (spec.log_blocked)
@@ -450,7 +457,7 @@ void add_to_mta_rules(Ruleset& rs, const RulesetSpec& spec) {
     for (const bool v6 : {false, true}) {
         RuleBuilder d(spec.table, kChainDivert);
         text = no_dest_exception(d, v6) + " ";
-        text += count_blocked(d);
+        text += count_blocked(d, spec);
         d.redirect("redirect");
         rs.rules.push_back(d.done(text + " redirect"));
     }

@@ -51,6 +51,12 @@ struct RulesetSpec {
     // daemon stops or crashes) it stays in force, orphaned, until the next daemon
     // adopts it. Only with kernels that have both (Engine::probe_ownership).
     bool owned = false;
+    // The kernel gives each element a rule adds to a set a copy of the set's stateful
+    // expression (NFT_SET_EXPR, Linux 5.11; Engine::probe_set_expressions). Without it
+    // (Linux 5.10) `blocked` has no counter of its own and each rule that adds to it
+    // carries the counter, `update @blocked { meta skuid counter }`: the same per-uid
+    // counts (docs/platforms.md#what-each-kernel-lacks).
+    bool set_expressions = true;
     // Relay exceptions (docs/relay-exceptions.md): who may reach which destinations
     // despite the block, as the elements of the six dest_* sets. Ranges of one set and
     // id must not overlap (the kernel refuses overlapping intervals).

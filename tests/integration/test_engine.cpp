@@ -107,6 +107,37 @@ TEST_F(EngineTest, ReapplyKeepsTheBlockedSetsPerUidCounters) {
     EXPECT_EQ(after->at(kBob.uid).packets, 4U);
 }
 
+// The ruleset for kernels without set expressions (Linux 5.10, RulesetSpec::
+// set_expressions): this kernel takes it as it is listed, and the rules' counter gives
+// each uid's element its count, as the set's own counter does elsewhere.
+TEST_F(EngineTest, WithoutSetExpressionsTheRulesCountPerUid) {
+    ASSERT_EQ(run(nullptr, {"ip", "-n", ns_->name(), "link", "set", "lo", "up"}).exit_code, 0);
+    auto mode = engine().probe_queue_mode(table_ + "_probe");
+    ASSERT_TRUE(mode) << mode.error().message();
+    RulesetSpec s = spec({0}, *mode);
+    s.allow_local = false;  // so that SYNs to 127.0.0.1 are judged and counted
+    s.set_expressions = false;
+    const nft::Ruleset rs = nft::build_ruleset(s);
+    ASSERT_TRUE(engine().apply(rs));
+    auto listing = nft_list_table(*ns_, table_);
+    ASSERT_TRUE(listing) << listing.error().message();
+    EXPECT_EQ(*listing, nft::render_nft(rs));
+    for (int i = 0; i < 3; ++i) {
+        EXPECT_EQ(connect_as(*ns_, kBob, "127.0.0.1", 25).outcome, Outcome::Refused);
+    }
+    auto counts = engine().read_blocked(table_);
+    ASSERT_TRUE(counts) << counts.error().message();
+    ASSERT_TRUE(counts->contains(kBob.uid)) << "the blocked set counted nothing";
+    EXPECT_EQ(counts->at(kBob.uid).packets, 3U);
+}
+
+TEST_F(EngineTest, ProbeSetExpressionsFindsThemAndLeavesNothingBehind) {
+    auto exprs = engine().probe_set_expressions(table_ + "_probe");
+    ASSERT_TRUE(exprs) << exprs.error().message();
+    EXPECT_TRUE(*exprs) << "this kernel (Linux 5.11 or later) has set expressions";
+    EXPECT_EQ(ruleset_text(), "") << "the probe left something behind";
+}
+
 // An owned, persistent table (what the daemon applies on kernels that have both
 // flags): nobody else can change, flush or delete it; it survives its owner; the next
 // owner adopts it with its counters in one transaction.

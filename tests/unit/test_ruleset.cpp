@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <libnftnl/set.h>
+#include <linux/netfilter/nf_tables.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -110,6 +111,48 @@ TEST(Ruleset, NoQueueSupportHasNoObserveChain) {
     EXPECT_EQ(text.find("queue"), std::string::npos);
     // With no observe chain, judge is where blocked SYNs are counted.
     EXPECT_NE(text.find("update @blocked { meta skuid }"), std::string::npos);
+}
+
+// Linux 5.10 has no set expressions (RulesetSpec::set_expressions): `blocked` has no
+// counter of its own, and each rule that adds to it (sample; judge without a queue;
+// divert with SMTP_REDIRECT) gives the element its counter.
+TEST(Ruleset, WithoutSetExpressionsTheRulesCarryBlockedsCounter) {
+    RulesetSpec spec = default_spec();
+    spec.queue = QueueMode::Native;
+    spec.set_expressions = false;
+    const Ruleset rs = build_ruleset(spec);
+    expect_golden("native-no-set-expressions.nft", render_nft(rs));
+    expect_golden("native-no-set-expressions.bytecode", render_bytecode(rs));
+    for (const BuiltSet& s : rs.sets) {
+        if (s.name == kSetBlocked) {
+            EXPECT_EQ(nftnl_set_get_u32(s.set.get(), NFTNL_SET_FLAGS), NFT_SET_EVAL);
+        }
+    }
+    for (const QueueMode queue : {QueueMode::Native, QueueMode::None}) {
+        for (const bool redirect : {false, true}) {
+            RulesetSpec with = default_spec();
+            with.queue = queue;
+            with.redirect = redirect;
+            RulesetSpec without = with;
+            without.set_expressions = false;
+            const std::string text_with = render_nft(build_ruleset(with));
+            const std::string text_without = render_nft(build_ruleset(without));
+            const auto count = [](const std::string& text, const std::string& what) {
+                std::size_t n = 0;
+                for (auto at = text.find(what); at != std::string::npos;
+                     at = text.find(what, at + 1))
+                    ++n;
+                return n;
+            };
+            const std::size_t updates = count(text_with, "update @blocked { meta skuid }");
+            EXPECT_GT(updates, 0U);
+            EXPECT_EQ(count(text_without, "update @blocked { meta skuid }"), 0U);
+            EXPECT_EQ(count(text_without, "update @blocked { meta skuid counter }"), updates)
+                << text_without;
+            EXPECT_EQ(count(text_with, "\t\tcounter\n") - count(text_without, "\t\tcounter\n"), 1U)
+                << "only blocked's own counter goes";
+        }
+    }
 }
 
 // Relay exceptions: the six sets filled, the observe tail in the sample chain for the
