@@ -54,14 +54,12 @@ Result<Daemon> Daemon::start(const Netns& ns, DaemonSpec spec) {
     if (ec) {
         return fail(ec.value(), "create " + spec.dir);
     }
-    std::vector<std::string> argv{spec.daemon_path,   "--foreground",
-                                  "--table",          spec.table,
-                                  "--config",         spec.config,
-                                  "--passwd",         spec.passwd,
-                                  "--group",          spec.group,
-                                  "--state-dir",      spec.state_dir,
-                                  "--control-socket", spec.dir + "/control.sock",
-                                  "--virtual-dir",    spec.dir + "/virtual"};
+    std::vector<std::string> argv{
+        spec.daemon_path, "--foreground", "--table", spec.table, "--config", spec.config,
+        "--passwd", spec.passwd, "--group", spec.group, "--state-dir", spec.state_dir,
+        "--control-socket", spec.dir + "/control.sock", "--virtual-dir", spec.dir + "/virtual",
+        // never the host's node_exporter folder
+        "--metrics-textfile", spec.dir + "/smtpfence.prom"};
     if (!spec.worker_path.empty()) {
         argv.insert(argv.end(), {"--worker", spec.worker_path});
     } else {

@@ -152,7 +152,8 @@ int Controller::run(int signal_fd) {
             dest_.watch();
             if (state_.current)  // the settings in force (unchanged ones are a no-op)
                 alerts_.configure(state_.current->loaded.policy.alert);
-            alerts_.tick(engine_, options_.table, std::chrono::steady_clock::now());
+            alerts_.tick(engine_, options_.table, std::chrono::steady_clock::now(),
+                         state_.current ? &state_.current->accounts : nullptr);
         }
         metrics_.tick();
     }

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "policy/accounts.h"
 #include "policy/policy.h"
 
 namespace smtpfence {
@@ -93,10 +94,13 @@ class LocalAlerts {
     // After each apply: the settings of the policy in force.
     void configure(const AlertSettings& settings);
     // Each second: every kFeedPeriod, the per-uid counts of table's blocked set.
-    void tick(nft::Engine& engine, const std::string& table, Clock::time_point now);
+    // accounts names the uids in the journal entry (null: the uid alone).
+    void tick(nft::Engine& engine, const std::string& table, Clock::time_point now,
+              const AccountDb* accounts);
     // The per-uid attempt totals (only growing; see AlertWindow) at now: logs and starts
     // a child for each alert that fires.
-    void feed(const std::map<std::uint32_t, std::uint64_t>& totals, Clock::time_point now);
+    void feed(const std::map<std::uint32_t, std::uint64_t>& totals, Clock::time_point now,
+              const AccountDb* accounts = nullptr);
     // The daemon's reaper reaped pid: true when it was an alert child.
     bool ended(pid_t pid);
 

@@ -24,8 +24,10 @@ Result<std::optional<std::uint64_t>> read_explained_total(const std::string& sta
     std::error_code ec;
     if (!std::filesystem::exists(path, ec))
         return std::nullopt;
-    // A short wait: the worker's transactions are small, and the next tick tries again.
-    constexpr int kBusyMs = 100;
+    // No wait: this runs in the daemon's loop. A WAL reader is blocked only while the
+    // worker recovers or restarts the log; then the last value is written again and the
+    // next tick reads.
+    constexpr int kBusyMs = 0;
     auto db = sql::Database::open(path, sql::Database::Mode::ReadOnly, kBusyMs);
     if (!db)
         return std::unexpected(db.error());
@@ -68,10 +70,12 @@ void MetricsExporter::tick(Clock::time_point now) {
 MetricsSnapshot MetricsExporter::snapshot() {
     MetricsSnapshot m;
     m.version = SMTPFENCE_VERSION;
-    m.enforcing = state_.enforcing();
-    m.config_error = state_.input_error || state_.retry;
     auto present = engine_.table_exists(options_.table);
     m.table_present = present && *present;
+    // Enforcing means rules in the kernel: a table flushed by hand is not enforcing, even
+    // while the daemon still wants it (until the guard restores it).
+    m.enforcing = state_.enforcing() && m.table_present;
+    m.config_error = state_.input_error || state_.retry;
     m.self_heals = state_.heal.count;
     m.self_heal_failures = state_.heal.failures;
     m.worker_up = worker_.pid() > 0 && worker_.ready();
@@ -89,7 +93,7 @@ MetricsSnapshot MetricsExporter::snapshot() {
         m.attempts.push_back({a != nullptr ? a->name : std::to_string(uid), uid, count});
     }
     if (current != nullptr) {
-        m.table_owned = current->spec.owned;
+        m.table_owned = current->spec.owned && m.table_present;
         m.allowed_uids = current->allow.uids.size();
         m.allowed_gids = current->allow.gids.size();
         m.destination_exceptions = exceptions_of(*current).size();

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <filesystem>
 #include <set>
 #include <string_view>
 
@@ -174,7 +175,12 @@ Result<std::chrono::seconds> parse_seconds(const Setting& s, std::uint32_t min) 
 
 // ALERT_COMMAND: run without a shell (execve), so one absolute path of an executable
 // regular file and no arguments; "" = none.
-Result<std::string> parse_alert_command(const Setting& s) {
+// The program runs as root (without capabilities; docs/alerts.md), handed what a
+// customer's process chose (its folder and command line): like cron, it must be root's
+// alone, and so must every folder on the way to it, or a customer who could replace it
+// would run as root. A program missing now (a mount not there yet) is a warning, not
+// a broken configuration: the alert's child reports it when it runs.
+Result<std::string> parse_alert_command(const Setting& s, std::vector<std::string>& warnings) {
     const std::string& v = s.entry.value;
     if (v.empty())
         return v;
@@ -182,11 +188,26 @@ Result<std::string> parse_alert_command(const Setting& s) {
         std::ranges::any_of(v, [](unsigned char c) { return c < 0x20 || c == 0x7f; });
     if (!v.starts_with('/') || control)
         return s.bad("the absolute path of a program (run without a shell, no arguments)");
+    std::error_code ec;
+    const std::filesystem::path real = std::filesystem::canonical(v, ec);
+    if (ec) {
+        warnings.push_back(
+            s.warning(ec.message() + ": an alert runs it once it is there (" + printable(v) + ")"));
+        return v;
+    }
     struct stat st {};
-    if (::stat(v.c_str(), &st) != 0)
-        return s.bad("an existing program: " + errno_text(errno));
-    if (!S_ISREG(st.st_mode) || ::access(v.c_str(), X_OK) != 0)
+    if (::stat(real.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || ::access(real.c_str(), X_OK) != 0)
         return s.bad("an executable file");
+    for (std::filesystem::path p = real;; p = p.parent_path()) {
+        if (::stat(p.c_str(), &st) != 0)
+            return s.bad("a program whose folders can be read: " + p.string() + ": " +
+                         errno_text(errno));
+        if (st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH)) != 0)
+            return s.bad("a program only root can change (run as root): " + p.string() +
+                         " is not owned by root or is writable by others");
+        if (p == p.root_path())
+            break;
+    }
     return v;
 }
 
@@ -431,8 +452,8 @@ const std::array<KeyHandler, 30> kHandlers = {{
          return assign(parse_seconds(s, 60), p.alert.interval);
      }},
     {"ALERT_COMMAND",
-     [](const Setting& s, Policy& p, std::vector<std::string>&) {
-         return assign(parse_alert_command(s), p.alert.command);
+     [](const Setting& s, Policy& p, std::vector<std::string>& warnings) {
+         return assign(parse_alert_command(s, warnings), p.alert.command);
      }},
     {"ALERT_EMAIL",
      [](const Setting& s, Policy& p, std::vector<std::string>&) {

@@ -16,6 +16,7 @@
 
 #include <array>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <set>
 #include <string>
@@ -43,12 +44,22 @@ class LocalAlertTest : public FenceTest {
         fs::create_directories(alerts_);
         // Each run of the command: its whole environment, NUL-separated, in a file of
         // its own (written whole, then renamed).
-        script_ = dir_->write("alert.sh",
-                              "#!/bin/sh\n"
-                              "f=\"" +
-                                  alerts_ +
-                                  "/$SMTPFENCE_UID.$$\"\n"
-                                  "env -0 >\"$f.tmp\" && mv \"$f.tmp\" \"$f.env\"\n");
+        // The command runs as root, so it must sit where only root can change it (not
+        // under the test's /tmp folder, which everyone may write to): a folder of its own
+        // under /run, removed in TearDown.
+        char run_dir[] = "/run/smtpfence-alert-XXXXXX";
+        ASSERT_NE(::mkdtemp(run_dir), nullptr) << errno_text(errno);
+        script_dir_ = run_dir;
+        ::chmod(script_dir_.c_str(), 0755);
+        script_ = script_dir_ + "/alert.sh";
+        {
+            std::ofstream out(script_);
+            out << "#!/bin/sh\n"
+                   "f=\""
+                << alerts_
+                << "/$SMTPFENCE_UID.$$\"\n"
+                   "env -0 >\"$f.tmp\" && mv \"$f.tmp\" \"$f.env\"\n";
+        }
         ::chmod(script_.c_str(), 0755);
         folder_ = dir_->path() + "/" + kHostileFolder;
         fs::create_directories(folder_);
@@ -172,7 +183,14 @@ mailbox:
         return read_file(mail_dir_ + "/../log/mainlog") + read_file(mail_dir_ + "/../log/paniclog");
     }
 
-    std::string alerts_, script_, folder_, mail_dir_;
+    void TearDown() override {
+        if (!script_dir_.empty()) {
+            std::error_code ec;
+            fs::remove_all(script_dir_, ec);
+        }
+    }
+
+    std::string alerts_, script_dir_, script_, folder_, mail_dir_;
     Child exim_;
 };
 

@@ -570,9 +570,30 @@ TEST(Policy, LocalAlertSettings) {
     EXPECT_EQ(bad("ALERT_COMMAND", "notify.sh"),
               "smtpfence.conf:1: ALERT_COMMAND: bad value \"notify.sh\": expected the absolute "
               "path of a program (run without a shell, no arguments)");
-    EXPECT_EQ(bad("ALERT_COMMAND", "/bin/true --now"),
-              "smtpfence.conf:1: ALERT_COMMAND: bad value \"/bin/true --now\": expected an "
-              "existing program: No such file or directory");
+    // Missing now: a warning, the rest of the configuration stays in force.
+    auto missing = map("ALERT_COMMAND = \"/bin/true --now\"\n");
+    ASSERT_TRUE(missing) << missing.error().message();
+    EXPECT_EQ(missing->policy.alert.command, "/bin/true --now");
+    ASSERT_EQ(missing->warnings.size(), 1U);
+    EXPECT_EQ(missing->warnings[0],
+              "smtpfence.conf:1: ALERT_COMMAND: No such file or directory: an alert runs it once "
+              "it is there (/bin/true --now)");
+    // Run as root: a program others could change is refused, and so is one in a folder
+    // they could change (/tmp).
+    const std::string dir = ::testing::TempDir() + "/alert-cmd";
+    std::filesystem::create_directories(dir);
+    const std::string script = dir + "/notify";
+    { std::ofstream(script) << "#!/bin/sh\n"; }
+    std::filesystem::permissions(script, std::filesystem::perms(0775));
+    EXPECT_NE(bad("ALERT_COMMAND", script).find("expected a program only root can change"),
+              std::string::npos)
+        << bad("ALERT_COMMAND", script);
+    std::filesystem::permissions(script, std::filesystem::perms(0755));
+    std::filesystem::permissions(dir, std::filesystem::perms(0755));
+    const std::string refused = bad("ALERT_COMMAND", script);
+    EXPECT_NE(refused.find("is not owned by root or is writable by others"), std::string::npos)
+        << refused;  // /tmp itself, mode 1777
+    std::filesystem::remove_all(dir);
     EXPECT_EQ(bad("ALERT_COMMAND", "/etc/passwd"),
               "smtpfence.conf:1: ALERT_COMMAND: bad value \"/etc/passwd\": expected an executable "
               "file");
