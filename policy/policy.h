@@ -102,7 +102,7 @@ struct Policy {
     // node_exporter's textfile collector reads this (docs/metrics.md); "" writes none,
     // nullopt: not set, the daemon's default (kDefaultMetricsTextfile).
     std::optional<std::string> metrics_textfile;  // METRICS_TEXTFILE
-    AlertPolicy alert;                        // ALERT_*
+    AlertPolicy alert;                            // ALERT_*
 };
 
 struct LoadedPolicy {
