@@ -208,7 +208,8 @@ Result<std::string> parse_alert_command(const Setting& s, std::vector<std::strin
         if (p == p.root_path())
             break;
     }
-    return v;
+    // The program checked, not a symbolic link that could be pointed elsewhere later.
+    return real.string();
 }
 
 // ALERT_EMAIL: one address, LOCAL or LOCAL@DOMAIN, in the plain characters an SMTP
