@@ -126,7 +126,7 @@ std::string render_metrics(const MetricsSnapshot& m) {
     w.family("build_info", "gauge", "The smtpfenced version writing this file (always 1).");
     w.sample("build_info", "version=\"" + escape_label_value(m.version) + "\"", "1");
     w.one("enforcing", "gauge",
-          "1 while a policy is enforced (SMTP_BLOCK on, the table not removed).",
+          "1 while a policy is enforced (SMTP_BLOCK on, the table not removed and in the kernel).",
           flag(m.enforcing));
     w.one("config_error", "gauge",
           "1 while the configuration could not be used or the last apply failed.",
